@@ -1,0 +1,130 @@
+/**
+ * The validated, frozen configuration tree. Only `src/config/` builds it; every other module
+ * receives the slice it needs. Field names mirror the TOML keys of SPEC section 4.
+ */
+
+export interface ServerConfig {
+  /** Host to bind, from `server.listen` ("0.0.0.0:8080"). */
+  readonly hostname: string;
+  /** Port to bind, from `server.listen`; 0 picks a free port (tests). */
+  readonly port: number;
+  /** Public base URL without trailing slash, e.g. "https://kav.example.com". */
+  readonly public_url: string;
+  readonly drain_timeout_s: number;
+  /** PEM paths; both set ⇒ Kav terminates TLS itself. */
+  readonly tls_cert: string | null;
+  readonly tls_key: string | null;
+  /** Concurrent calls accepted; over it the TwiML says busy and the upgrade gets 503. */
+  readonly max_calls: number;
+  /** Largest inbound WebSocket text message accepted, in bytes. */
+  readonly max_ws_message_bytes: number;
+  /** Largest webhook request body accepted, in bytes. */
+  readonly max_body_bytes: number;
+  /** No inbound media for this long ⇒ the call is closed with outcome `idle`. */
+  readonly idle_media_timeout_s: number;
+  /** Hard cap on one call's length. */
+  readonly max_call_duration_s: number;
+  /** Requests with bad signatures allowed per remote IP per minute before 429. */
+  readonly bad_signature_per_ip_per_min: number;
+}
+
+export interface TwilioConfig {
+  readonly validate_signatures: boolean;
+  /** From env TWILIO_AUTH_TOKEN or credential `twilio_auth_token`; null when absent. */
+  readonly auth_token: string | null;
+}
+
+export interface CallConfig {
+  readonly language: string;
+  readonly greeting: string;
+  readonly system_prompt: string;
+  /** Spoken when the LLM or TTS fails; synthesized at boot. */
+  readonly apology: string;
+}
+
+export interface AudioConfig {
+  readonly rx_queue_frames: number;
+  readonly tx_queue_frames: number;
+  readonly tx_lead_ms: number;
+  /** TX pauses while the socket's bufferedAmount is above this many bytes. */
+  readonly tx_max_buffered_bytes: number;
+}
+
+export interface GoogleEndpointConfig {
+  /** "host" or "host:port". */
+  readonly endpoint: string;
+  /** Plaintext gRPC, no Google credential lookup: local/test servers only. */
+  readonly insecure: boolean;
+}
+
+export interface SttGoogleConfig extends GoogleEndpointConfig {
+  /** Tried when the primary refuses the language or stays unavailable; null to disable. */
+  readonly fallback_endpoint: string | null;
+  readonly model: string;
+  readonly use_enhanced: boolean;
+}
+
+export interface SttConfig {
+  readonly provider: "google";
+  readonly batch_ms: number;
+  readonly partial_debounce_ms: number;
+  readonly timeout_ms: number;
+  readonly vad_hangover_ms: number;
+  /** Restart the stream at the first final after this many seconds (Google closes near 300 s). */
+  readonly restart_after_s: number;
+  readonly google: SttGoogleConfig;
+}
+
+export interface TtsConfig {
+  readonly provider: "google";
+  readonly voice: string;
+  readonly google: GoogleEndpointConfig;
+}
+
+export interface LlmConfig {
+  readonly provider: "openai";
+  readonly base_url: string;
+  readonly model: string;
+  readonly timeout_ms: number;
+  /** From env OPENAI_API_KEY or credential `openai_api_key`; null when absent. */
+  readonly api_key: string | null;
+  readonly temperature: number;
+  readonly max_tokens: number;
+}
+
+export interface StorageConfig {
+  readonly path: string;
+  /** Calls older than this are deleted; 0 keeps everything. */
+  readonly retention_days: number;
+}
+
+export interface LogConfig {
+  /** Whether `[PARTIAL]`/`[FINAL]` lines carry the text (the store always keeps it). */
+  readonly transcripts: boolean;
+}
+
+export interface CrmConfig {
+  /** POST target for call summaries; null disables delivery. */
+  readonly url: string | null;
+  /** HMAC-SHA256 key for the signature header; null sends unsigned. */
+  readonly secret: string | null;
+}
+
+export interface GoogleCredentials {
+  /** Path to a service-account JSON, from env GOOGLE_APPLICATION_CREDENTIALS or credential `google_credentials`. */
+  readonly credentials_path: string | null;
+}
+
+export interface Config {
+  readonly server: ServerConfig;
+  readonly twilio: TwilioConfig;
+  readonly call: CallConfig;
+  readonly audio: AudioConfig;
+  readonly stt: SttConfig;
+  readonly tts: TtsConfig;
+  readonly llm: LlmConfig;
+  readonly storage: StorageConfig;
+  readonly log: LogConfig;
+  readonly crm: CrmConfig;
+  readonly google: GoogleCredentials;
+}

@@ -1,0 +1,71 @@
+/**
+ * One line per event: `<iso time> [TAG] call=<sid> key=value ...`. Values with spaces are quoted.
+ * Prompts and secrets never go into logs; transcripts only when `log.transcripts` is on.
+ */
+export type LogValue = string | number | boolean | null | undefined;
+export type LogFields = Readonly<Record<string, LogValue>>;
+
+export interface Logger {
+  /** `tag` is printed as `[TAG]`; `message` is a short fixed phrase, not data. */
+  info(tag: string, message: string, fields?: LogFields): void;
+  warn(tag: string, message: string, fields?: LogFields): void;
+  error(tag: string, message: string, fields?: LogFields): void;
+  /** A logger that adds `call=<sid>` (or other fixed fields) to every line. */
+  child(fields: LogFields): Logger;
+}
+
+export type LogSink = (line: string, level: "info" | "warn" | "error") => void;
+
+function defaultSink(line: string, level: "info" | "warn" | "error"): void {
+  if (level === "info") console.log(line);
+  else console.error(line);
+}
+
+function formatValue(value: LogValue): string {
+  if (value === null || value === undefined) return "-";
+  if (typeof value === "string") {
+    return value === "" || /[\s"=]/.test(value) ? JSON.stringify(value) : value;
+  }
+  if (typeof value === "number" && !Number.isInteger(value)) return value.toFixed(1);
+  return String(value);
+}
+
+function formatFields(fields: LogFields | undefined): string {
+  if (!fields) return "";
+  let out = "";
+  for (const key in fields) out += ` ${key}=${formatValue(fields[key])}`;
+  return out;
+}
+
+class LineLogger implements Logger {
+  readonly #prefix: string;
+  readonly #sink: LogSink;
+  constructor(prefix: string, sink: LogSink) {
+    this.#prefix = prefix;
+    this.#sink = sink;
+  }
+  #write(level: "info" | "warn" | "error", tag: string, message: string, fields?: LogFields) {
+    const text = message === "" ? "" : ` ${message}`;
+    this.#sink(
+      `${new Date().toISOString()} [${tag}]${this.#prefix}${text}${formatFields(fields)}`,
+      level,
+    );
+  }
+  info(tag: string, message: string, fields?: LogFields): void {
+    this.#write("info", tag, message, fields);
+  }
+  warn(tag: string, message: string, fields?: LogFields): void {
+    this.#write("warn", tag, message, fields);
+  }
+  error(tag: string, message: string, fields?: LogFields): void {
+    this.#write("error", tag, message, fields);
+  }
+  child(fields: LogFields): Logger {
+    return new LineLogger(this.#prefix + formatFields(fields), this.#sink);
+  }
+}
+
+/** Creates the root logger; tests pass a sink that collects lines. */
+export function createLogger(sink: LogSink = defaultSink): Logger {
+  return new LineLogger("", sink);
+}

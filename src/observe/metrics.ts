@@ -1,0 +1,196 @@
+/**
+ * Prometheus metrics, hand-written exposition (text format 0.0.4). Metrics are module-level and
+ * call sites use the verbs below; no call-sid labels (unbounded cardinality).
+ */
+
+type Labels = Readonly<Record<string, string>>;
+
+function labelKey(labels: Labels | undefined): string {
+  if (!labels) return "";
+  const keys = Object.keys(labels).sort();
+  if (keys.length === 0) return "";
+  return "{" + keys.map((k) => `${k}="${escapeLabel(labels[k])}"`).join(",") + "}";
+}
+
+function escapeLabel(value: string): string {
+  return value.replace(/\\/g, "\\\\").replace(/\n/g, "\\n").replace(/"/g, '\\"');
+}
+
+function formatNumber(value: number): string {
+  if (Number.isNaN(value)) return "NaN";
+  if (value === Infinity) return "+Inf";
+  if (value === -Infinity) return "-Inf";
+  return String(value);
+}
+
+interface Metric {
+  readonly name: string;
+  render(): string;
+}
+
+const registry: Metric[] = [];
+
+class Counter implements Metric {
+  readonly name: string;
+  readonly #help: string;
+  readonly #values = new Map<string, number>();
+  constructor(name: string, help: string) {
+    this.name = name;
+    this.#help = help;
+    registry.push(this);
+  }
+  inc(labels?: Labels, by = 1): void {
+    const key = labelKey(labels);
+    this.#values.set(key, (this.#values.get(key) ?? 0) + by);
+  }
+  get(labels?: Labels): number {
+    return this.#values.get(labelKey(labels)) ?? 0;
+  }
+  render(): string {
+    let out = `# HELP ${this.name} ${this.#help}\n# TYPE ${this.name} counter\n`;
+    if (this.#values.size === 0) out += `${this.name} 0\n`;
+    for (const [key, value] of this.#values) out += `${this.name}${key} ${formatNumber(value)}\n`;
+    return out;
+  }
+}
+
+class Gauge implements Metric {
+  readonly name: string;
+  readonly #help: string;
+  readonly #read: () => number;
+  constructor(name: string, help: string, read: () => number) {
+    this.name = name;
+    this.#help = help;
+    this.#read = read;
+    registry.push(this);
+  }
+  render(): string {
+    return `# HELP ${this.name} ${this.#help}\n# TYPE ${this.name} gauge\n${this.name} ${
+      formatNumber(this.#read())
+    }\n`;
+  }
+}
+
+class Histogram implements Metric {
+  readonly name: string;
+  readonly #help: string;
+  readonly #bounds: readonly number[];
+  readonly #counts: number[];
+  #sum = 0;
+  #count = 0;
+  constructor(name: string, help: string, bounds: readonly number[]) {
+    this.name = name;
+    this.#help = help;
+    this.#bounds = bounds;
+    this.#counts = bounds.map(() => 0);
+    registry.push(this);
+  }
+  observe(value: number): void {
+    this.#sum += value;
+    this.#count++;
+    for (let i = 0; i < this.#bounds.length; i++) {
+      if (value <= this.#bounds[i]) this.#counts[i]++;
+    }
+  }
+  render(): string {
+    let out = `# HELP ${this.name} ${this.#help}\n# TYPE ${this.name} histogram\n`;
+    for (let i = 0; i < this.#bounds.length; i++) {
+      out += `${this.name}_bucket{le="${this.#bounds[i]}"} ${this.#counts[i]}\n`;
+    }
+    out += `${this.name}_bucket{le="+Inf"} ${this.#count}\n`;
+    out += `${this.name}_sum ${formatNumber(this.#sum)}\n${this.name}_count ${this.#count}\n`;
+    return out;
+  }
+}
+
+const LATENCY_BUCKETS_S = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5];
+
+let activeCallCount = 0;
+let storeQueueDepth: () => number = () => 0;
+
+new Gauge("kav_active_calls", "Calls with an open media stream", () => activeCallCount);
+new Gauge(
+  "kav_store_write_queue_depth",
+  "Call-store writes queued, not yet on disk",
+  () => storeQueueDepth(),
+);
+const callsTotal = new Counter("kav_calls_total", "Calls ended, by outcome");
+const rxFrames = new Counter("kav_rx_frames_total", "Inbound media frames received");
+const rxDrops = new Counter(
+  "kav_rx_dropped_frames_total",
+  "Inbound media frames dropped (rx_q full)",
+);
+const txFrames = new Counter("kav_tx_frames_total", "Outbound media frames sent");
+const txLate = new Counter("kav_tx_late_frames_total", "TX ticks later than the cadence allows");
+const malformed = new Counter(
+  "kav_malformed_messages_total",
+  "Inbound WebSocket messages rejected",
+);
+const sttRestarts = new Counter("kav_stt_restarts_total", "STT streams restarted");
+const providerErrors = new Counter("kav_provider_errors_total", "Provider failures, by provider");
+const badSignatures = new Counter(
+  "kav_bad_signatures_total",
+  "Requests rejected for their signature",
+);
+const webhookLatency = new Histogram(
+  "kav_webhook_duration_seconds",
+  "Time to answer a status callback",
+  LATENCY_BUCKETS_S,
+);
+const e2eLatency = new Histogram(
+  "kav_e2e_latency_seconds",
+  "Caller speech end to first agent frame on the wire",
+  LATENCY_BUCKETS_S,
+);
+
+export function callStarted(): void {
+  activeCallCount++;
+}
+export function callEnded(outcome: string): void {
+  activeCallCount--;
+  callsTotal.inc({ outcome });
+}
+export function rxFrameReceived(): void {
+  rxFrames.inc();
+}
+export function rxFrameDropped(): void {
+  rxDrops.inc();
+}
+export function txFrameSent(): void {
+  txFrames.inc();
+}
+export function txLateTick(): void {
+  txLate.inc();
+}
+export function malformedMessage(reason: string): void {
+  malformed.inc({ reason });
+}
+export function sttRestarted(): void {
+  sttRestarts.inc();
+}
+export function providerError(provider: string, category: string): void {
+  providerErrors.inc({ provider, category });
+}
+export function badSignature(route: string): void {
+  badSignatures.inc({ route });
+}
+export function webhookAnswered(seconds: number): void {
+  webhookLatency.observe(seconds);
+}
+export function e2eLatencyObserved(seconds: number): void {
+  e2eLatency.observe(seconds);
+}
+/** The store registers how to read its queue depth. */
+export function watchStoreQueue(read: () => number): void {
+  storeQueueDepth = read;
+}
+export function activeCalls(): number {
+  return activeCallCount;
+}
+
+/** The whole registry in Prometheus text format. */
+export function renderMetrics(): string {
+  let out = "";
+  for (const metric of registry) out += metric.render();
+  return out;
+}

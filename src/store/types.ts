@@ -1,0 +1,98 @@
+/**
+ * The call record contract. Every method only enqueues: writes happen off the 20 ms paths, in order,
+ * and a process killed mid-call leaves everything up to the last completed turn.
+ */
+
+export interface CallStarted {
+  readonly callSid: string;
+  readonly streamSid: string;
+  readonly accountSid: string;
+  readonly from: string | null;
+  readonly to: string | null;
+  readonly customParameters: Readonly<Record<string, string>>;
+  /** Epoch ms. */
+  readonly startedAt: number;
+}
+
+/** Server-side turn timings in ms (LiveKit names); null when not applicable. */
+export interface TurnTimings {
+  /** Caller's speech end (VAD) → turn decided. */
+  readonly end_of_turn_delay: number | null;
+  /** Caller's speech end (VAD) → STT final. */
+  readonly stt_final_delay: number | null;
+  /** LLM request → first token. */
+  readonly llm_ttft: number | null;
+  /** First sentence to TTS → its audio. */
+  readonly tts_ttfb: number | null;
+  /** Caller's speech end → first agent frame on the wire. */
+  readonly e2e_latency: number | null;
+  /** Turn decided (STT final) → first agent frame on the wire, providers excluded where measurable. */
+  readonly server_latency: number | null;
+}
+
+export interface TurnRecord {
+  readonly index: number;
+  readonly speaker: "caller" | "agent";
+  /** Caller: the final transcript. Agent: what was played (truncated to the last played mark if cut). */
+  readonly text: string;
+  /** Agent only: the full generated text, when it differs from `text`. */
+  readonly generated: string | null;
+  /** Agent turn cut by barge-in. */
+  readonly cut: boolean;
+  readonly startedAt: number;
+  readonly endedAt: number;
+  readonly timings: TurnTimings | null;
+}
+
+export type CallEventKind =
+  | "mark"
+  | "clear"
+  | "dtmf"
+  | "stt_restart"
+  | "provider_error"
+  | "malformed"
+  | "barge_in"
+  | "limit";
+
+export interface CallEvent {
+  readonly kind: CallEventKind;
+  readonly at: number;
+  readonly detail: string;
+}
+
+export type CallOutcome =
+  | "completed"
+  | "interrupted"
+  | "idle"
+  | "max_duration"
+  | "drained"
+  | "error"
+  | "rejected";
+
+export interface CallCounters {
+  readonly rx_frames: number;
+  readonly rx_drops: number;
+  readonly tx_frames: number;
+  readonly tx_drops: number;
+  readonly tx_late: number;
+  readonly malformed: number;
+}
+
+export interface CallEnded {
+  readonly endedAt: number;
+  readonly outcome: CallOutcome;
+  readonly reason: string;
+  readonly counters: CallCounters;
+}
+
+export interface CallStore {
+  callStarted(call: CallStarted): void;
+  turnCompleted(callSid: string, turn: TurnRecord): void;
+  event(callSid: string, event: CallEvent): void;
+  callEnded(callSid: string, ended: CallEnded): void;
+  /** Queued writes not yet on disk. */
+  pending(): number;
+  /** Writes everything queued; resolves when on disk. */
+  flush(): Promise<void>;
+  close(): Promise<void>;
+}
