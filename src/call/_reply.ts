@@ -1,0 +1,274 @@
+/**
+ * One agent answer: the LLM stream is read into sentences by one task while a second task turns
+ * each sentence into audio (TTS) and queues it with a mark after it. Reading never waits on
+ * playback, so a slow TX queue cannot look like an LLM stall. Marks tell what the caller heard.
+ */
+import { ProviderError } from "../errors.ts";
+import { SentenceCutter } from "../llm/sentences.ts";
+import type { ChatMessage, LlmProvider } from "../llm/types.ts";
+import * as metrics from "../observe/metrics.ts";
+import type { TurnTimings } from "../store/types.ts";
+import type { TtsProvider } from "../tts/types.ts";
+import type { AgentContext } from "./agent.ts";
+import type { EndOfTurn, TurnClock } from "./turns.ts";
+
+export interface ReplyOptions {
+  readonly id: number;
+  readonly turn: EndOfTurn;
+  readonly history: readonly ChatMessage[];
+  readonly ctx: AgentContext;
+  readonly llm: LlmProvider;
+  readonly tts: TtsProvider;
+  /** Cached apology audio (boot-time); null when it could not be synthesized. */
+  readonly apology: Uint8Array | null;
+  readonly apologyText: string;
+  readonly clock: TurnClock;
+  /** Called when audio first gets queued, so turn-taking knows the agent speaks. */
+  readonly onSpeaking: () => void;
+}
+
+/** A sentence to speak, or the cached apology after a provider failure. */
+type SpokenItem = { readonly text: string; readonly apology: boolean };
+
+const TTS_ATTEMPTS = 2;
+
+/** Starts the answer at once; see the module comment. */
+export function speakReply(options: ReplyOptions): AgentReply {
+  return new AgentReply(options);
+}
+
+export class AgentReply {
+  readonly done: Promise<void>;
+  readonly startedAtEpoch = Date.now();
+  /** Set by the conversation once the turn is in the store. */
+  recorded = false;
+  #cut = false;
+  readonly #o: ReplyOptions;
+  readonly #controller = new AbortController();
+  readonly #signal: AbortSignal;
+  readonly #items: SpokenItem[] = [];
+  #itemsEnded = false;
+  #wakeSpeaker: (() => void) | null = null;
+  /** Mark name → index of the spoken item it follows. */
+  readonly #marks = new Map<string, number>();
+  readonly #played = new Set<number>();
+  readonly #spoken: SpokenItem[] = [];
+  #echoesPending = 0;
+  #pipelineDone = false;
+  #audioQueued = false;
+  #llmStartAt = 0;
+  #firstTokenAt: number | null = null;
+  #firstSentenceAt: number | null = null;
+  #ttsStartAt: number | null = null;
+  #ttsAudioAt: number | null = null;
+  #firstFrameAt: number | null = null;
+
+  constructor(options: ReplyOptions) {
+    this.#o = options;
+    this.#signal = AbortSignal.any([options.ctx.signal, this.#controller.signal]);
+    this.done = Promise.all([this.#readLlm(), this.#speak()]).then(() => {
+      this.#pipelineDone = true;
+    });
+  }
+
+  get cut(): boolean {
+    return this.#cut;
+  }
+
+  /** Some audio of this answer reached the TX queue. */
+  get audioQueued(): boolean {
+    return this.#audioQueued;
+  }
+
+  /** Everything was queued (or the answer was cancelled) and every sent mark came back. */
+  get finished(): boolean {
+    return this.#pipelineDone && this.#echoesPending === 0;
+  }
+
+  ownsMark(name: string): boolean {
+    return this.#marks.has(name);
+  }
+
+  markEchoed(name: string, played: boolean): void {
+    const index = this.#marks.get(name);
+    if (index === undefined) return;
+    this.#marks.delete(name);
+    this.#echoesPending--;
+    if (played && !this.#cut) this.#played.add(index);
+  }
+
+  /** Stops the LLM, TTS and queueing (the caller clears the TX queue). Idempotent. */
+  cancel(): void {
+    if (!this.#controller.signal.aborted) this.#controller.abort(new DOMException("cut", "AbortError"));
+    this.#wakeSpeaker?.();
+  }
+
+  /** From now on nothing more counts as heard: the reply was cut by barge-in. */
+  markCut(): void {
+    this.#cut = true;
+  }
+
+  /** The sentences whose marks came back as played, in order: what the caller heard. */
+  heardText(): string {
+    const parts: string[] = [];
+    for (let i = 0; i < this.#spoken.length; i++) {
+      if (this.#played.has(i)) parts.push(this.#spoken[i].text);
+    }
+    return parts.join(" ");
+  }
+
+  generatedText(): string {
+    return this.#spoken.map((item) => item.text).join(" ");
+  }
+
+  timings(): TurnTimings {
+    const turn = this.#o.turn;
+    const speechEnd = turn.speechEndAt;
+    const frame = this.#firstFrameAt;
+    const llmSpan = this.#firstSentenceAt === null ? 0 : this.#firstSentenceAt - this.#llmStartAt;
+    const ttsSpan = this.#ttsStartAt === null || this.#ttsAudioAt === null
+      ? 0
+      : this.#ttsAudioAt - this.#ttsStartAt;
+    return {
+      end_of_turn_delay: speechEnd === null ? null : turn.decidedAt - speechEnd,
+      stt_final_delay: speechEnd === null || turn.finalAt === null ? null : turn.finalAt - speechEnd,
+      llm_ttft: this.#firstTokenAt === null ? null : this.#firstTokenAt - this.#llmStartAt,
+      tts_ttfb: this.#ttsStartAt === null || this.#ttsAudioAt === null ? null : ttsSpan,
+      e2e_latency: frame === null ? null : frame - (speechEnd ?? turn.decidedAt),
+      server_latency: frame === null ? null : frame - turn.decidedAt - llmSpan - ttsSpan,
+    };
+  }
+
+  #push(item: SpokenItem): void {
+    this.#items.push(item);
+    this.#wakeSpeaker?.();
+  }
+
+  #endItems(): void {
+    this.#itemsEnded = true;
+    this.#wakeSpeaker?.();
+  }
+
+  async #readLlm(): Promise<void> {
+    const { ctx, clock } = this.#o;
+    const cutter = new SentenceCutter();
+    this.#llmStartAt = clock.now();
+    try {
+      for await (const delta of this.#o.llm.stream(this.#o.history, { signal: this.#signal })) {
+        if (this.#firstTokenAt === null) this.#firstTokenAt = clock.now();
+        for (const sentence of cutter.push(delta)) {
+          this.#firstSentenceAt ??= clock.now();
+          this.#push({ text: sentence, apology: false });
+        }
+      }
+      const rest = cutter.flush();
+      if (rest !== null) {
+        this.#firstSentenceAt ??= clock.now();
+        this.#push({ text: rest, apology: false });
+      }
+    } catch (error) {
+      if (!this.#signal.aborted) {
+        this.#providerFailed("llm", error);
+        this.#firstSentenceAt ??= clock.now();
+        this.#push({ text: this.#o.apologyText, apology: true });
+      }
+    } finally {
+      this.#endItems();
+      if (this.#signal.aborted && !ctx.signal.aborted) ctx.log.info("LLM", "answer cancelled");
+    }
+  }
+
+  async #speak(): Promise<void> {
+    let next = 0;
+    while (!this.#signal.aborted) {
+      if (next < this.#items.length) {
+        const item = this.#items[next++];
+        const ok = await this.#speakItem(item).catch((error) => {
+          if (!this.#signal.aborted) this.#o.ctx.log.error("TTS", "speaking failed", { error: String(error) });
+          return false;
+        });
+        if (!ok) {
+          this.cancel();
+          return;
+        }
+        continue;
+      }
+      if (this.#itemsEnded) return;
+      await new Promise<void>((resolve) => (this.#wakeSpeaker = resolve));
+      this.#wakeSpeaker = null;
+    }
+  }
+
+  /** TTS (one retry), then the apology; queues the audio and a mark. False: stop speaking. */
+  async #speakItem(item: SpokenItem): Promise<boolean> {
+    let audio: Uint8Array | null = item.apology ? this.#o.apology : null;
+    let spoken = item;
+    let last = false;
+    if (!item.apology) {
+      audio = await this.#synthesize(item.text);
+      if (audio === null) {
+        if (this.#signal.aborted) return false;
+        spoken = { text: this.#o.apologyText, apology: true };
+        audio = this.#o.apology;
+        last = true;
+      }
+    }
+    if (audio === null || this.#signal.aborted) return false;
+    const index = this.#spoken.length;
+    this.#spoken.push(spoken);
+    const out = this.#o.ctx.out;
+    const first = !this.#audioQueued;
+    this.#audioQueued = true;
+    if (first) this.#o.onSpeaking();
+    const played = await out.play(audio, {
+      signal: this.#signal,
+      onFirstFrameSent: first ? () => (this.#firstFrameAt ??= this.#o.clock.now()) : undefined,
+    });
+    if (!played) return false;
+    const name = `a${this.#o.id}_${index}`;
+    this.#marks.set(name, index);
+    this.#echoesPending++;
+    if (!(await out.mark(name, { signal: this.#signal }))) {
+      this.#marks.delete(name);
+      this.#echoesPending--;
+      return false;
+    }
+    return !last;
+  }
+
+  async #synthesize(text: string): Promise<Uint8Array | null> {
+    const { clock, tts } = this.#o;
+    for (let attempt = 1; attempt <= TTS_ATTEMPTS; attempt++) {
+      if (this.#signal.aborted) return null;
+      const startedAt = clock.now();
+      try {
+        const audio = await tts.synthesize(text, { signal: this.#signal });
+        if (this.#ttsStartAt === null) {
+          this.#ttsStartAt = startedAt;
+          this.#ttsAudioAt = clock.now();
+        }
+        return audio;
+      } catch (error) {
+        if (this.#signal.aborted) return null;
+        this.#providerFailed("tts", error, attempt < TTS_ATTEMPTS);
+      }
+    }
+    return null;
+  }
+
+  #providerFailed(provider: "llm" | "tts", error: unknown, willRetry = false): void {
+    const { ctx } = this.#o;
+    const category = error instanceof ProviderError ? error.category : "server";
+    const message = error instanceof Error ? error.message : String(error);
+    metrics.providerError(provider, category);
+    ctx.log.warn(provider.toUpperCase(), willRetry ? "failed, retrying" : "failed", {
+      category,
+      error: message,
+    });
+    ctx.store.event(ctx.callSid, {
+      kind: "provider_error",
+      at: Date.now(),
+      detail: `${provider} ${category}: ${message}`,
+    });
+  }
+}

@@ -1,0 +1,231 @@
+/**
+ * The phone agent's brain for one call (SPEC 3): turn-taking, the streamed LLM answer cut into
+ * sentences, TTS per sentence into the paced TX queue, a mark after each sentence, barge-in, and
+ * the cached apology when a provider fails. It implements `CallAgent`, so the call core stays the
+ * only owner of the socket and the speech session.
+ */
+import type { CallConfig, LogConfig, SttConfig } from "../config/types.ts";
+import { ProviderError } from "../errors.ts";
+import type { ChatMessage, LlmProvider } from "../llm/types.ts";
+import * as metrics from "../observe/metrics.ts";
+import type { SttEvent } from "../stt/types.ts";
+import type { TtsProvider } from "../tts/types.ts";
+import type { AgentContext, AgentFactory, CallAgent, MarkEcho } from "./agent.ts";
+import { type AgentReply, speakReply } from "./_reply.ts";
+import { systemClock, type TurnClock, TurnDetector, type EndOfTurn } from "./turns.ts";
+
+/** Fixed phrases synthesized at boot (greeting, apology). */
+export interface PhraseSource {
+  get(name: string): Uint8Array | null;
+}
+
+export interface ConversationDeps {
+  readonly call: CallConfig;
+  readonly stt: SttConfig;
+  readonly log: LogConfig;
+  readonly llm: LlmProvider;
+  readonly tts: TtsProvider;
+  readonly phrases: PhraseSource;
+  /** Tests pass a fake; times are ms. */
+  readonly clock?: TurnClock;
+}
+
+/** Builds the `AgentFactory` the call manager uses for every call. */
+export function createConversationFactory(deps: ConversationDeps): AgentFactory {
+  return (ctx) => new Conversation(deps, ctx);
+}
+
+class Conversation implements CallAgent {
+  readonly #deps: ConversationDeps;
+  readonly #ctx: AgentContext;
+  readonly #clock: TurnClock;
+  readonly #detector: TurnDetector;
+  /** System prompt, then what the caller said and what the caller actually heard. */
+  readonly #history: ChatMessage[];
+  #turnIndex = 0;
+  #reply: AgentReply | null = null;
+  #replySeq = 0;
+  /** The greeting is playing until its mark comes back. */
+  #greetingPlaying = true;
+  #closed = false;
+
+  constructor(deps: ConversationDeps, ctx: AgentContext) {
+    this.#deps = deps;
+    this.#ctx = ctx;
+    this.#clock = deps.clock ?? systemClock;
+    this.#history = [{ role: "system", content: deps.call.system_prompt }];
+    if (deps.call.greeting !== "") {
+      this.#history.push({ role: "assistant", content: deps.call.greeting });
+    }
+    this.#detector = new TurnDetector(deps.stt, {
+      partial: (text) => this.#logTranscript("PARTIAL", text),
+      final: (text) => this.#logTranscript("FINAL", text),
+      endOfTurn: (turn) => this.#onEndOfTurn(turn),
+      bargeIn: (event) => this.#bargeIn(event.at, event.cause),
+    }, { clock: this.#clock });
+    this.#detector.setAgentSpeaking(ctx.out.queuedFrames > 0 || ctx.out.pendingMarks.length > 0);
+  }
+
+  onInboundAudio(frame: Uint8Array): void {
+    this.#detector.pushAudio(frame, this.#clock.now());
+  }
+
+  onSpeech(event: SttEvent): void {
+    switch (event.type) {
+      case "partial":
+      case "final":
+        break;
+      case "restart":
+        this.#ctx.store.event(this.#ctx.callSid, {
+          kind: "stt_restart",
+          at: Date.now(),
+          detail: event.reason,
+        });
+        break;
+      case "error":
+        this.#ctx.store.event(this.#ctx.callSid, {
+          kind: "provider_error",
+          at: Date.now(),
+          detail: `stt ${event.error.category}${event.fatal ? " fatal" : ""}: ${event.error.message}`,
+        });
+        break;
+      default: {
+        const unreachable: never = event;
+        throw new TypeError(`Cannot handle speech event "${JSON.stringify(unreachable)}"`);
+      }
+    }
+    this.#detector.stt(event);
+  }
+
+  onMark(name: string, echo: MarkEcho): void {
+    if (name === "greeting_end") {
+      this.#greetingPlaying = false;
+      this.#updateSpeaking();
+      return;
+    }
+    const reply = this.#reply;
+    if (reply === null || !reply.ownsMark(name)) return;
+    reply.markEchoed(name, echo.played);
+    if (reply.finished) this.#finishReply(reply);
+    this.#updateSpeaking();
+  }
+
+  onDtmf(digit: string): void {
+    this.#ctx.log.info("DTMF", "", { digit });
+    this.#ctx.store.event(this.#ctx.callSid, { kind: "dtmf", at: Date.now(), detail: digit });
+  }
+
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#detector.close();
+    const reply = this.#reply;
+    if (reply !== null) {
+      reply.cancel();
+      await reply.done;
+      // The call ended mid-answer: record what was heard so far.
+      this.#finishReply(reply);
+    }
+  }
+
+  #logTranscript(tag: "PARTIAL" | "FINAL", text: string): void {
+    if (this.#deps.log.transcripts) this.#ctx.log.info(tag, JSON.stringify(text));
+    else this.#ctx.log.info(tag, "", { chars: text.length });
+  }
+
+  #onEndOfTurn(turn: EndOfTurn): void {
+    if (this.#closed) return;
+    const nowEpoch = Date.now();
+    const speechEnd = turn.speechEndAt ?? turn.decidedAt;
+    this.#ctx.store.turnCompleted(this.#ctx.callSid, {
+      index: this.#turnIndex++,
+      speaker: "caller",
+      text: turn.text,
+      generated: null,
+      cut: false,
+      startedAt: nowEpoch - Math.max(0, this.#clock.now() - speechEnd),
+      endedAt: nowEpoch,
+      timings: null,
+    });
+    // A reply still in flight (caller spoke again before it was heard) is superseded.
+    const previous = this.#reply;
+    if (previous !== null) {
+      if (previous.audioQueued) this.#ctx.out.clear();
+      this.#cutReply(previous);
+    }
+    this.#history.push({ role: "user", content: turn.text });
+    const reply = speakReply({
+      id: ++this.#replySeq,
+      turn,
+      history: this.#history.slice(),
+      ctx: this.#ctx,
+      llm: this.#deps.llm,
+      tts: this.#deps.tts,
+      apology: this.#deps.phrases.get("apology"),
+      apologyText: this.#deps.call.apology,
+      clock: this.#clock,
+      onSpeaking: () => this.#updateSpeaking(),
+    });
+    this.#reply = reply;
+    reply.done.then(() => {
+      if (reply.finished) this.#finishReply(reply);
+      this.#updateSpeaking();
+    });
+  }
+
+  #bargeIn(at: number, cause: "vad" | "partial"): void {
+    const reply = this.#reply;
+    const speaking = this.#greetingPlaying || (reply !== null && !reply.recorded);
+    if (!speaking || this.#closed) return;
+    this.#ctx.out.clear();
+    this.#greetingPlaying = false;
+    const latency = this.#clock.now() - at;
+    this.#ctx.log.info("BARGE_IN", "", { cause, clear_after_ms: latency });
+    this.#ctx.store.event(this.#ctx.callSid, {
+      kind: "barge_in",
+      at: Date.now(),
+      detail: `${cause} clear_after_ms=${latency.toFixed(1)}`,
+    });
+    if (reply !== null) this.#cutReply(reply);
+    this.#updateSpeaking();
+  }
+
+  /** Cancels a reply and records only what the caller heard (up to its last played mark). */
+  #cutReply(reply: AgentReply): void {
+    reply.cancel();
+    reply.markCut();
+    this.#finishReply(reply);
+  }
+
+  #finishReply(reply: AgentReply): void {
+    if (reply.recorded) return;
+    reply.recorded = true;
+    if (this.#reply === reply) this.#reply = null;
+    const heard = reply.heardText();
+    if (heard !== "") this.#history.push({ role: "assistant", content: heard });
+    const timings = reply.timings();
+    if (timings.e2e_latency !== null) metrics.e2eLatencyObserved(timings.e2e_latency / 1000);
+    this.#ctx.store.turnCompleted(this.#ctx.callSid, {
+      index: this.#turnIndex++,
+      speaker: "agent",
+      text: heard,
+      generated: reply.generatedText() === heard ? null : reply.generatedText(),
+      cut: reply.cut,
+      startedAt: reply.startedAtEpoch,
+      endedAt: Date.now(),
+      timings,
+    });
+  }
+
+  #updateSpeaking(): void {
+    const reply = this.#reply;
+    const speaking = this.#greetingPlaying ||
+      (reply !== null && !reply.recorded && reply.audioQueued);
+    if (speaking !== this.#detector.agentSpeaking) this.#detector.setAgentSpeaking(speaking);
+  }
+}
+
+/** Whether an error is the expected result of our own cancellation. */
+export function isCancellation(error: unknown, signal: AbortSignal): boolean {
+  return signal.aborted || (error instanceof ProviderError && error.category === "cancelled");
+}
