@@ -6,7 +6,6 @@
 import { ProviderError } from "../errors.ts";
 import { SentenceCutter } from "../llm/sentences.ts";
 import type { ChatMessage, LlmProvider } from "../llm/types.ts";
-import * as metrics from "../observe/metrics.ts";
 import type { TurnTimings } from "../store/types.ts";
 import type { TtsProvider } from "../tts/types.ts";
 import type { AgentContext } from "./agent.ts";
@@ -154,7 +153,7 @@ export class AgentReply {
     const cutter = new SentenceCutter();
     this.#llmStartAt = clock.now();
     try {
-      for await (const delta of this.#o.llm.stream(this.#o.history, { signal: this.#signal })) {
+      for await (const delta of this.#o.llm.stream(this.#o.history, { signal: this.#signal, log: ctx.log })) {
         if (this.#firstTokenAt === null) this.#firstTokenAt = clock.now();
         for (const sentence of cutter.push(delta)) {
           this.#firstSentenceAt ??= clock.now();
@@ -260,7 +259,7 @@ export class AgentReply {
     const { ctx } = this.#o;
     const category = error instanceof ProviderError ? error.category : "server";
     const message = error instanceof Error ? error.message : String(error);
-    metrics.providerError(provider, category);
+    // The provider adapters count `kav_provider_errors_total` themselves.
     ctx.log.warn(provider.toUpperCase(), willRetry ? "failed, retrying" : "failed", {
       category,
       error: message,

@@ -67,7 +67,8 @@ class Conversation implements CallAgent {
   }
 
   onInboundAudio(frame: Uint8Array): void {
-    this.#detector.pushAudio(frame, this.#clock.now());
+    // The frame arrives when its 20 ms of audio have ended: VAD times are frame starts.
+    this.#detector.pushAudio(frame, this.#clock.now() - 20);
   }
 
   onSpeech(event: SttEvent): void {

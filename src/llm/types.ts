@@ -1,3 +1,5 @@
+import type { Logger } from "../observe/log.ts";
+
 export interface ChatMessage {
   readonly role: "system" | "user" | "assistant";
   readonly content: string;
@@ -8,5 +10,5 @@ export interface ChatMessage {
  * arrived within `llm.timeout_ms`, or the stream stalled that long between tokens).
  */
 export interface LlmProvider {
-  stream(messages: readonly ChatMessage[], options: { signal: AbortSignal }): AsyncIterable<string>;
+  stream(messages: readonly ChatMessage[], options: { signal: AbortSignal; log?: Logger }): AsyncIterable<string>;
 }

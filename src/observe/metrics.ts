@@ -26,6 +26,8 @@ function formatNumber(value: number): string {
 interface Metric {
   readonly name: string;
   render(): string;
+  /** Back to the initial state (tests). */
+  reset(): void;
 }
 
 const registry: Metric[] = [];
@@ -33,10 +35,13 @@ const registry: Metric[] = [];
 class Counter implements Metric {
   readonly name: string;
   readonly #help: string;
+  /** Labelled counters have no series until the first `inc` (a bare `name 0` would be a stray series). */
+  readonly #labelled: boolean;
   readonly #values = new Map<string, number>();
-  constructor(name: string, help: string) {
+  constructor(name: string, help: string, options?: { labelled?: boolean }) {
     this.name = name;
     this.#help = help;
+    this.#labelled = options?.labelled ?? false;
     registry.push(this);
   }
   inc(labels?: Labels, by = 1): void {
@@ -46,9 +51,12 @@ class Counter implements Metric {
   get(labels?: Labels): number {
     return this.#values.get(labelKey(labels)) ?? 0;
   }
+  reset(): void {
+    this.#values.clear();
+  }
   render(): string {
     let out = `# HELP ${this.name} ${this.#help}\n# TYPE ${this.name} counter\n`;
-    if (this.#values.size === 0) out += `${this.name} 0\n`;
+    if (this.#values.size === 0 && !this.#labelled) out += `${this.name} 0\n`;
     for (const [key, value] of this.#values) out += `${this.name}${key} ${formatNumber(value)}\n`;
     return out;
   }
@@ -64,9 +72,17 @@ class Gauge implements Metric {
     this.#read = read;
     registry.push(this);
   }
+  reset(): void {}
   render(): string {
+    let value: number;
+    try {
+      value = this.#read();
+    } catch {
+      // A scrape must not fail because one source (e.g. a closed store) cannot be read.
+      value = NaN;
+    }
     return `# HELP ${this.name} ${this.#help}\n# TYPE ${this.name} gauge\n${this.name} ${
-      formatNumber(this.#read())
+      formatNumber(value)
     }\n`;
   }
 }
@@ -84,6 +100,11 @@ class Histogram implements Metric {
     this.#bounds = bounds;
     this.#counts = bounds.map(() => 0);
     registry.push(this);
+  }
+  reset(): void {
+    this.#counts.fill(0);
+    this.#sum = 0;
+    this.#count = 0;
   }
   observe(value: number): void {
     this.#sum += value;
@@ -114,7 +135,7 @@ new Gauge(
   "Call-store writes queued, not yet on disk",
   () => storeQueueDepth(),
 );
-const callsTotal = new Counter("kav_calls_total", "Calls ended, by outcome");
+const callsTotal = new Counter("kav_calls_total", "Calls ended, by outcome", { labelled: true });
 const rxFrames = new Counter("kav_rx_frames_total", "Inbound media frames received");
 const rxDrops = new Counter(
   "kav_rx_dropped_frames_total",
@@ -125,13 +146,31 @@ const txLate = new Counter("kav_tx_late_frames_total", "TX ticks later than the 
 const malformed = new Counter(
   "kav_malformed_messages_total",
   "Inbound WebSocket messages rejected",
+  { labelled: true },
 );
 const sttRestarts = new Counter("kav_stt_restarts_total", "STT streams restarted");
-const providerErrors = new Counter("kav_provider_errors_total", "Provider failures, by provider");
+const providerErrors = new Counter(
+  "kav_provider_errors_total",
+  "Provider failures, by provider",
+  { labelled: true },
+);
 const badSignatures = new Counter(
   "kav_bad_signatures_total",
   "Requests rejected for their signature",
+  { labelled: true },
 );
+const storeWriteFailures = new Counter(
+  "kav_store_write_failures_total",
+  "Call-store batches that failed (retried) or writes rejected by SQLite (dropped)",
+  { labelled: true },
+);
+const crmAttempts = new Counter(
+  "kav_crm_delivery_attempts_total",
+  "CRM summary POSTs, by result",
+  { labelled: true },
+);
+let crmOutboxPending: () => number = () => 0;
+new Gauge("kav_crm_outbox_pending", "CRM summaries not yet delivered", () => crmOutboxPending());
 const webhookLatency = new Histogram(
   "kav_webhook_duration_seconds",
   "Time to answer a status callback",
@@ -184,8 +223,28 @@ export function e2eLatencyObserved(seconds: number): void {
 export function watchStoreQueue(read: () => number): void {
   storeQueueDepth = read;
 }
+/** A store batch failed and stays queued (`retried`), or SQLite rejected one write (`dropped`). */
+export function storeWriteFailed(action: "retried" | "dropped"): void {
+  storeWriteFailures.inc({ action });
+}
+/** One CRM POST finished: a 2xx (`delivered`) or anything else (`failed`, to be retried). */
+export function crmDeliveryAttempt(result: "delivered" | "failed"): void {
+  crmAttempts.inc({ result });
+}
+/** The CRM outbox registers how to count undelivered summaries. */
+export function watchCrmOutbox(read: () => number): void {
+  crmOutboxPending = read;
+}
 export function activeCalls(): number {
   return activeCallCount;
+}
+
+/** Zeroes every counter and histogram and forgets the watchers (tests only). */
+export function resetMetrics(): void {
+  for (const metric of registry) metric.reset();
+  activeCallCount = 0;
+  storeQueueDepth = () => 0;
+  crmOutboxPending = () => 0;
 }
 
 /** The whole registry in Prometheus text format. */

@@ -1,0 +1,182 @@
+/**
+ * The `kav` command line: argument parsing and dispatch only.
+ *
+ *   kav [--config <file>]             run the server (default /etc/kav/kav.toml)
+ *   kav check-config [<file>]         print "ok" or the problems, one per line
+ *   kav calls … / kav call …          call records (src/store/cli.ts)
+ *   kav --help
+ */
+
+import { runServer } from "./src/app.ts";
+import { loadConfig } from "./src/config/load.ts";
+import type { Config } from "./src/config/types.ts";
+import { ConfigError, formatProblem } from "./src/errors.ts";
+import type { MediaCallAcceptor } from "./src/http/types.ts";
+import { createLogger } from "./src/observe/log.ts";
+import { runCallsCommand } from "./src/store/cli.ts";
+
+export const DEFAULT_CONFIG_PATH = "/etc/kav/kav.toml";
+
+export const USAGE = `Kav: an on-prem AI phone agent for Twilio.
+
+Usage:
+  kav [--config <file>]              Run the server (default config ${DEFAULT_CONFIG_PATH})
+  kav check-config [<file>]          Validate a config file: prints "ok" or one problem per line
+  kav calls [--config <file>] ...    List and search call records
+  kav call [--config <file>] <sid>   Show one call record
+  kav --help                         Show this help
+
+Secrets come from the environment or systemd credentials, never from the file:
+  TWILIO_AUTH_TOKEN / twilio_auth_token, OPENAI_API_KEY / openai_api_key,
+  GOOGLE_APPLICATION_CREDENTIALS / google_credentials, KAV_CRM_SECRET / crm_secret.
+`;
+
+/** What the command line asks for. */
+export type Command =
+  | { readonly kind: "serve"; readonly configPath: string }
+  | { readonly kind: "help" }
+  | { readonly kind: "check-config"; readonly configPath: string }
+  | {
+    readonly kind: "records";
+    readonly name: "calls" | "call";
+    readonly configPath: string;
+    readonly args: readonly string[];
+  }
+  | { readonly kind: "usage-error"; readonly message: string };
+
+/** Parses `args` (no side effects). `--config` may come before or after the subcommand. */
+export function parseArgs(args: readonly string[]): Command {
+  let configPath: string | null = null;
+  const rest: string[] = [];
+  for (let i = 0; i < args.length; i++) {
+    const arg = args[i];
+    if (arg === "--help" || arg === "-h") return { kind: "help" };
+    if (arg === "--config" || arg === "-c") {
+      const value = args[i + 1];
+      if (value === undefined || value === "") {
+        return { kind: "usage-error", message: `Missing a file after ${arg}` };
+      }
+      configPath = value;
+      i++;
+    } else if (arg.startsWith("--config=")) {
+      configPath = arg.slice("--config=".length);
+    } else {
+      rest.push(arg);
+    }
+  }
+  const [command, ...commandArgs] = rest;
+  switch (command) {
+    case undefined:
+    case "serve":
+      if (commandArgs.length > 0) {
+        return {
+          kind: "usage-error",
+          message: `Unexpected argument ${JSON.stringify(commandArgs[0])}`,
+        };
+      }
+      return { kind: "serve", configPath: configPath ?? DEFAULT_CONFIG_PATH };
+    case "help":
+      return { kind: "help" };
+    case "check-config":
+      if (commandArgs.length > 1) {
+        return {
+          kind: "usage-error",
+          message: `Unexpected argument ${JSON.stringify(commandArgs[1])}`,
+        };
+      }
+      return {
+        kind: "check-config",
+        configPath: commandArgs[0] ?? configPath ?? DEFAULT_CONFIG_PATH,
+      };
+    case "calls":
+    case "call":
+      return {
+        kind: "records",
+        name: command,
+        configPath: configPath ?? DEFAULT_CONFIG_PATH,
+        args: commandArgs,
+      };
+    default:
+      return command.startsWith("-")
+        ? { kind: "usage-error", message: `Unknown option ${JSON.stringify(command)}` }
+        : { kind: "usage-error", message: `Unknown command ${JSON.stringify(command)}` };
+  }
+}
+
+/** Loads the config or prints its problems to stderr (null then). */
+async function loadOrReport(
+  path: string,
+  options: { readonly requireAuthToken: boolean },
+): Promise<Config | null> {
+  try {
+    return await loadConfig(path, options);
+  } catch (error) {
+    if (!(error instanceof ConfigError)) throw error;
+    for (const problem of error.problems) console.error(formatProblem(problem));
+    return null;
+  }
+}
+
+/** Runs one command; resolves to the process exit code. */
+export async function main(args: readonly string[]): Promise<number> {
+  const command = parseArgs(args);
+  switch (command.kind) {
+    case "help":
+      console.log(USAGE);
+      return 0;
+    case "usage-error":
+      console.error(`${command.message}\n\n${USAGE}`);
+      return 2;
+    case "check-config": {
+      const config = await loadOrReport(command.configPath, { requireAuthToken: true });
+      if (config === null) return 1;
+      console.log("ok");
+      return 0;
+    }
+    case "records": {
+      // Reading records needs no Twilio secret.
+      const config = await loadOrReport(command.configPath, { requireAuthToken: false });
+      if (config === null) return 1;
+      return await runCallsCommand([command.name, ...command.args], {
+        storagePath: config.storage.path,
+      });
+    }
+    case "serve":
+      return await serve(command.configPath);
+    default: {
+      const unreachable: never = command;
+      throw new TypeError(`Cannot run command ${JSON.stringify(unreachable)}`);
+    }
+  }
+}
+
+async function serve(configPath: string): Promise<number> {
+  const config = await loadOrReport(configPath, { requireAuthToken: true });
+  if (config === null) return 1;
+  const log = createLogger();
+  // TODO(#2): replace with the CallManager from src/call/manager.ts (providers, store, drain).
+  const calls: MediaCallAcceptor = {
+    canAccept: () => false,
+    attach: (socket) => socket.close(1013, "Not ready"),
+  };
+  try {
+    await runServer({
+      config,
+      log,
+      calls,
+      onStatusEvent: (params, webhook) =>
+        log.info("STREAM", webhook, {
+          call: params.CallSid ?? null,
+          event: params.StreamEvent ?? null,
+        }),
+    });
+  } catch (error) {
+    log.error("HTTP", "server failed", {
+      error: error instanceof Error ? error.message : String(error),
+    });
+    return 1;
+  }
+  return 0;
+}
+
+if (import.meta.main) Deno.exit(await main(Deno.args));

@@ -1,0 +1,94 @@
+/** A call's slow timers on the shared scheduler: limits (idle media, max duration) and telemetry. */
+import type { ServerConfig } from "../config/types.ts";
+import type { CallOutcome } from "../store/types.ts";
+import type { Scheduler, Task } from "./scheduler.ts";
+
+/** Telemetry period, ms (SPEC: once per second per call). */
+export const TELEMETRY_MS = 1000;
+
+/**
+ * Closes the call when no media arrived for `idle_media_timeout_s` (outcome `idle`) or when it has
+ * lasted `max_call_duration_s` (outcome `max_duration`). One task, re-armed at the nearer deadline;
+ * a media frame only updates a number.
+ */
+export class CallLimits {
+  readonly #scheduler: Scheduler;
+  readonly #idleMs: number;
+  readonly #maxMs: number;
+  readonly #task: Task;
+  readonly #onLimit: (outcome: CallOutcome, reason: string) => void;
+  #openedAt = 0;
+  #lastMedia = 0;
+
+  constructor(
+    scheduler: Scheduler,
+    server: Pick<ServerConfig, "idle_media_timeout_s" | "max_call_duration_s">,
+    onLimit: (outcome: CallOutcome, reason: string) => void,
+    onError: (error: unknown) => void,
+  ) {
+    this.#scheduler = scheduler;
+    this.#idleMs = server.idle_media_timeout_s * 1000;
+    this.#maxMs = server.max_call_duration_s * 1000;
+    this.#onLimit = onLimit;
+    this.#task = scheduler.task(this.#check, onError);
+  }
+
+  /** Starts both clocks now (socket open). */
+  start(): void {
+    this.#openedAt = this.#lastMedia = this.#scheduler.now();
+    this.#arm();
+  }
+
+  stop(): void {
+    this.#task.cancel();
+  }
+
+  /** A media frame arrived: the idle clock restarts. */
+  mediaReceived(): void {
+    this.#lastMedia = this.#scheduler.now();
+  }
+
+  #arm(): void {
+    this.#task.at(Math.min(this.#lastMedia + this.#idleMs, this.#openedAt + this.#maxMs));
+  }
+
+  #check = (now: number): void => {
+    if (now >= this.#openedAt + this.#maxMs) {
+      this.#onLimit("max_duration", `call reached ${this.#maxMs / 1000} s`);
+    } else if (now >= this.#lastMedia + this.#idleMs) {
+      this.#onLimit("idle", `no media for ${this.#idleMs / 1000} s`);
+    } else {
+      this.#arm();
+    }
+  };
+}
+
+/** Runs `report` every second on an absolute cadence. */
+export class Telemetry {
+  readonly #scheduler: Scheduler;
+  readonly #task: Task;
+  readonly #report: () => void;
+  #next = 0;
+
+  constructor(scheduler: Scheduler, report: () => void, onError: (error: unknown) => void) {
+    this.#scheduler = scheduler;
+    this.#report = report;
+    this.#task = scheduler.task(this.#tick, onError);
+  }
+
+  start(): void {
+    this.#next = this.#scheduler.now() + TELEMETRY_MS;
+    this.#task.at(this.#next);
+  }
+
+  stop(): void {
+    this.#task.cancel();
+  }
+
+  #tick = (now: number): void => {
+    this.#report();
+    this.#next += TELEMETRY_MS;
+    if (this.#next <= now) this.#next = now + TELEMETRY_MS;
+    this.#task.at(this.#next);
+  };
+}

@@ -1,0 +1,172 @@
+/**
+ * Every key of the TOML file: its type, default and bounds. Defaults are SPEC section 4 values.
+ * Keys are dotted paths ("stt.google.endpoint"); the tables are derived from them.
+ */
+
+/** What a validated value can be; `null` only for nullable strings ("" in the file). */
+export type ConfigValue = string | number | boolean | null;
+
+/** Returns a problem message, or null when the value is acceptable. */
+export type Check = (value: string) => string | null;
+
+export type Rule =
+  | { readonly kind: "int"; readonly default: number; readonly min: number; readonly max: number }
+  | {
+    readonly kind: "number";
+    readonly default: number;
+    readonly min: number;
+    readonly max: number;
+  }
+  | { readonly kind: "bool"; readonly default: boolean }
+  | { readonly kind: "string"; readonly default: string | null; readonly check?: Check }
+  /** "" in the file means "off" (null): TOML has no null. */
+  | { readonly kind: "nullable_string"; readonly default: string | null; readonly check?: Check }
+  | { readonly kind: "enum"; readonly default: string; readonly values: readonly string[] };
+
+const MIB = 1024 * 1024;
+
+/** "host:port" or "[v6]:port", port 0-65535. */
+export function parseListen(value: string): { hostname: string; port: number } | null {
+  const match = /^(?:\[([0-9A-Fa-f:.%\w]+)\]|([^\s:[\]]+)):(\d{1,5})$/.exec(value);
+  if (!match) return null;
+  const port = Number(match[3]);
+  if (port > 65535) return null;
+  return { hostname: match[1] ?? match[2], port };
+}
+
+function checkListen(value: string): string | null {
+  return parseListen(value) === null
+    ? `must be "host:port" (IPv6 as "[::]:8080") with a port up to 65535: current value is ${
+      JSON.stringify(value)
+    }`
+    : null;
+}
+
+function checkHttpUrl(value: string): string | null {
+  let url: URL;
+  try {
+    url = new URL(value);
+  } catch {
+    return `must be an absolute http(s) URL: current value is ${JSON.stringify(value)}`;
+  }
+  if (url.protocol !== "https:" && url.protocol !== "http:") {
+    return `must use https or http: current value is ${JSON.stringify(value)}`;
+  }
+  if (url.search !== "" || url.hash !== "" || url.username !== "" || url.password !== "") {
+    return `must not have a query, fragment or credentials: current value is ${
+      JSON.stringify(value)
+    }`;
+  }
+  return null;
+}
+
+function checkEndpoint(value: string): string | null {
+  return /^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(?::\d{1,5})?$/.test(value)
+    ? null
+    : `must be "host" or "host:port": current value is ${JSON.stringify(value)}`;
+}
+
+function checkNonEmpty(value: string): string | null {
+  return value.trim() === "" ? "must not be empty" : null;
+}
+
+function checkLanguage(value: string): string | null {
+  return /^[A-Za-z]{2,3}(?:-[A-Za-z0-9]{2,8})*$/.test(value)
+    ? null
+    : `must be a BCP-47 language tag like "he-IL": current value is ${JSON.stringify(value)}`;
+}
+
+const int = (def: number, min: number, max: number): Rule => ({
+  kind: "int",
+  default: def,
+  min,
+  max,
+});
+const num = (def: number, min: number, max: number): Rule => ({
+  kind: "number",
+  default: def,
+  min,
+  max,
+});
+const bool = (def: boolean): Rule => ({ kind: "bool", default: def });
+const str = (def: string | null, check?: Check): Rule => ({ kind: "string", default: def, check });
+
+/** The default spoken greeting ("Hello, you have reached us. How can I help?"). */
+export const DEFAULT_GREETING = "שלום, הגעתם אלינו. במה אפשר לעזור?";
+/** The default apology ("Sorry, I have a momentary problem. Could you repeat that?"). */
+export const DEFAULT_APOLOGY = "סליחה, יש לי תקלה רגעית. אפשר לחזור על זה?";
+export const DEFAULT_SYSTEM_PROMPT =
+  "You are a polite phone agent for a business. Answer in short spoken Hebrew sentences, " +
+  "without lists, markup or emojis. If you do not know something, say so and offer to pass a message.";
+
+/** All keys; `default: null` on a plain string means the key is required. */
+export const SCHEMA: ReadonlyMap<string, Rule> = new Map<string, Rule>([
+  ["server.listen", str("0.0.0.0:8080", checkListen)],
+  ["server.public_url", str(null, checkHttpUrl)],
+  ["server.drain_timeout_s", num(30, 0, 3600)],
+  ["server.tls_cert", { kind: "nullable_string", default: null }],
+  ["server.tls_key", { kind: "nullable_string", default: null }],
+  ["server.max_calls", int(500, 1, 100_000)],
+  ["server.max_ws_message_bytes", int(65536, 1024, 16 * MIB)],
+  ["server.max_body_bytes", int(65536, 1024, 16 * MIB)],
+  ["server.idle_media_timeout_s", num(15, 0.1, 3600)],
+  ["server.max_call_duration_s", num(3600, 1, 86_400)],
+  ["server.bad_signature_per_ip_per_min", int(30, 1, 1_000_000)],
+  ["twilio.validate_signatures", bool(true)],
+  ["call.language", str("he-IL", checkLanguage)],
+  ["call.greeting", str(DEFAULT_GREETING, checkNonEmpty)],
+  ["call.system_prompt", str(DEFAULT_SYSTEM_PROMPT, checkNonEmpty)],
+  ["call.apology", str(DEFAULT_APOLOGY, checkNonEmpty)],
+  ["audio.rx_queue_frames", int(200, 10, 50_000)],
+  ["audio.tx_queue_frames", int(144, 10, 50_000)],
+  ["audio.tx_lead_ms", int(60, 0, 1000)],
+  ["audio.tx_max_buffered_bytes", int(32768, 1024, 16 * MIB)],
+  ["stt.provider", { kind: "enum", default: "google", values: ["google"] }],
+  ["stt.batch_ms", int(40, 20, 200)],
+  ["stt.partial_debounce_ms", int(90, 0, 2000)],
+  ["stt.timeout_ms", int(320, 20, 10_000)],
+  ["stt.vad_hangover_ms", int(180, 0, 5000)],
+  ["stt.restart_after_s", num(290, 0.1, 295)],
+  ["stt.google.endpoint", str("speech.googleapis.com", checkEndpoint)],
+  ["stt.google.fallback_endpoint", {
+    kind: "nullable_string",
+    default: "us-central1-speech.googleapis.com",
+    check: checkEndpoint,
+  }],
+  ["stt.google.insecure", bool(false)],
+  ["stt.google.model", str("phone_call", checkNonEmpty)],
+  ["stt.google.use_enhanced", bool(true)],
+  ["tts.provider", { kind: "enum", default: "google", values: ["google"] }],
+  ["tts.voice", str("he-IL-Wavenet-A", checkNonEmpty)],
+  ["tts.google.endpoint", str("texttospeech.googleapis.com", checkEndpoint)],
+  ["tts.google.insecure", bool(false)],
+  ["llm.provider", { kind: "enum", default: "openai", values: ["openai"] }],
+  ["llm.base_url", str("https://api.openai.com/v1", checkHttpUrl)],
+  ["llm.model", str("gpt-4o-mini", checkNonEmpty)],
+  ["llm.timeout_ms", int(8000, 100, 600_000)],
+  ["llm.temperature", num(0.3, 0, 2)],
+  ["llm.max_tokens", int(300, 1, 100_000)],
+  ["storage.path", str("/var/lib/kav/kav.db", checkNonEmpty)],
+  ["storage.retention_days", int(0, 0, 36_500)],
+  ["log.transcripts", bool(true)],
+  ["crm.url", { kind: "nullable_string", default: null, check: checkHttpUrl }],
+]);
+
+/** Secrets (and the Google credential path) never read from the file, with where they come from. */
+export const SECRET_KEYS: ReadonlyMap<string, { env: string; credential: string }> = new Map([
+  ["twilio.auth_token", { env: "TWILIO_AUTH_TOKEN", credential: "twilio_auth_token" }],
+  ["llm.api_key", { env: "OPENAI_API_KEY", credential: "openai_api_key" }],
+  ["crm.secret", { env: "KAV_CRM_SECRET", credential: "crm_secret" }],
+  [
+    "google.credentials_path",
+    { env: "GOOGLE_APPLICATION_CREDENTIALS", credential: "google_credentials" },
+  ],
+]);
+
+/** Every table path that may appear ("server", "stt", "stt.google", ...). */
+export const TABLES: ReadonlySet<string> = new Set(
+  [...SCHEMA.keys(), ...SECRET_KEYS.keys()].flatMap((key) => {
+    const parts = key.split(".");
+    return parts.slice(1).map((_, i) => parts.slice(0, i + 1).join("."));
+  }),
+);

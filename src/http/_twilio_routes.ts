@@ -1,0 +1,234 @@
+/** The routes Twilio calls: the Voice URL, the stream status callbacks and the media upgrade. */
+
+import { badSignature, webhookAnswered } from "../observe/metrics.ts";
+import {
+  type FormParams,
+  validateJsonWebhookSignature,
+  validateUpgradeSignature,
+  validateWebhookSignature,
+} from "../twilio/signature.ts";
+import { busyTwiml, connectStreamTwiml, parameterFits } from "../twilio/twiml.ts";
+import { readBody } from "./_body.ts";
+import type { LimitVerdict } from "./_rate_limit.ts";
+import { offeredProtocols, signedUrl } from "./_urls.ts";
+import type { HandlerDeps, StreamWebhook } from "./types.ts";
+
+/** The subprotocol Twilio is said to offer; echoed only when offered (RFC 6455). */
+export const TWILIO_SUBPROTOCOL = "audio.twilio.com";
+
+/** One request as the routes see it. */
+export interface RouteContext {
+  readonly req: Request;
+  /** Remote "host:port" and host alone (the rate-limit key). */
+  readonly remoteAddr: string;
+  readonly remoteHost: string;
+  /** Route name for logs and metrics ("twiml", "stream_status", ...). */
+  readonly route: string;
+}
+
+/** Shared state of one handler. */
+export interface RouteEnv {
+  readonly deps: HandlerDeps;
+  readonly limitBadSignature: (ip: string) => LimitVerdict;
+}
+
+const decoder = new TextDecoder();
+const encoder = new TextEncoder();
+/** Voice URL fields passed to the stream as `<Parameter>`s (they arrive in `customParameters`). */
+const FORWARDED_PARAMS = ["From", "To", "CallSid"] as const;
+
+function empty(status: number, headers?: HeadersInit): Response {
+  return new Response(null, { status, headers });
+}
+
+/**
+ * Null when the signature verifies (or checks are off); else the 403/429 to send. Bad requests
+ * are logged once each up to the per-IP cap, then once when the cap is crossed.
+ */
+function refuseBadSignature(
+  env: RouteEnv,
+  ctx: RouteContext,
+  verify: (authToken: string, signature: string | null) => boolean,
+): Response | null {
+  const { config, log } = env.deps;
+  if (!config.twilio.validate_signatures) return null;
+  const signature = ctx.req.headers.get("x-twilio-signature");
+  const token = config.twilio.auth_token;
+  if (token !== null && verify(token, signature)) return null;
+  badSignature(ctx.route);
+  const verdict = env.limitBadSignature(ctx.remoteHost);
+  switch (verdict) {
+    case "counted":
+      log.warn("HTTP", "bad signature", {
+        route: ctx.route,
+        remote: ctx.remoteAddr,
+        signature: signature === null ? "missing" : "invalid",
+      });
+      return empty(403);
+    case "limited_first":
+      log.warn("HTTP", "bad signatures over the per-IP cap, answering 429", {
+        route: ctx.route,
+        remote: ctx.remoteAddr,
+        per_min: config.server.bad_signature_per_ip_per_min,
+      });
+      return empty(429);
+    case "limited":
+      return empty(429);
+    default: {
+      const unreachable: never = verdict;
+      throw new TypeError(`Cannot handle limiter verdict ${JSON.stringify(unreachable)}`);
+    }
+  }
+}
+
+/** Reads a form-encoded webhook and checks its signature; a Response means stop there. */
+async function readSignedForm(
+  env: RouteEnv,
+  ctx: RouteContext,
+): Promise<{ ok: true; params: FormParams } | { ok: false; response: Response }> {
+  const body = await readBody(ctx.req, { maxBytes: env.deps.config.server.max_body_bytes });
+  if (!body.ok) return { ok: false, response: empty(413, { connection: "close" }) };
+  const params: FormParams = [...new URLSearchParams(decoder.decode(body.bytes))];
+  const url = signedUrl(env.deps.config.server.public_url, ctx.req.url, { websocket: false });
+  // A `bodySHA256` query parameter marks a JSON webhook (signed over the URL alone).
+  const isJson = /[?&]bodySHA256=/.test(url);
+  const refused = refuseBadSignature(
+    env,
+    ctx,
+    (authToken, signature) =>
+      isJson
+        ? validateJsonWebhookSignature(authToken, { url, body: body.bytes, signature })
+        : validateWebhookSignature(authToken, { url, params, signature }),
+  );
+  return refused === null ? { ok: true, params } : { ok: false, response: refused };
+}
+
+/** `POST /twiml`: the Voice URL. Answers `<Connect><Stream>`, or busy when Kav cannot take it. */
+export async function handleTwiml(env: RouteEnv, ctx: RouteContext): Promise<Response> {
+  const form = await readSignedForm(env, ctx);
+  if (!form.ok) return form.response;
+  const { deps } = env;
+  const fields = new Map(form.params);
+  const callSid = fields.get("CallSid") ?? null;
+  let xml: string;
+  if (deps.isDraining() || !deps.calls.canAccept()) {
+    deps.log.warn("TWIML", "busy", {
+      call: callSid,
+      reason: deps.isDraining() ? "draining" : "max_calls",
+    });
+    xml = busyTwiml();
+  } else {
+    const parameters: [string, string][] = [];
+    for (const name of FORWARDED_PARAMS) {
+      const value = fields.get(name);
+      if (value === undefined) continue;
+      if (parameterFits(name, value)) parameters.push([name, value]);
+      else deps.log.warn("TWIML", "parameter too long, left out", { call: callSid, name });
+    }
+    xml = connectStreamTwiml({ publicUrl: deps.config.server.public_url, parameters });
+    deps.log.info("TWIML", "stream", { call: callSid });
+  }
+  const bytes = encoder.encode(xml);
+  // Explicit length: Twilio may truncate chunked TwiML (error 12100).
+  return new Response(bytes, {
+    status: 200,
+    headers: {
+      "content-type": "text/xml; charset=utf-8",
+      "content-length": String(bytes.byteLength),
+      "cache-control": "no-store",
+    },
+  });
+}
+
+/**
+ * `POST /webhook/stream_status|stream_ended`: 204 at once; the event is handed on from a timer
+ * so nothing it does can delay the answer (error 11205 was the field failure).
+ */
+export async function handleStreamWebhook(
+  env: RouteEnv,
+  ctx: RouteContext,
+  webhook: StreamWebhook,
+): Promise<Response> {
+  const started = performance.now();
+  const form = await readSignedForm(env, ctx);
+  if (!form.ok) return form.response;
+  const params = Object.freeze(Object.fromEntries(form.params));
+  const response = empty(204, { "cache-control": "no-store" });
+  const { deps } = env;
+  setTimeout(() => deliverStatusEvent(deps, params, webhook), 0);
+  webhookAnswered((performance.now() - started) / 1000);
+  return response;
+}
+
+function deliverStatusEvent(
+  deps: HandlerDeps,
+  params: Readonly<Record<string, string>>,
+  webhook: StreamWebhook,
+): void {
+  const fail = (error: unknown) =>
+    deps.log.error("HTTP", "status event handler failed", {
+      call: params.CallSid ?? null,
+      webhook,
+      error: error instanceof Error ? error.message : String(error),
+    });
+  try {
+    const result = deps.onStatusEvent(params, webhook);
+    if (result instanceof Promise) result.catch(fail);
+  } catch (error) {
+    fail(error);
+  }
+}
+
+/** `GET /ws/twilio-media`: checks the upgrade, then hands the socket to the call manager. */
+export function handleMediaUpgrade(env: RouteEnv, ctx: RouteContext): Response {
+  const { req } = ctx;
+  const { deps } = env;
+  if (req.headers.get("upgrade")?.toLowerCase() !== "websocket") {
+    return new Response("expected a WebSocket upgrade\n", {
+      status: 426,
+      headers: { upgrade: "websocket", "content-type": "text/plain; charset=utf-8" },
+    });
+  }
+  const url = signedUrl(deps.config.server.public_url, req.url, { websocket: true });
+  const refused = refuseBadSignature(
+    env,
+    ctx,
+    (authToken, signature) => validateUpgradeSignature(authToken, { url, signature }),
+  );
+  if (refused !== null) return refused;
+  if (deps.isDraining() || !deps.calls.canAccept()) {
+    deps.log.warn("WS", "upgrade refused", {
+      remote: ctx.remoteAddr,
+      reason: deps.isDraining() ? "draining" : "max_calls",
+    });
+    return empty(503, { "retry-after": "5" });
+  }
+  // Read before upgrading: the request's headers are gone once it is upgraded.
+  const offered = offeredProtocols(req.headers.get("sec-websocket-protocol"));
+  let upgraded: { socket: WebSocket; response: Response };
+  try {
+    upgraded = Deno.upgradeWebSocket(req);
+  } catch (error) {
+    deps.log.warn("WS", "bad upgrade request", {
+      remote: ctx.remoteAddr,
+      error: error instanceof Error ? error.message : String(error),
+    });
+    return empty(400);
+  }
+  // Set by hand: Deno's own check only splits the offer on ", ", and RFC 6455 allows ",".
+  if (offered.includes(TWILIO_SUBPROTOCOL)) {
+    upgraded.response.headers.set("sec-websocket-protocol", TWILIO_SUBPROTOCOL);
+  }
+  const { socket, response } = upgraded;
+  try {
+    deps.calls.attach(socket, { remoteAddr: ctx.remoteAddr });
+  } catch (error) {
+    // Past the upgrade only the 101 may be returned: close the socket instead of answering 500.
+    deps.log.error("WS", "attach failed", {
+      remote: ctx.remoteAddr,
+      error: error instanceof Error ? error.message : String(error),
+    });
+    socket.onopen = () => socket.close(1011, "Internal error");
+  }
+  return response;
+}

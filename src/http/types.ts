@@ -1,0 +1,31 @@
+/** What the HTTP layer needs from the rest of Kav. */
+
+import type { Config } from "../config/types.ts";
+import type { Logger } from "../observe/log.ts";
+
+/** Takes accepted media WebSockets; `src/call/manager.ts`'s `CallManager` implements it. */
+export interface MediaCallAcceptor {
+  /** False when at `server.max_calls` or draining: the upgrade is answered 503. */
+  canAccept(): boolean;
+  /** Owns `socket` from here on (it may still be CONNECTING). `remoteAddr` is "host:port". */
+  attach(socket: WebSocket, meta: { readonly remoteAddr: string }): void;
+}
+
+/** Which stream webhook delivered a status event. */
+export type StreamWebhook = "stream_status" | "stream_ended";
+
+/** Form fields of a status callback (a repeated name keeps its last value). */
+export type StatusParams = Readonly<Record<string, string>>;
+
+export interface HandlerDeps {
+  readonly config: Config;
+  readonly log: Logger;
+  readonly calls: MediaCallAcceptor;
+  /**
+   * A verified stream status callback, delivered after its 204 is built and never awaited; a
+   * throw or rejection is logged.
+   */
+  onStatusEvent(params: StatusParams, webhook: StreamWebhook): void | Promise<void>;
+  /** True once shutdown began: /healthz says 503 and new calls are refused. */
+  isDraining(): boolean;
+}

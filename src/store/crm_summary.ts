@@ -1,0 +1,83 @@
+/**
+ * The JSON body POSTed to the CRM when a call ends. Times are ISO 8601 (UTC), durations and
+ * latencies in ms. The body is built once, stored in the outbox and re-sent byte for byte, so the
+ * signature and the delivery id stay stable across retries.
+ */
+import type { CallDetail, LatencySummary } from "./read.ts";
+import type { CallCounters, CallOutcome, TurnTimings } from "./types.ts";
+
+/** Version of the body's shape; bumped on incompatible changes. */
+export const CRM_SUMMARY_VERSION = 1;
+
+export interface CrmSummaryTurn {
+  readonly index: number;
+  readonly speaker: "caller" | "agent";
+  /** What was heard: the caller's final transcript, or the agent text actually played. */
+  readonly text: string;
+  /** Agent only: the generated text when barge-in cut it short. */
+  readonly generated: string | null;
+  readonly cut: boolean;
+  readonly started_at: string;
+  readonly ended_at: string;
+  readonly timings: TurnTimings | null;
+}
+
+export interface CrmSummary {
+  readonly version: number;
+  readonly delivery_id: string;
+  readonly call: {
+    readonly call_sid: string;
+    readonly stream_sid: string;
+    readonly account_sid: string;
+    readonly from: string | null;
+    readonly to: string | null;
+    readonly custom_parameters: Readonly<Record<string, string>>;
+    readonly started_at: string;
+    readonly ended_at: string | null;
+    readonly duration_ms: number | null;
+    readonly outcome: CallOutcome | null;
+    readonly reason: string | null;
+    readonly counters: CallCounters | null;
+  };
+  readonly transcript: readonly CrmSummaryTurn[];
+  /** Per-call p50/p90 of each turn latency, ms. */
+  readonly latency: LatencySummary;
+}
+
+function iso(ms: number): string {
+  return new Date(ms).toISOString();
+}
+
+/** Builds the summary for `detail` (a call that has ended). */
+export function buildCrmSummary(detail: CallDetail, deliveryId: string): CrmSummary {
+  const { call } = detail;
+  return {
+    version: CRM_SUMMARY_VERSION,
+    delivery_id: deliveryId,
+    call: {
+      call_sid: call.callSid,
+      stream_sid: call.streamSid,
+      account_sid: call.accountSid,
+      from: call.from,
+      to: call.to,
+      custom_parameters: call.customParameters,
+      started_at: iso(call.startedAt),
+      ended_at: call.endedAt === null ? null : iso(call.endedAt),
+      duration_ms: call.endedAt === null ? null : call.endedAt - call.startedAt,
+      outcome: call.outcome,
+      reason: call.reason,
+      counters: call.counters,
+    },
+    transcript: detail.turns.map((turn) => ({
+      index: turn.index,
+      speaker: turn.speaker,
+      text: turn.text,
+      generated: turn.generated,
+      cut: turn.cut,
+      started_at: iso(turn.startedAt),
+      ended_at: iso(turn.endedAt),
+      timings: turn.timings,
+    })),
+    latency: call.latency,
+  };
+}

@@ -1,0 +1,242 @@
+/**
+ * Typed reads of the call store, for the CLI, the CRM summary and tests. Reads see what is on disk:
+ * writes still queued in a live store are not visible until its next flush.
+ */
+import { DatabaseSync, type SQLInputValue, type StatementSync } from "node:sqlite";
+import type {
+  CallCounters,
+  CallEvent,
+  CallEventKind,
+  CallOutcome,
+  TurnRecord,
+  TurnTimings,
+} from "./types.ts";
+import { LATENCY_NAMES, SCHEMA_VERSION, schemaVersion } from "./_schema.ts";
+
+export type LatencyName = typeof LATENCY_NAMES[number];
+
+/** p50/p90 of one latency over a call's turns, in ms; null when no turn measured it. */
+export interface LatencyPercentiles {
+  readonly p50: number | null;
+  readonly p90: number | null;
+}
+
+export type LatencySummary = { readonly [K in LatencyName]: LatencyPercentiles };
+
+/** One call as stored. Times are epoch ms; `endedAt`/`outcome` are null while the call is open. */
+export interface CallRow {
+  readonly callSid: string;
+  readonly streamSid: string;
+  readonly accountSid: string;
+  readonly from: string | null;
+  readonly to: string | null;
+  readonly customParameters: Readonly<Record<string, string>>;
+  readonly startedAt: number;
+  readonly endedAt: number | null;
+  readonly outcome: CallOutcome | null;
+  readonly reason: string | null;
+  /** Null while open and for calls closed as `interrupted` (the counters died with the process). */
+  readonly counters: CallCounters | null;
+  /** Number of stored turns. */
+  readonly turns: number;
+  /** Per-call percentiles, computed when the call ended; all null while open. */
+  readonly latency: LatencySummary;
+}
+
+/** A call with its transcript (by turn index) and events (by time). */
+export interface CallDetail {
+  readonly call: CallRow;
+  readonly turns: readonly TurnRecord[];
+  readonly events: readonly CallEvent[];
+}
+
+const OUTCOMES: ReadonlySet<string> = new Set<CallOutcome>([
+  "completed",
+  "interrupted",
+  "idle",
+  "max_duration",
+  "drained",
+  "error",
+  "rejected",
+]);
+const EVENT_KINDS: ReadonlySet<string> = new Set<CallEventKind>([
+  "mark",
+  "clear",
+  "dtmf",
+  "stt_restart",
+  "provider_error",
+  "malformed",
+  "barge_in",
+  "limit",
+]);
+
+type Row = Record<string, unknown>;
+
+function text(row: Row, key: string): string {
+  const value = row[key];
+  if (typeof value !== "string") throw new TypeError(`Cannot read column "${key}": not text`);
+  return value;
+}
+
+function optText(row: Row, key: string): string | null {
+  return row[key] === null ? null : text(row, key);
+}
+
+function num(row: Row, key: string): number {
+  const value = row[key];
+  if (typeof value !== "number") throw new TypeError(`Cannot read column "${key}": not a number`);
+  return value;
+}
+
+function optNum(row: Row, key: string): number | null {
+  return row[key] === null ? null : num(row, key);
+}
+
+function parseParameters(json: string): Record<string, string> {
+  const parsed: unknown = JSON.parse(json);
+  const out: Record<string, string> = {};
+  if (typeof parsed !== "object" || parsed === null) return out;
+  for (const [key, value] of Object.entries(parsed)) {
+    if (typeof value === "string") out[key] = value;
+  }
+  return out;
+}
+
+function toCallRow(row: Row): CallRow {
+  const outcome = optText(row, "outcome");
+  const latency = {} as Record<LatencyName, LatencyPercentiles>;
+  for (const name of LATENCY_NAMES) {
+    latency[name] = { p50: optNum(row, `${name}_p50`), p90: optNum(row, `${name}_p90`) };
+  }
+  return {
+    callSid: text(row, "call_sid"),
+    streamSid: text(row, "stream_sid"),
+    accountSid: text(row, "account_sid"),
+    from: optText(row, "from_number"),
+    to: optText(row, "to_number"),
+    customParameters: parseParameters(text(row, "custom_parameters")),
+    startedAt: num(row, "started_at"),
+    endedAt: optNum(row, "ended_at"),
+    outcome: outcome !== null && OUTCOMES.has(outcome) ? outcome as CallOutcome : null,
+    reason: optText(row, "reason"),
+    counters: row.rx_frames === null ? null : {
+      rx_frames: num(row, "rx_frames"),
+      rx_drops: num(row, "rx_drops"),
+      tx_frames: num(row, "tx_frames"),
+      tx_drops: num(row, "tx_drops"),
+      tx_late: num(row, "tx_late"),
+      malformed: num(row, "malformed"),
+    },
+    turns: num(row, "turn_count"),
+    latency,
+  };
+}
+
+function toTurn(row: Row): TurnRecord {
+  let timings: TurnTimings | null = null;
+  if (num(row, "has_timings") === 1) {
+    const t = {} as Record<LatencyName, number | null>;
+    for (const name of LATENCY_NAMES) t[name] = optNum(row, name);
+    timings = t;
+  }
+  const speaker = text(row, "speaker");
+  return {
+    index: num(row, "idx"),
+    speaker: speaker === "agent" ? "agent" : "caller",
+    text: text(row, "text"),
+    generated: optText(row, "generated"),
+    cut: num(row, "cut") === 1,
+    startedAt: num(row, "started_at"),
+    endedAt: num(row, "ended_at"),
+    timings,
+  };
+}
+
+function toEvent(row: Row): CallEvent | null {
+  const kind = text(row, "kind");
+  if (!EVENT_KINDS.has(kind)) return null;
+  return { kind: kind as CallEventKind, at: num(row, "at"), detail: text(row, "detail") };
+}
+
+const CALL_SELECT =
+  "SELECT c.*, (SELECT count(*) FROM turns t WHERE t.call_sid = c.call_sid) AS turn_count FROM calls c";
+
+/** Prepared read queries over one connection. */
+export class CallReader {
+  readonly #db: DatabaseSync;
+  readonly #list: StatementSync;
+  readonly #call: StatementSync;
+  readonly #turns: StatementSync;
+  readonly #events: StatementSync;
+
+  constructor(db: DatabaseSync) {
+    this.#db = db;
+    this.#list = db.prepare(
+      `${CALL_SELECT} WHERE c.started_at >= ? ORDER BY c.started_at DESC, c.call_sid DESC LIMIT ?`,
+    );
+    this.#call = db.prepare(`${CALL_SELECT} WHERE c.call_sid = ?`);
+    this.#turns = db.prepare("SELECT * FROM turns WHERE call_sid = ? ORDER BY idx");
+    this.#events = db.prepare("SELECT * FROM events WHERE call_sid = ? ORDER BY at, id");
+  }
+
+  /**
+   * Calls started at or after `sinceMs` (epoch ms), oldest first; at most `limit` (default 1000), the
+   * most recent ones when there are more.
+   */
+  listCalls(options: { sinceMs: number; limit?: number }): CallRow[] {
+    const rows = this.#list.all(options.sinceMs, options.limit ?? 1000) as Row[];
+    return rows.map(toCallRow).reverse();
+  }
+
+  /** The call row alone, or null. */
+  getCallRow(callSid: string): CallRow | null {
+    const row = this.#call.get(callSid) as Row | undefined;
+    return row ? toCallRow(row) : null;
+  }
+
+  /** The call with its turns and events, or null when no such call is stored. */
+  getCall(callSid: string): CallDetail | null {
+    const call = this.getCallRow(callSid);
+    if (!call) return null;
+    return { call, turns: this.turns(callSid), events: this.events(callSid) };
+  }
+
+  turns(callSid: string): TurnRecord[] {
+    return (this.#turns.all(callSid) as Row[]).map(toTurn);
+  }
+
+  events(callSid: string): CallEvent[] {
+    const out: CallEvent[] = [];
+    for (const row of this.#events.all(callSid) as Row[]) {
+      const event = toEvent(row);
+      if (event) out.push(event);
+    }
+    return out;
+  }
+
+  /** One-off query for tests and tools; `params` are positional. */
+  query(sql: string, ...params: SQLInputValue[]): Record<string, unknown>[] {
+    return this.#db.prepare(sql).all(...params) as Row[];
+  }
+}
+
+/** A read-only reader for `path`, for the CLI: never creates the file or migrates it. */
+export function openCallReader(path: string): CallReader & { close(): void } {
+  let db: DatabaseSync;
+  try {
+    Deno.statSync(path);
+    db = new DatabaseSync(path, { readOnly: true });
+  } catch (error) {
+    const why = error instanceof Deno.errors.NotFound ? "no such file" : String(error);
+    throw new Error(`Cannot open call store "${path}": ${why}`, { cause: error });
+  }
+  const version = schemaVersion(db);
+  if (version !== SCHEMA_VERSION) {
+    db.close();
+    throw new RangeError(
+      `Cannot read call store "${path}": schema version ${version}, this build reads ${SCHEMA_VERSION}`,
+    );
+  }
+  const reader = new CallReader(db);
+  return Object.assign(reader, { close: () => db.close() });
+}

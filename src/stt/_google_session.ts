@@ -1,0 +1,372 @@
+/**
+ * One call's Google streaming recognition session. The audio written since the last final lives in
+ * an `AudioRing`, which is both the send queue (the gRPC stream is fed from it as back-pressure
+ * allows, so `write()` never waits) and the replay buffer: whenever the stream is replaced (age limit
+ * at an utterance boundary, server error or end, open retry, fallback endpoint), the new stream starts
+ * with the ring's audio, and a final trims the ring at its `resultEndTime`. So no word is lost and
+ * none is recognized twice. When no stream can be opened, audio goes to per-utterance `Recognize`.
+ */
+import type { protos, v1 } from "@google-cloud/speech";
+import type { ProviderError } from "../errors.ts";
+import type { Logger } from "../observe/log.ts";
+import * as metrics from "../observe/metrics.ts";
+import { AudioRing } from "./_audio_ring.ts";
+import { EventQueue } from "./_event_queue.ts";
+import { GrpcCode, grpcCode, toProviderError } from "./_grpc.ts";
+import { type RecognizedText, RecognizeWorker } from "./_recognize_worker.ts";
+import { readResponse } from "./_response.ts";
+import { Segmenter } from "./_segmenter.ts";
+import { Timers } from "./_timers.ts";
+import type { SttTuning } from "./_tuning.ts";
+import type { SpeechSession, SttEvent } from "./types.ts";
+
+/** google-gax's bidi stream (a Duplex with `cancel()`). */
+export type Stream = ReturnType<v1.SpeechClient["_streamingRecognize"]>;
+type Response = protos.google.cloud.speech.v1.IStreamingRecognizeResponse;
+
+export interface GoogleSessionDeps {
+  /** Primary endpoint, then the fallback one if configured. */
+  readonly endpoints: readonly string[];
+  /** A new StreamingRecognize call on `endpoint`'s shared client; rejects if the client cannot start. */
+  readonly openStream: (endpoint: string) => Promise<Stream>;
+  readonly streamingConfig: protos.google.cloud.speech.v1.IStreamingRecognitionConfig;
+  /** Recognizes one utterance (primary, then fallback endpoint); rejects with a `ProviderError`. */
+  readonly recognize: (
+    audio: Uint8Array,
+    options: { signal: AbortSignal },
+  ) => Promise<readonly RecognizedText[]>;
+  readonly batchBytes: number;
+  readonly restartAfterMs: number;
+  readonly tuning: SttTuning;
+  readonly now: () => number;
+  readonly log: Logger;
+  readonly signal: AbortSignal;
+}
+
+/**
+ * Modes: "streaming" (one gRPC stream at a time, replaced as needed), "recognize" (no stream could
+ * be opened on any endpoint: energy-segmented utterances go to `Recognize`), "closed".
+ */
+export class GoogleSpeechSession implements SpeechSession {
+  readonly ready: Promise<void>;
+  readonly #deps: GoogleSessionDeps;
+  readonly #ring: AudioRing;
+  readonly #quiet = new Segmenter({ collect: false });
+  readonly #events: EventQueue<SttEvent>;
+  readonly #timers = new Timers();
+  readonly #batch: Uint8Array;
+  #batchFill = 0;
+  #resolveReady: () => void = () => {};
+  #isReady = false;
+  #mode: "streaming" | "recognize" | "closed" = "streaming";
+  #endpoint = 0;
+  #attempts = 0;
+  #stream: Stream | null = null;
+  #generation = 0;
+  #opening = false;
+  #open = false;
+  #startedAt = 0;
+  #base = 0;
+  #sent = 0;
+  #blocked = false;
+  #partialPending = false;
+  #worker: RecognizeWorker | null = null;
+  #closing: Promise<void> | null = null;
+  #ending = false;
+  #workerAbort: AbortController | null = null;
+  #closed: (() => void) | null = null;
+  readonly #onAbort = () => this.#shutdown();
+
+  constructor(deps: GoogleSessionDeps) {
+    this.#deps = deps;
+    this.#ring = new AudioRing(deps.tuning.ringChunks);
+    this.#events = new EventQueue(deps.tuning.eventCapacity);
+    this.#batch = new Uint8Array(deps.batchBytes);
+    this.ready = new Promise((resolve) => this.#resolveReady = resolve);
+    if (deps.signal.aborted) {
+      this.#shutdown();
+      return;
+    }
+    deps.signal.addEventListener("abort", this.#onAbort, { once: true });
+    this.#timers.later(deps.tuning.readyGraceMs, () => {
+      if (this.#isReady || this.#mode !== "streaming") return;
+      deps.log.warn("STT", "stream ready assumed, no response headers yet", {
+        ms: deps.tuning.readyGraceMs,
+      });
+      this.#markReady();
+    });
+    this.#startStream();
+  }
+
+  write(mulaw: Uint8Array): void {
+    if (this.#mode === "closed" || this.#ending) return;
+    let at = 0;
+    while (at < mulaw.length) {
+      const n = Math.min(this.#batch.length - this.#batchFill, mulaw.length - at);
+      this.#batch.set(mulaw.subarray(at, at + n), this.#batchFill);
+      this.#batchFill += n;
+      at += n;
+      if (this.#batchFill === this.#batch.length) this.#flushBatch();
+    }
+    this.#quiet.push(mulaw);
+    if (this.#mode === "streaming" && this.#open) this.#maybeRestartByAge(false);
+  }
+
+  results(): AsyncIterable<SttEvent> {
+    return this.#events;
+  }
+
+  close(): Promise<void> {
+    this.#closing ??= this.#close();
+    return this.#closing;
+  }
+
+  async #close(): Promise<void> {
+    this.#ending = true;
+    this.#flushBatch();
+    if (this.#mode === "recognize" && this.#worker) {
+      await this.#worker.drain(this.#deps.tuning.closeTimeoutMs);
+    } else if (this.#mode === "streaming" && (this.#stream || this.#opening)) {
+      // Half-close once the ring is sent, then wait for the last finals (bounded).
+      const finished = new Promise<void>((resolve) => this.#closed = resolve);
+      const timer = this.#timers.later(this.#deps.tuning.closeTimeoutMs, () => this.#closed?.());
+      this.#pump();
+      await finished;
+      this.#timers.cancel(timer);
+    }
+    this.#shutdown();
+  }
+
+  /** Ends everything now: stream cancelled, timers cleared, results iterator finished. */
+  #shutdown(): void {
+    if (this.#mode === "closed") return;
+    this.#mode = "closed";
+    this.#deps.signal.removeEventListener("abort", this.#onAbort);
+    this.#detach();
+    this.#workerAbort?.abort();
+    this.#timers.clear();
+    this.#closed?.();
+    this.#events.end();
+    this.#markReady();
+  }
+
+  #flushBatch(): void {
+    if (this.#batchFill === 0) return;
+    const chunk = this.#batch.slice(0, this.#batchFill);
+    this.#batchFill = 0;
+    if (this.#mode === "recognize") {
+      this.#worker?.push(chunk);
+      return;
+    }
+    this.#ring.append(chunk);
+    this.#pump();
+  }
+
+  /** Sends ring audio to the stream until it is all sent or the stream asks us to wait. */
+  #pump(): void {
+    const stream = this.#stream;
+    if (!stream || this.#blocked || this.#mode !== "streaming") return;
+    while (this.#sent < this.#ring.end) {
+      this.#sent = Math.max(this.#sent, this.#ring.begin);
+      const chunk = this.#ring.read(this.#sent, this.#batch.length);
+      if (chunk.length === 0) break;
+      this.#sent += chunk.length;
+      if (!stream.write({ audioContent: chunk })) {
+        this.#blocked = true;
+        stream.once("drain", () => {
+          if (stream !== this.#stream) return;
+          this.#blocked = false;
+          this.#pump();
+        });
+        return;
+      }
+    }
+    if (this.#ending && this.#sent >= this.#ring.end) stream.end();
+  }
+
+  #startStream(): void {
+    const endpoint = this.#deps.endpoints[this.#endpoint];
+    const generation = ++this.#generation;
+    this.#attempts++;
+    this.#opening = true;
+    this.#deps.log.info("STT", "stream opening", { endpoint, attempt: this.#attempts });
+    this.#deps.openStream(endpoint).then((stream) => {
+      if (generation !== this.#generation || this.#mode !== "streaming") {
+        stream.on("error", () => {});
+        stream.cancel();
+        return;
+      }
+      this.#attach(stream);
+    }, (error: unknown) => {
+      if (generation !== this.#generation || this.#mode !== "streaming") return;
+      this.#openFailed(toProviderError("stt", `Cannot open speech stream at "${endpoint}"`, error));
+    });
+  }
+
+  #attach(stream: Stream): void {
+    this.#opening = false;
+    this.#stream = stream;
+    this.#open = false;
+    this.#blocked = false;
+    this.#startedAt = this.#deps.now();
+    this.#base = this.#ring.begin;
+    this.#sent = this.#ring.begin;
+    this.#partialPending = false;
+    stream.on("metadata", () => this.#onOpen(stream));
+    stream.on("data", (response: Response) => this.#onData(stream, response));
+    stream.on("error", (error: unknown) => this.#onFailure(stream, error));
+    stream.on("end", () => this.#onFailure(stream, null));
+    stream.write({ streamingConfig: this.#deps.streamingConfig });
+    this.#pump();
+  }
+
+  #onOpen(stream: Stream): void {
+    if (stream !== this.#stream || this.#open) return;
+    this.#open = true;
+    this.#deps.log.info("STT", "stream open", {
+      endpoint: this.#deps.endpoints[this.#endpoint],
+      replay_ms: Math.round((this.#ring.end - this.#base) / 8),
+    });
+    this.#markReady();
+  }
+
+  #onData(stream: Stream, response: Response): void {
+    if (stream !== this.#stream) return;
+    this.#onOpen(stream);
+    if (response.error && response.error.code) {
+      // An error carried in the message body (google.rpc.Status) instead of the call status.
+      this.#onFailure(stream, { code: response.error.code, details: response.error.message });
+      return;
+    }
+    const { partial, finals } = readResponse(response);
+    if (partial || finals.length > 0) this.#attempts = 0; // the stream works
+    for (const final of finals) {
+      this.#partialPending = false;
+      if (final.endMs !== null) {
+        this.#ring.trimTo(Math.min(this.#base + Math.round(final.endMs * 8), this.#sent));
+      }
+      if (final.text !== "") {
+        this.#events.push({ type: "final", text: final.text, confidence: final.confidence });
+      }
+    }
+    if (partial) {
+      this.#partialPending = true;
+      this.#events.push({ type: "partial", text: partial.text, stability: partial.stability });
+    }
+    if (finals.length > 0 && !this.#ending) this.#maybeRestartByAge(true);
+  }
+
+  /** `error` null means the server ended the stream with OK. */
+  #onFailure(stream: Stream, error: unknown): void {
+    if (stream !== this.#stream) return;
+    this.#detach(false);
+    if (this.#ending) {
+      this.#closed?.();
+      return;
+    }
+    const endpoint = this.#deps.endpoints[this.#endpoint];
+    const failure = error ?? { code: GrpcCode.UNKNOWN, details: "Stream ended by the server" };
+    const providerError = toProviderError("stt", `Cannot stream speech at "${endpoint}"`, failure);
+    metrics.providerError("stt", providerError.category);
+    // A stream that dies right after opening, with no result, counts as a failed open (backoff,
+    // fallback), so a server that keeps refusing mid-stream cannot make us replay in a tight loop.
+    const lived = this.#deps.now() - this.#startedAt;
+    if (!this.#open || (this.#attempts > 0 && lived < this.#deps.tuning.minHealthyStreamMs)) {
+      this.#openFailed(providerError);
+    } else if (grpcCode(error) === GrpcCode.OUT_OF_RANGE) {
+      this.#replace("duration_limit");
+    } else {
+      this.#events.push({ type: "error", error: providerError, fatal: false });
+      this.#replace(error === null ? "ended" : "error");
+    }
+  }
+
+  #openFailed(error: ProviderError): void {
+    this.#detach(false);
+    this.#opening = false;
+    if (this.#ending) {
+      this.#closed?.();
+      return;
+    }
+    const { log, tuning, endpoints } = this.#deps;
+    log.warn("STT", "stream open failed", {
+      endpoint: endpoints[this.#endpoint],
+      attempt: this.#attempts,
+      category: error.category,
+    });
+    if (error.retryable && this.#attempts < tuning.openAttempts) {
+      this.#timers.later(tuning.openBackoffMs, () => this.#startStream());
+    } else if (this.#endpoint + 1 < endpoints.length) {
+      this.#endpoint++;
+      this.#attempts = 0;
+      this.#events.push({ type: "error", error, fatal: false });
+      log.warn("STT", "using fallback endpoint", { endpoint: endpoints[this.#endpoint] });
+      this.#startStream();
+    } else {
+      this.#enterRecognize(error);
+    }
+  }
+
+  #maybeRestartByAge(afterFinal: boolean): void {
+    const { now, restartAfterMs, tuning } = this.#deps;
+    const age = Math.max(now() - this.#startedAt, (this.#sent - this.#base) / 8);
+    if (age < restartAfterMs) return;
+    const quiet = !this.#partialPending && this.#quiet.trailingSilenceMs >= tuning.quietRestartMs;
+    if (afterFinal || quiet || age >= restartAfterMs + tuning.forceRestartSlackMs) {
+      this.#replace("age");
+    }
+  }
+
+  /** Swaps in a new stream that starts with the audio since the last final. */
+  #replace(reason: string): void {
+    this.#detach();
+    metrics.sttRestarted();
+    this.#events.push({ type: "restart", reason });
+    this.#deps.log.info("STT", "stream restart", { reason });
+    this.#attempts = 0;
+    this.#startStream();
+  }
+
+  #enterRecognize(error: ProviderError): void {
+    const { log, tuning, recognize } = this.#deps;
+    this.#mode = "recognize";
+    this.#workerAbort = new AbortController();
+    this.#events.push({ type: "error", error, fatal: false });
+    log.warn("STT", "streaming unavailable, using per-utterance recognize", {
+      category: error.category,
+    });
+    const worker = new RecognizeWorker({
+      recognize,
+      emit: (event) => this.#events.push(event),
+      log,
+      signal: this.#workerAbort.signal,
+      maxPending: tuning.maxPendingUtterances,
+    });
+    this.#worker = worker;
+    // Audio not yet covered by a final goes first, so nothing said while failing over is lost.
+    for (let at = this.#ring.begin; at < this.#ring.end;) {
+      const chunk = this.#ring.read(at, this.#ring.end - at);
+      worker.push(chunk);
+      at += chunk.length;
+    }
+    this.#ring.trimTo(this.#ring.end);
+    this.#markReady();
+  }
+
+  /** Forgets the current stream; `cancel` false when the call already ended (error or status). */
+  #detach(cancel = true): void {
+    this.#generation++;
+    const stream = this.#stream;
+    if (!stream) return;
+    this.#stream = null;
+    stream.removeAllListeners();
+    stream.on("error", () => {}); // a cancelled call still reports CANCELLED
+    if (cancel) stream.cancel();
+  }
+
+  #markReady(): void {
+    if (this.#isReady) return;
+    this.#isReady = true;
+    this.#resolveReady();
+  }
+}

@@ -1,0 +1,40 @@
+/** The Google STT session's retry and buffering numbers, in one frozen object (STYLE pattern 7). */
+export interface SttTuning {
+  /**
+   * Open attempts per endpoint. SPEC "retry 3 times" is read with its acceptance test: a stream
+   * refused 3 times moves on to the fallback endpoint, so 3 attempts in all.
+   */
+  readonly openAttempts: number;
+  /** Wait between open attempts (ms). */
+  readonly openBackoffMs: number;
+  /** `ready` resolves anyway this long after the first open started (ms); audio stays buffered. */
+  readonly readyGraceMs: number;
+  /** `close()` waits this long for the last results before cancelling (ms). */
+  readonly closeTimeoutMs: number;
+  /** Deadline of one `Recognize` call (ms). */
+  readonly recognizeTimeoutMs: number;
+  /** Replay buffer size, in chunks of `batch_ms` (750 × 40 ms = 30 s). */
+  readonly ringChunks: number;
+  /** Past the age limit with no final, restart once this much silence ends the audio (ms). */
+  readonly quietRestartMs: number;
+  /** Past the age limit by this much, restart even mid-speech (Google's hard limit is near) (ms). */
+  readonly forceRestartSlackMs: number;
+  /** A stream that fails sooner than this after starting, with no result, is a failed open (ms). */
+  readonly minHealthyStreamMs: number;
+  readonly eventCapacity: number;
+  readonly maxPendingUtterances: number;
+}
+
+export const STT_TUNING: SttTuning = Object.freeze({
+  openAttempts: 3,
+  openBackoffMs: 200,
+  readyGraceMs: 3000,
+  closeTimeoutMs: 2000,
+  recognizeTimeoutMs: 10_000,
+  ringChunks: 750,
+  quietRestartMs: 800,
+  forceRestartSlackMs: 8000,
+  minHealthyStreamMs: 1000,
+  eventCapacity: 256,
+  maxPendingUtterances: 8,
+});

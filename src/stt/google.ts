@@ -1,0 +1,133 @@
+/**
+ * Google Cloud Speech-to-Text (v1, `npm:@google-cloud/speech`) as an `SttProvider`. One gRPC client
+ * (channel) per endpoint, shared by all calls; one streaming session per call (see
+ * `_google_session.ts` for restarts, replay and the fallbacks).
+ */
+import { v1 } from "@google-cloud/speech";
+import type { protos } from "@google-cloud/speech";
+import type { SttConfig } from "../config/types.ts";
+import { createLogger, type Logger } from "../observe/log.ts";
+import * as metrics from "../observe/metrics.ts";
+import { GoogleSpeechSession } from "./_google_session.ts";
+import { STT_TUNING, type SttTuning } from "./_tuning.ts";
+import {
+  gaxClientOptions,
+  GaxClientPool,
+  raceSignal,
+  toProviderError,
+  unaryCallOptions,
+} from "./_grpc.ts";
+import type { RecognizedText } from "./_recognize_worker.ts";
+import type { SpeechSession, SttOpenOptions, SttProvider } from "./types.ts";
+
+export { STT_TUNING, type SttTuning };
+
+type RecognitionConfig = protos.google.cloud.speech.v1.IRecognitionConfig;
+
+export interface GoogleSttOptions {
+  /** Service-account JSON (`google.credentials_path`); null uses ADC. Ignored when insecure. */
+  readonly credentialsPath?: string | null;
+  /** For provider-level lines (client creation); sessions log through `open({ log })`. */
+  readonly log?: Logger;
+  /** Clock in ms (tests). */
+  readonly now?: () => number;
+  /** Overrides of the frozen retry/buffer numbers (tests). */
+  readonly tuning?: Partial<SttTuning>;
+}
+
+/**
+ * Creates the Google STT provider. Audio is `MULAW` 8000 Hz mono; the model and enhanced flag come
+ * from `stt.google`, the language from each `open()`. `stt.google.insecure` selects plaintext gRPC
+ * with no Google credential lookup (local servers only).
+ */
+export function createGoogleStt(config: SttConfig, options: GoogleSttOptions = {}): SttProvider {
+  const tuning: SttTuning = Object.freeze({ ...STT_TUNING, ...options.tuning });
+  const now = options.now ?? (() => performance.now());
+  const providerLog = options.log ?? createLogger();
+  const credentialsPath = options.credentialsPath ?? null;
+  const clients = new GaxClientPool((endpoint) => {
+    providerLog.info("STT", "client created", { endpoint, insecure: config.google.insecure });
+    return new v1.SpeechClient(gaxClientOptions(endpoint, config.google.insecure, credentialsPath));
+  });
+  const endpoints = [config.google.endpoint];
+  if (config.google.fallback_endpoint) endpoints.push(config.google.fallback_endpoint);
+  // batch_ms of μ-law at 8000 Hz is 8 bytes per ms; at least one 20 ms frame.
+  const batchBytes = Math.max(160, Math.round(config.batch_ms * 8));
+
+  function recognitionConfig(language: string): RecognitionConfig {
+    return {
+      encoding: "MULAW",
+      sampleRateHertz: 8000,
+      audioChannelCount: 1,
+      languageCode: language,
+      model: config.google.model,
+      useEnhanced: config.google.use_enhanced,
+    };
+  }
+
+  async function recognizeOnce(
+    endpoint: string,
+    language: string,
+    audio: Uint8Array,
+    signal: AbortSignal,
+  ): Promise<RecognizedText[]> {
+    const client = await raceSignal(clients.get(endpoint), signal);
+    const call = client.recognize(
+      { config: recognitionConfig(language), audio: { content: audio } },
+      unaryCallOptions(tuning.recognizeTimeoutMs, signal),
+    );
+    const [response] = await raceSignal(call, signal);
+    const texts: RecognizedText[] = [];
+    for (const result of response.results ?? []) {
+      const best = result.alternatives?.[0];
+      const text = (best?.transcript ?? "").trim();
+      if (text !== "") texts.push({ text, confidence: best?.confidence ?? 0 });
+    }
+    return texts;
+  }
+
+  /** Primary first; a retryable failure moves on to the fallback endpoint. */
+  async function recognize(
+    language: string,
+    audio: Uint8Array,
+    signal: AbortSignal,
+  ): Promise<readonly RecognizedText[]> {
+    let lastError: unknown = null;
+    for (const endpoint of endpoints) {
+      try {
+        return await recognizeOnce(endpoint, language, audio, signal);
+      } catch (error) {
+        if (signal.aborted) throw error;
+        const mapped = toProviderError("stt", `Cannot recognize speech at "${endpoint}"`, error);
+        metrics.providerError("stt", mapped.category);
+        lastError = mapped;
+        if (!mapped.retryable && mapped.category !== "invalid_request") throw mapped;
+      }
+    }
+    throw lastError;
+  }
+
+  return {
+    open(open: SttOpenOptions): SpeechSession {
+      return new GoogleSpeechSession({
+        endpoints,
+        openStream: async (endpoint) => (await clients.get(endpoint))._streamingRecognize(),
+        streamingConfig: {
+          config: recognitionConfig(open.language),
+          interimResults: true,
+          singleUtterance: false,
+        },
+        recognize: (audio, { signal }) => recognize(open.language, audio, signal),
+        batchBytes,
+        restartAfterMs: config.restart_after_s * 1000,
+        tuning,
+        now,
+        log: open.log,
+        signal: open.signal,
+      });
+    },
+    close(): Promise<void> {
+      return clients.close();
+    },
+  };
+}

@@ -1,0 +1,467 @@
+import assert from "node:assert/strict";
+import {
+  bundle,
+  bundleImportMap,
+  bundleRunFlags,
+  checkDenort,
+  compile,
+  findWorkerRefs,
+  finishBundle,
+  launcherScript,
+  type RuntimePaths,
+  SYSTEM_PATHS,
+  workerModules,
+} from "../scripts/build.ts";
+import { startTtsServer } from "./support/tts_server.ts";
+import { startSpeechServer } from "./support/speech_server.ts";
+import { startOpenAiServer } from "./support/openai_server.ts";
+
+const ROOT = new URL("..", import.meta.url).pathname;
+const decoder = new TextDecoder();
+
+Deno.test("finishBundle() inlines workers as data: URLs and defines __dirname", () => {
+  const code =
+    `// src/store/_checkpointer.ts\nconst w = new Worker(new URL("./_w.ts", import.meta.url).href);\n`;
+  const refs = findWorkerRefs(code);
+  assert.deepEqual(refs, [{
+    expression: `new URL("./_w.ts", import.meta.url)`,
+    source: "src/store/_w.ts",
+  }]);
+  const out = finishBundle(code, new Map([[refs[0].expression, "postMessage(1);"]]));
+  assert.match(out, /^\/\/ Kav, bundled by scripts\/build\.ts/);
+  assert.match(out, /var __dirname = import\.meta\.dirname, __filename = import\.meta\.filename;/);
+  const url = /new URL\("(data:text\/javascript;base64,[^"]+)"\)/.exec(out)?.[1];
+  assert.ok(url, out);
+  assert.equal(atob(url.split(",")[1]), "postMessage(1);");
+  assert.doesNotMatch(out, /import\.meta\.url\)/);
+});
+
+Deno.test("finishBundle() refuses output that would need a DENO_DIR", () => {
+  for (
+    const code of [
+      `import { x } from "npm:smol-toml@1";\n`,
+      `import {\n  a,\n  b\n} from "jsr:@std/path";\n`,
+      `export * from "https://example.com/mod.ts";\n`,
+      `const m = await import("npm:openai");\n`,
+    ]
+  ) {
+    assert.throws(() => finishBundle(code, new Map()), /Cannot bundle: the output still imports/);
+  }
+  assert.throws(
+    () => finishBundle(`const __dirname = "/x";\n`, new Map()),
+    /declares __dirname itself/,
+  );
+});
+
+Deno.test("findWorkerRefs() refuses a worker URL it cannot trace to a local module", () => {
+  assert.throws(
+    () => findWorkerRefs(`new URL("./w.ts", import.meta.url)`),
+    /no local module is marked before it/,
+  );
+  assert.throws(
+    () => findWorkerRefs(`// node_modules/x/index.js\nnew URL("./w.js", import.meta.url)`),
+    /no local module is marked before it/,
+  );
+});
+
+Deno.test("bundleImportMap() pins alawmulaw to the CommonJS main that deno run uses", async () => {
+  const map = JSON.parse(await bundleImportMap()) as { imports: Record<string, string> };
+  assert.match(map.imports["alawmulaw"], /^npm:alawmulaw@[^/]+\/dist\/alawmulaw\.js$/);
+  // Packages with an "exports" map or no "module" field are left alone.
+  assert.match(map.imports["openai"], /^npm:openai@[^/]+$/);
+  assert.doesNotMatch(map.imports["@google-cloud/speech"], /\.js$/);
+});
+
+Deno.test("launcherScript() execs deno on the bundle with the baked permissions", () => {
+  const script = launcherScript("/usr/local/lib/kav");
+  assert.match(script, /^#!\/bin\/sh\n/);
+  assert.match(
+    script,
+    /\nexec \/usr\/local\/lib\/kav\/deno run --cached-only .* \/usr\/local\/lib\/kav\/kav\.js "\$@"\n$/,
+  );
+  assert.doesNotMatch(script, /--allow-all|-A /);
+  assert.match(script, /--unstable-net/);
+  assert.match(script, /--allow-write=\/var\/lib\/kav,\/var\/cache\/kav,\/run\/systemd\/notify /);
+});
+
+async function tempPaths(): Promise<{ root: string; paths: RuntimePaths }> {
+  const root = await Deno.makeTempDir({ prefix: "kav-bundle-test-" });
+  const paths: RuntimePaths = {
+    configDir: `${root}/etc`,
+    stateDir: `${root}/state`,
+    cacheDir: `${root}/cache`,
+    credentialsDir: `${root}/credentials`,
+    notifySocket: `${root}/notify.sock`,
+  };
+  for (const dir of [paths.configDir, paths.stateDir, paths.cacheDir, `${root}/dist`]) {
+    await Deno.mkdir(dir, { recursive: true });
+  }
+  return { root, paths };
+}
+
+/** Runs the bundle as the launcher does, from an empty DENO_DIR. */
+function runBundle(
+  root: string,
+  paths: RuntimePaths,
+  script: string,
+  args: string[],
+  env: Record<string, string> = {},
+): Deno.ChildProcess {
+  return new Deno.Command(Deno.execPath(), {
+    args: ["run", ...bundleRunFlags(paths), script, ...args],
+    cwd: root,
+    env: { DENO_DIR: `${root}/empty_deno_dir`, HOME: paths.stateDir, NO_COLOR: "1", ...env },
+    clearEnv: true,
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+}
+
+// Every npm dependency Kav ships, used the way Kav uses it, plus a worker module and node:sqlite.
+const PROBE = `
+import speech from "@google-cloud/speech";
+import tts from "@google-cloud/text-to-speech";
+import * as grpc from "@grpc/grpc-js";
+import OpenAI from "openai";
+import { parse } from "smol-toml";
+import alawmulaw from "alawmulaw";
+import { Buffer } from "node:buffer";
+
+const out: Record<string, unknown> = {};
+const id = (b: Buffer) => b;
+const method = (path: string) => ({ path, requestStream: false, responseStream: false,
+  requestSerialize: id, requestDeserialize: id, responseSerialize: id, responseDeserialize: id });
+const server = new grpc.Server();
+const empty = (_call: unknown, done: (e: null, b: Buffer) => void) => done(null, Buffer.alloc(0));
+server.addService({ R: method("/google.cloud.speech.v1.Speech/Recognize") } as never, { R: empty } as never);
+server.addService({ S: method("/google.cloud.texttospeech.v1.TextToSpeech/SynthesizeSpeech") } as never, { S: empty } as never);
+const port = await new Promise<number>((ok, fail) => server.bindAsync("127.0.0.1:0",
+  grpc.ServerCredentials.createInsecure(), (e, p) => e ? fail(e) : ok(p)));
+// universeDomain keeps google-auth from probing the GCE metadata server (169.254.169.254).
+const opts = { apiEndpoint: "127.0.0.1", port, universeDomain: "googleapis.com", sslCreds: grpc.credentials.createInsecure() };
+const stt = new speech.SpeechClient(opts);
+const voice = new tts.TextToSpeechClient(opts);
+const [recognized] = await stt.recognize({ config: { encoding: "MULAW", sampleRateHertz: 8000, languageCode: "he-IL" }, audio: { content: new Uint8Array(160) } });
+out.speech = recognized.results;
+const [spoken] = await voice.synthesizeSpeech({ input: { text: "x" }, voice: { languageCode: "he-IL" }, audioConfig: { audioEncoding: "MULAW" } });
+out.tts = spoken.audioContent?.length;
+stt.streamingRecognize().destroy();
+await stt.close(); await voice.close(); server.forceShutdown();
+
+const http = Deno.serve({ port: 0, hostname: "127.0.0.1", onListen() {} }, () => {
+  const chunk = (content: string) => "data: " + JSON.stringify({ id: "c", object: "chat.completion.chunk",
+    created: 0, model: "m", choices: [{ index: 0, delta: { content }, finish_reason: null }] }) + "\\n\\n";
+  return new Response(chunk("שלום") + chunk(" עולם") + "data: [DONE]\\n\\n", { headers: { "content-type": "text/event-stream" } });
+});
+const llm = new OpenAI({ apiKey: "test", baseURL: "http://127.0.0.1:" + http.addr.port + "/v1" });
+let text = "";
+for await (const part of await llm.chat.completions.create({ model: "m", messages: [{ role: "user", content: "hi" }], stream: true })) {
+  text += part.choices[0]?.delta?.content ?? "";
+}
+out.llm = text;
+await http.shutdown();
+
+out.toml = parse("a = 1").a;
+out.mulaw = Array.from(alawmulaw.mulaw.decode(new Uint8Array([0xff, 0x00])));
+
+const worker = new Worker(new URL("./probe_worker.ts", import.meta.url).href, { type: "module" });
+out.worker = await new Promise((resolve, reject) => {
+  worker.onmessage = (e) => resolve(e.data);
+  worker.onerror = (e) => { e.preventDefault(); reject(new Error(e.message)); };
+  worker.postMessage(Deno.args[0]);
+});
+worker.terminate();
+console.log("PROBE " + JSON.stringify(out));
+`;
+
+const PROBE_WORKER = `
+import { DatabaseSync } from "node:sqlite";
+(globalThis as unknown as { onmessage: (e: MessageEvent<string>) => void }).onmessage = (e) => {
+  const db = new DatabaseSync(e.data);
+  db.exec("CREATE TABLE IF NOT EXISTS t (x)");
+  db.exec("INSERT INTO t VALUES (42)");
+  const row = db.prepare("SELECT x FROM t").get() as { x: number };
+  db.close();
+  (globalThis as unknown as { postMessage: (v: unknown) => void }).postMessage(row.x);
+};
+`;
+
+Deno.test("bundle() output using every npm dependency runs from an empty DENO_DIR", async () => {
+  const { root, paths } = await tempPaths();
+  try {
+    await Deno.writeTextFile(`${root}/probe.ts`, PROBE);
+    await Deno.writeTextFile(`${root}/probe_worker.ts`, PROBE_WORKER);
+    const output = `${root}/dist/probe.js`;
+    const signal = AbortSignal.timeout(300_000);
+    await bundle({ entry: `${root}/probe.ts`, output, paths, signal, libDir: "/opt/kav" });
+    // Nothing but the bundle is shipped: the worker source must not be needed.
+    await Deno.remove(`${root}/probe_worker.ts`);
+    await Deno.remove(`${root}/probe.ts`);
+    const launcher = await Deno.readTextFile(`${root}/dist/kav-launcher.sh`);
+    assert.match(launcher, /exec \/opt\/kav\/deno run /);
+    const child = runBundle(root, paths, output, [`${paths.stateDir}/probe.db`]);
+    const result = await child.output();
+    const stdout = decoder.decode(result.stdout);
+    const stderr = decoder.decode(result.stderr);
+    assert.equal(result.code, 0, `exit ${result.code}\n${stdout}\n${stderr}`);
+    const line = stdout.split("\n").find((l) => l.startsWith("PROBE "));
+    assert.ok(line, stdout + stderr);
+    assert.deepEqual(JSON.parse(line.slice(6)), {
+      speech: [],
+      tts: 0,
+      llm: "שלום עולם",
+      toml: 1,
+      mulaw: [0, -32124],
+      worker: 42,
+    });
+    assert.doesNotMatch(stderr, /MetadataLookupWarning|NotCapable|PermissionDenied/);
+  } finally {
+    await Deno.remove(root, { recursive: true });
+  }
+});
+
+function freePort(): number {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const { port } = listener.addr;
+  listener.close();
+  return port;
+}
+
+async function waitForHealth(url: string, child: Deno.ChildProcess, ms: number): Promise<number> {
+  const deadline = Date.now() + ms;
+  let exited = false;
+  child.status.then(() => exited = true);
+  while (Date.now() < deadline && !exited) {
+    try {
+      const response = await fetch(url, { signal: AbortSignal.timeout(2000) });
+      await response.body?.cancel();
+      return response.status;
+    } catch {
+      await new Promise((resolve) => setTimeout(resolve, 200));
+    }
+  }
+  return 0;
+}
+
+/** Collects datagrams on a local stand-in for systemd's notify socket. */
+function notifyListener(path: string): { messages: string[]; close(): Promise<void> } {
+  const conn = Deno.listenDatagram({ transport: "unixpacket", path });
+  const messages: string[] = [];
+  const loop = (async () => {
+    try {
+      for (;;) messages.push(decoder.decode((await conn.receive())[0]));
+    } catch { /* closed */ }
+  })();
+  return {
+    messages,
+    async close() {
+      conn.close();
+      await loop;
+    },
+  };
+}
+
+type Launch = (root: string, paths: RuntimePaths) => Promise<{ cmd: string; args: string[] }>;
+
+/** Builds Kav, runs it on a temp config against fake providers, checks /healthz, then SIGTERM. */
+async function buildAndServe(t: Deno.TestContext, launch: Launch): Promise<void> {
+  const { root, paths } = await tempPaths();
+  const tts = await startTtsServer();
+  const speech = await startSpeechServer({ clips: [] });
+  const llm = await startOpenAiServer();
+  const notify = notifyListener(paths.notifySocket);
+  try {
+    const { cmd, args } = await launch(root, paths);
+    const port = freePort();
+    const config = `${paths.configDir}/kav.toml`;
+    await Deno.writeTextFile(
+      config,
+      `[server]
+listen = "127.0.0.1:${port}"
+public_url = "http://127.0.0.1:${port}"
+drain_timeout_s = 2
+[twilio]
+validate_signatures = false
+[stt.google]
+endpoint = "127.0.0.1:${speech.port}"
+fallback_endpoint = ""
+insecure = true
+[tts.google]
+endpoint = "127.0.0.1:${tts.port}"
+insecure = true
+[llm]
+base_url = "${llm.baseUrl}"
+[storage]
+path = "${paths.stateDir}/kav.db"
+`,
+    );
+    const child = new Deno.Command(cmd, {
+      args: [...args, "--config", config],
+      cwd: root,
+      clearEnv: true,
+      env: {
+        DENO_DIR: `${root}/empty_deno_dir`,
+        HOME: paths.stateDir,
+        NO_COLOR: "1",
+        OPENAI_API_KEY: "test-key",
+        NOTIFY_SOCKET: paths.notifySocket,
+      },
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+    const health = await waitForHealth(`http://127.0.0.1:${port}/healthz`, child, 90_000);
+    child.kill("SIGTERM");
+    const [result, stdout, stderr] = await Promise.all([
+      child.status,
+      new Response(child.stdout).text(),
+      new Response(child.stderr).text(),
+    ]);
+    const log = `${stdout}\n${stderr}`;
+    await t.step("healthz answered 200", () => assert.equal(health, 200, log));
+    await t.step("exited 0 on SIGTERM", () => assert.equal(result.code, 0, log));
+    // Strict once main.ts uses src/observe/sd_notify.ts; until then the messages are only shown.
+    const sources = await Promise.all(
+      ["main.ts", "src/app.ts"].map((f) => Deno.readTextFile(`${ROOT}${f}`).catch(() => "")),
+    );
+    if (sources.some((text) => text.includes("sd_notify"))) {
+      await t.step("READY=1 then STOPPING=1 on the notify socket", () => {
+        const ready = notify.messages.findIndex((m) => m.split("\n").includes("READY=1"));
+        const stopping = notify.messages.findIndex((m) => m.split("\n").includes("STOPPING=1"));
+        assert.ok(ready >= 0 && stopping > ready, JSON.stringify(notify.messages));
+      });
+    } else {
+      console.log(`notify messages (main.ts does not use sd_notify yet): ${notify.messages}`);
+    }
+  } finally {
+    await notify.close();
+    await Promise.all([tts.close(), speech.close(), llm.close()]);
+    await Deno.remove(root, { recursive: true });
+  }
+}
+
+async function mainExists(): Promise<boolean> {
+  return await Deno.stat(`${ROOT}main.ts`).then(() => true, () => false);
+}
+
+Deno.test("kav.js built from main.ts serves /healthz from an empty DENO_DIR", async (t) => {
+  if (!await mainExists()) {
+    console.log("skipped: main.ts does not exist yet");
+    return;
+  }
+  await buildAndServe(t, async (root, paths) => {
+    const output = `${root}/dist/kav.js`;
+    const signal = AbortSignal.timeout(300_000);
+    await bundle({ entry: "main.ts", output, paths, signal, libDir: `${root}/lib` });
+    return { cmd: Deno.execPath(), args: ["run", ...bundleRunFlags(paths), output] };
+  });
+});
+
+Deno.test("dist/kav compiled on DENORT_BIN serves /healthz", async (t) => {
+  const denort = Deno.env.get("DENORT_BIN");
+  if (!denort) {
+    console.log(
+      "skipped: DENORT_BIN is not set, and deno compile cannot download denort without a network",
+    );
+    return;
+  }
+  try {
+    await checkDenort(denort, { signal: AbortSignal.timeout(60_000) });
+  } catch (error) {
+    console.log(`skipped: ${error instanceof Error ? error.message : error}`);
+    return;
+  }
+  if (!await mainExists()) {
+    console.log("skipped: main.ts does not exist yet");
+    return;
+  }
+  await buildAndServe(t, async (root, paths) => {
+    const output = `${root}/dist/kav`;
+    const signal = AbortSignal.timeout(600_000);
+    await compile({ entry: "main.ts", output, paths, signal, denortBin: denort });
+    return { cmd: output, args: [] };
+  });
+});
+
+Deno.test("checkDenort() refuses the deno CLI, a missing file and a non-executable", async () => {
+  const signal = AbortSignal.timeout(60_000);
+  await assert.rejects(
+    checkDenort(Deno.execPath(), { signal }),
+    /that is the deno CLI, not denort/,
+  );
+  const dir = await Deno.makeTempDir();
+  try {
+    // A copy of deno elsewhere is recognised by its --version (denort has no TypeScript).
+    const fake = `${dir}/denort`;
+    await Deno.writeTextFile(
+      fake,
+      "#!/bin/sh\necho 'deno 2.9.6 (stable)'\necho 'v8 15.0'\necho 'typescript 6.0.3'\n",
+    );
+    await Deno.chmod(fake, 0o755);
+    await assert.rejects(checkDenort(fake, { signal }), /that is the deno CLI, not denort/);
+    await assert.rejects(
+      checkDenort(`${dir}/absent`, { signal }),
+      /Cannot use DENORT_BIN=.*absent/,
+    );
+    await Deno.chmod(fake, 0o644);
+    await assert.rejects(checkDenort(fake, { signal }), /not an executable file/);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("compile() explains what to do when denort cannot be downloaded", async () => {
+  const info = JSON.parse(
+    decoder.decode(
+      (await new Deno.Command(Deno.execPath(), { args: ["info", "--json"] }).output()).stdout,
+    ),
+  ) as { denoDir: string };
+  const cached = `${info.denoDir}/dl/release/v${Deno.version.deno}/denort-${Deno.build.target}.zip`;
+  if (await Deno.stat(cached).then(() => true, () => false)) {
+    console.log(`skipped: denort is cached at ${cached}, so compile cannot fail to download it`);
+    return;
+  }
+  const dir = await Deno.makeTempDir();
+  try {
+    await Deno.writeTextFile(`${dir}/hello.ts`, "console.log('hello');\n");
+    // A closed local port as proxy: the download fails at once, network or not.
+    const proxy = "http://127.0.0.1:9";
+    await assert.rejects(
+      compile({
+        entry: `${dir}/hello.ts`,
+        output: `${dir}/hello`,
+        paths: SYSTEM_PATHS,
+        signal: AbortSignal.timeout(120_000),
+        denortBin: null,
+        env: { HTTPS_PROXY: proxy, HTTP_PROXY: proxy, NO_PROXY: "" },
+      }),
+      /denort for Deno \S+ could not be downloaded and DENORT_BIN is not set; set DENORT_BIN/,
+    );
+    await assert.rejects(
+      compile({
+        entry: `${dir}/absent.ts`,
+        output: `${dir}/hello`,
+        paths: SYSTEM_PATHS,
+        signal: AbortSignal.timeout(60_000),
+        denortBin: null,
+      }),
+      /Cannot compile ".*absent\.ts": no such file/,
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("workerModules() lists the modules compile must --include", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    await Deno.mkdir(`${dir}/store`);
+    await Deno.writeTextFile(
+      `${dir}/store/a.ts`,
+      `new Worker(new URL("./_w.ts", import.meta.url).href, { type: "module" });`,
+    );
+    await Deno.writeTextFile(`${dir}/b.ts`, `const u = new URL("https://example.com");`);
+    assert.deepEqual(await workerModules(dir), [`${dir}/store/_w.ts`]);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

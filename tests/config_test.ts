@@ -1,0 +1,383 @@
+import assert from "node:assert/strict";
+import { loadConfig, parseConfig } from "../src/config/load.ts";
+import type { Config } from "../src/config/types.ts";
+import { ConfigError, type ConfigProblem } from "../src/errors.ts";
+
+const ROOT = new URL("../", import.meta.url);
+const FIXTURES = new URL("tests/fixtures/config/", ROOT);
+const fixture = (name: string) => new URL(name, FIXTURES).pathname;
+
+/** No secrets and no credentials directory unless a test adds them. */
+const NO_SECRETS = { env: {}, credentialsDir: null } as const;
+const MINIMAL =
+  `[server]\npublic_url = "https://kav.example.com"\n[twilio]\nvalidate_signatures = false\n`;
+
+function problemsOf(text: string, options: Parameters<typeof parseConfig>[1] = NO_SECRETS) {
+  try {
+    parseConfig(text, options);
+  } catch (error) {
+    assert.ok(error instanceof ConfigError, `expected ConfigError, got ${error}`);
+    return error.problems;
+  }
+  assert.fail("expected parseConfig() to throw");
+}
+
+function only(problems: readonly ConfigProblem[]): ConfigProblem {
+  assert.equal(problems.length, 1, JSON.stringify(problems));
+  return problems[0];
+}
+
+Deno.test("parseConfig() fills every key with the SPEC section 4 defaults", () => {
+  const config = parseConfig(MINIMAL, NO_SECRETS);
+  assert.equal(config.server.hostname, "0.0.0.0");
+  assert.equal(config.server.port, 8080);
+  assert.equal(config.server.public_url, "https://kav.example.com");
+  assert.equal(config.server.drain_timeout_s, 30);
+  assert.equal(config.server.tls_cert, null);
+  assert.equal(config.server.max_calls, 500);
+  assert.equal(config.server.max_ws_message_bytes, 65536);
+  assert.equal(config.server.max_body_bytes, 65536);
+  assert.equal(config.server.idle_media_timeout_s, 15);
+  assert.equal(config.server.max_call_duration_s, 3600);
+  assert.equal(config.server.bad_signature_per_ip_per_min, 30);
+  assert.equal(config.twilio.auth_token, null);
+  assert.equal(config.call.language, "he-IL");
+  assert.ok(/[\u0590-\u05FF]/.test(config.call.greeting), "greeting is Hebrew");
+  assert.ok(/[\u0590-\u05FF]/.test(config.call.apology), "apology is Hebrew");
+  assert.deepEqual(config.audio, {
+    rx_queue_frames: 200,
+    tx_queue_frames: 144,
+    tx_lead_ms: 60,
+    tx_max_buffered_bytes: 32768,
+  });
+  assert.deepEqual(
+    [config.stt.batch_ms, config.stt.partial_debounce_ms, config.stt.timeout_ms],
+    [40, 90, 320],
+  );
+  assert.equal(config.stt.vad_hangover_ms, 180);
+  assert.equal(config.stt.restart_after_s, 290);
+  assert.deepEqual(config.stt.google, {
+    endpoint: "speech.googleapis.com",
+    fallback_endpoint: "us-central1-speech.googleapis.com",
+    insecure: false,
+    model: "phone_call",
+    use_enhanced: true,
+  });
+  assert.deepEqual(config.tts, {
+    provider: "google",
+    voice: "he-IL-Wavenet-A",
+    google: { endpoint: "texttospeech.googleapis.com", insecure: false },
+  });
+  assert.deepEqual(config.llm, {
+    provider: "openai",
+    base_url: "https://api.openai.com/v1",
+    model: "gpt-4o-mini",
+    timeout_ms: 8000,
+    api_key: null,
+    temperature: 0.3,
+    max_tokens: 300,
+  });
+  assert.deepEqual(config.storage, { path: "/var/lib/kav/kav.db", retention_days: 0 });
+  assert.deepEqual(config.log, { transcripts: true });
+  assert.deepEqual(config.crm, { url: null, secret: null });
+  assert.deepEqual(config.google, { credentials_path: null });
+});
+
+Deno.test("parseConfig() reads kav.example.toml as exactly the defaults", async () => {
+  const example = await Deno.readTextFile(new URL("kav.example.toml", ROOT));
+  const options = { env: { TWILIO_AUTH_TOKEN: "t" }, credentialsDir: null };
+  const fromExample = parseConfig(example, options);
+  const fromDefaults = parseConfig(
+    `[server]\npublic_url = "${fromExample.server.public_url}"\n`,
+    options,
+  );
+  assert.deepEqual(fromExample, fromDefaults);
+});
+
+Deno.test("kav.example.toml comments every key", async () => {
+  const lines = (await Deno.readTextFile(new URL("kav.example.toml", ROOT))).split("\n");
+  for (let i = 0; i < lines.length; i++) {
+    if (/^[a-z_]+ = /.test(lines[i])) {
+      assert.ok(lines[i - 1].startsWith("#"), `no comment above line ${i + 1}: ${lines[i]}`);
+    }
+  }
+});
+
+Deno.test("parseConfig() returns a deeply frozen tree", () => {
+  const config: Config = parseConfig(MINIMAL, NO_SECRETS);
+  assert.ok(Object.isFrozen(config));
+  assert.ok(Object.isFrozen(config.stt.google));
+  assert.throws(() => {
+    (config.server as { max_calls: number }).max_calls = 1;
+  }, TypeError);
+});
+
+Deno.test("parseConfig() parses server.listen as host:port, IPv6 in brackets", () => {
+  const withListen = (listen: string) =>
+    parseConfig(`[server]\nlisten = "${listen}"\npublic_url = "https://a.example/"\n`, {
+      env: { TWILIO_AUTH_TOKEN: "t" },
+      credentialsDir: null,
+    }).server;
+  assert.deepEqual(
+    [withListen("[::]:8080").hostname, withListen("[::]:8080").port],
+    ["::", 8080],
+  );
+  assert.deepEqual([withListen("127.0.0.1:0").hostname, withListen("127.0.0.1:0").port], [
+    "127.0.0.1",
+    0,
+  ]);
+  assert.equal(withListen("localhost:9000").hostname, "localhost");
+  assert.equal(withListen("[::1]:1").public_url, "https://a.example", "trailing slash dropped");
+  for (const bad of ["8080", "host:", "host:70000", "[::]", "a b:1"]) {
+    const problem = only(
+      problemsOf(
+        `[server]\nlisten = "${bad}"\npublic_url = "https://a.b"\n[twilio]\nvalidate_signatures = false\n`,
+      ),
+    );
+    assert.equal(problem.key, "server.listen");
+    assert.equal(problem.line, 2);
+    assert.ok(problem.message.includes(JSON.stringify(bad)), problem.message);
+  }
+});
+
+Deno.test("parseConfig() names an unknown key and its line", () => {
+  const problem = only(problemsOf(`${MINIMAL}[audio]\ntx_leed_ms = 40\n`));
+  assert.deepEqual(problem, {
+    key: "audio.tx_leed_ms",
+    line: 6,
+    message: "unknown key: did you mean audio.tx_lead_ms?",
+  });
+  const table = only(problemsOf(`${MINIMAL}\n[sttt]\nbatch_ms = 40\n`));
+  assert.deepEqual([table.key, table.line, table.message], [
+    "sttt",
+    6,
+    "unknown key: did you mean stt?",
+  ]);
+  const far = only(problemsOf(`${MINIMAL}[audio]\nvolume = 3\n`));
+  assert.equal(far.message, "unknown key", "no guess when nothing is close");
+});
+
+Deno.test("parseConfig() names a wrong type with the key, line and value", () => {
+  const problem = only(problemsOf(`${MINIMAL}[stt]\nbatch_ms = "40"\n`));
+  assert.equal(problem.key, "stt.batch_ms");
+  assert.equal(problem.line, 6);
+  assert.equal(problem.message, 'must be a number: current value is "40"');
+  const whole = only(problemsOf(`${MINIMAL}[audio]\ntx_lead_ms = 60.5\n`));
+  assert.equal(whole.message, "must be a whole number: current value is 60.5");
+  const bool = only(problemsOf(`${MINIMAL}[log]\ntranscripts = 1\n`));
+  assert.deepEqual([bool.key, bool.line], ["log.transcripts", 6]);
+  const table = only(problemsOf(`${MINIMAL}stt = 5\n`));
+  assert.deepEqual([table.key, table.message], ["twilio.stt", "unknown key"]);
+  const notTable = only(problemsOf(`stt = 5\n${MINIMAL}`));
+  assert.deepEqual([notTable.key, notTable.line, notTable.message], [
+    "stt",
+    1,
+    "must be a table: current value is 5",
+  ]);
+});
+
+Deno.test("parseConfig() names an out-of-range value with its bounds", () => {
+  const problem = only(problemsOf(`${MINIMAL}[stt]\nbatch_ms = 5\n`));
+  assert.equal(
+    `${problem.key} (line ${problem.line}): ${problem.message}`,
+    "stt.batch_ms (line 6): must be between 20 and 200: current value is 5",
+  );
+  const enumProblem = only(problemsOf(`${MINIMAL}[llm]\nprovider = "anthropic"\n`));
+  assert.equal(enumProblem.message, 'must be one of "openai": current value is "anthropic"');
+});
+
+Deno.test("parseConfig() requires server.public_url and checks it is a plain http(s) URL", () => {
+  const missing = only(
+    problemsOf(`[server]\nlisten = "0.0.0.0:1"\n[twilio]\nvalidate_signatures = false\n`),
+  );
+  assert.deepEqual(missing, { key: "server.public_url", line: 1, message: "is required" });
+  const noTable = only(problemsOf(`[twilio]\nvalidate_signatures = false\n`));
+  assert.deepEqual(noTable, { key: "server.public_url", line: null, message: "is required" });
+  for (const bad of ["kav.example.com", "ftp://kav.example.com", "https://k.example/?a=1"]) {
+    const problem = only(
+      problemsOf(`[server]\npublic_url = "${bad}"\n[twilio]\nvalidate_signatures = false\n`),
+    );
+    assert.deepEqual([problem.key, problem.line], ["server.public_url", 2]);
+  }
+});
+
+Deno.test("parseConfig() reports a TOML syntax error with its line", () => {
+  const problem = only(problemsOf(`[server]\npublic_url = "https://a.b"\n\nlisten = \n`));
+  assert.equal(problem.key, "syntax");
+  assert.equal(problem.line, 4);
+  assert.ok(problem.message.startsWith("invalid TOML: "), problem.message);
+  const duplicate = only(
+    problemsOf(`[server]\npublic_url = "https://a.b"\npublic_url = "https://c.d"\n`),
+  );
+  assert.equal(duplicate.line, 3);
+});
+
+Deno.test("parseConfig() finds lines in dotted tables, dotted keys and after multi-line strings", () => {
+  const text = [
+    "[server]", // 1
+    'public_url = "https://a.b"', // 2
+    "[twilio]", // 3
+    "validate_signatures = false", // 4
+    "[call]", // 5
+    'system_prompt = """', // 6
+    "bogus = 1", // 7: text inside the prompt, not a key
+    '"""', // 8
+    "bogus = 2", // 9
+    "[stt]", // 10
+    "google.insecure = 3", // 11
+    '[ "tts" . google ]', // 12
+    'endpoint = "not a host"', // 13
+  ].join("\n");
+  const problems = problemsOf(text);
+  assert.deepEqual(problems.map((p) => [p.key, p.line]), [
+    ["call.bogus", 9],
+    ["stt.google.insecure", 11],
+    ["tts.google.endpoint", 13],
+  ]);
+});
+
+Deno.test("parseConfig() reports every problem of a file at once, in line order", () => {
+  const problems = problemsOf(Deno.readTextFileSync(fixture("bad.toml")));
+  assert.deepEqual(problems.map((p) => [p.key, p.line]), [
+    ["server.public_url", 2],
+    ["server.public_urll", 3],
+    ["server.max_calls", 4],
+    ["audio.rx_queue_frames", 7],
+    ["stt.google.insecure", 10],
+    ["twilio.validate_signatures", 12],
+    ["twilio.auth_token", 13],
+  ]);
+  const secret = problems.find((p) => p.key === "twilio.auth_token");
+  assert.ok(secret?.message.includes("TWILIO_AUTH_TOKEN"));
+  assert.ok(!secret?.message.includes("do-not-put-secrets-here"), "secret value not echoed");
+});
+
+Deno.test("parseConfig() refuses validate_signatures without an auth token", () => {
+  const problem = only(problemsOf(`[server]\npublic_url = "https://a.b"\n`));
+  assert.equal(problem.key, "twilio.validate_signatures");
+  assert.equal(problem.line, null, "no [twilio] table to point at");
+  const config = parseConfig(`[server]\npublic_url = "https://a.b"\n`, {
+    env: { TWILIO_AUTH_TOKEN: "from-env" },
+    credentialsDir: null,
+  });
+  assert.equal(config.twilio.auth_token, "from-env");
+  assert.equal(config.twilio.validate_signatures, true);
+  const forRecords = parseConfig(`[server]\npublic_url = "https://a.b"\n`, {
+    ...NO_SECRETS,
+    requireAuthToken: false,
+  });
+  assert.equal(forRecords.twilio.auth_token, null);
+});
+
+Deno.test("parseConfig() needs tls_cert and tls_key together", () => {
+  const problem = only(
+    problemsOf(MINIMAL.replace("[server]\n", '[server]\ntls_cert = "/c.pem"\n')),
+  );
+  assert.deepEqual([problem.key, problem.line, problem.message], [
+    "server.tls_cert",
+    2,
+    "is set but server.tls_key is not: set both or neither",
+  ]);
+  const both = parseConfig(
+    MINIMAL.replace("[server]\n", '[server]\ntls_cert = "/c.pem"\ntls_key = "/k.pem"\n'),
+    NO_SECRETS,
+  );
+  assert.deepEqual([both.server.tls_cert, both.server.tls_key], ["/c.pem", "/k.pem"]);
+});
+
+Deno.test("parseConfig() reads secrets from env first, then systemd credentials", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "kav_creds_" });
+  try {
+    await Deno.writeTextFile(`${dir}/twilio_auth_token`, "cred-token\n");
+    await Deno.writeTextFile(`${dir}/openai_api_key`, "sk-cred");
+    await Deno.writeTextFile(`${dir}/google_credentials`, "{}");
+    const text = `[server]\npublic_url = "https://a.b"\n`;
+    const fromDir = parseConfig(text, { env: {}, credentialsDir: dir });
+    assert.equal(fromDir.twilio.auth_token, "cred-token", "trailing newline dropped");
+    assert.equal(fromDir.llm.api_key, "sk-cred");
+    assert.equal(fromDir.google.credentials_path, `${dir}/google_credentials`);
+    assert.equal(fromDir.crm.secret, null);
+    const viaEnv = parseConfig(text, {
+      env: { CREDENTIALS_DIRECTORY: dir, OPENAI_API_KEY: "sk-env", TWILIO_AUTH_TOKEN: "" },
+    });
+    assert.equal(viaEnv.llm.api_key, "sk-env", "env wins");
+    assert.equal(viaEnv.twilio.auth_token, "cred-token", "empty env value is absent");
+    const disabled = problemsOf(text, {
+      env: { CREDENTIALS_DIRECTORY: dir },
+      credentialsDir: null,
+    });
+    assert.equal(only(disabled).key, "twilio.validate_signatures");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("parseConfig() reports an unreadable credential file", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "kav_creds_" });
+  try {
+    // A directory where a file should be: reading it fails with something other than NotFound.
+    await Deno.mkdir(`${dir}/openai_api_key`);
+    const problem = only(problemsOf(MINIMAL, { env: {}, credentialsDir: dir }));
+    assert.equal(problem.key, "llm.api_key");
+    assert.ok(problem.message.startsWith("cannot read the credential file"), problem.message);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("parseConfig() turns an empty string into null for optional keys", () => {
+  const config = parseConfig(
+    `${MINIMAL}[stt.google]\nfallback_endpoint = ""\n[crm]\nurl = "https://crm.example/hook"\n`,
+    NO_SECRETS,
+  );
+  assert.equal(config.stt.google.fallback_endpoint, null);
+  assert.equal(config.crm.url, "https://crm.example/hook");
+});
+
+Deno.test("loadConfig() reads a file and names a missing one", async () => {
+  const config = await loadConfig(fixture("good.toml"), NO_SECRETS);
+  assert.equal(config.server.port, 0);
+  assert.equal(config.stt.google.endpoint, "127.0.0.1:50051");
+  await assert.rejects(loadConfig(fixture("missing.toml"), NO_SECRETS), (error) => {
+    assert.ok(error instanceof ConfigError);
+    assert.equal(error.problems[0].key, "file");
+    assert.ok(error.message.includes("missing.toml"));
+    return true;
+  });
+});
+
+async function checkConfig(
+  file: string,
+): Promise<{ code: number; stdout: string; stderr: string }> {
+  const output = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", "main.ts", "check-config", file],
+    cwd: ROOT.pathname,
+    env: { TWILIO_AUTH_TOKEN: "", CREDENTIALS_DIRECTORY: "" },
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const decode = (bytes: Uint8Array) => new TextDecoder().decode(bytes);
+  return { code: output.code, stdout: decode(output.stdout), stderr: decode(output.stderr) };
+}
+
+Deno.test("kav check-config prints ok and exits 0 for a good file", async () => {
+  const result = await checkConfig(fixture("good.toml"));
+  assert.equal(result.code, 0, result.stderr);
+  assert.equal(result.stdout.trim(), "ok");
+});
+
+Deno.test("kav check-config prints one problem per line and exits 1 for a bad file", async () => {
+  const result = await checkConfig(fixture("bad.toml"));
+  assert.equal(result.code, 1);
+  const lines = result.stderr.trim().split("\n");
+  assert.equal(lines.length, 7, result.stderr);
+  assert.equal(lines[0], "server.public_url (line 2): is required");
+  assert.equal(
+    lines[1],
+    "server.public_urll (line 3): unknown key: did you mean server.public_url?",
+  );
+  assert.ok(lines[3].startsWith("audio.rx_queue_frames (line 7): must be between 10 and"));
+  const syntax = await checkConfig(fixture("syntax.toml"));
+  assert.equal(syntax.code, 1);
+  assert.ok(syntax.stderr.startsWith("syntax (line 3): invalid TOML"), syntax.stderr);
+});

@@ -1,0 +1,190 @@
+import assert from "node:assert/strict";
+import fc from "fast-check";
+import {
+  clearMessage,
+  markMessage,
+  mediaMessage,
+  OutboundEncoder,
+  parseInbound,
+} from "../src/twilio/protocol.ts";
+
+const SID = "MZ18ad3ab5a668481ce02b83e7395059f0";
+const START = {
+  event: "start",
+  sequenceNumber: "1",
+  streamSid: SID,
+  start: {
+    accountSid: "AC123",
+    streamSid: SID,
+    callSid: "CA123",
+    tracks: ["inbound"],
+    mediaFormat: { encoding: "audio/x-mulaw", sampleRate: 8000, channels: 1 },
+    customParameters: { From: "+972501234567", To: "+97231234567" },
+  },
+};
+
+function parsed(value: unknown) {
+  const result = parseInbound(JSON.stringify(value));
+  if (!result.ok) throw new Error(`expected ok, got ${result.reason}: ${result.error}`);
+  return result.msg;
+}
+
+function rejected(text: string) {
+  const result = parseInbound(text);
+  if (result.ok) throw new Error(`expected an error for ${text}`);
+  return result;
+}
+
+Deno.test("parseInbound() reads connected and start with custom parameters", () => {
+  assert.deepEqual(parsed({ event: "connected", protocol: "Call", version: "1.0.0" }), {
+    event: "connected",
+    protocol: "Call",
+    version: "1.0.0",
+  });
+  const msg = parsed(START);
+  assert.equal(msg.event, "start");
+  if (msg.event !== "start") return;
+  assert.equal(msg.sequenceNumber, 1);
+  assert.equal(msg.start.callSid, "CA123");
+  assert.deepEqual(msg.start.customParameters, { From: "+972501234567", To: "+97231234567" });
+  assert.deepEqual(msg.start.mediaFormat, {
+    encoding: "audio/x-mulaw",
+    sampleRate: 8000,
+    channels: 1,
+  });
+});
+
+Deno.test("parseInbound() decodes media payload and string numbers", () => {
+  const payload = new Uint8Array([0xff, 0x7f, 0x00, 0x80, 1, 2, 3]);
+  const msg = parsed({
+    event: "media",
+    sequenceNumber: "4",
+    streamSid: SID,
+    media: { track: "inbound", chunk: "2", timestamp: "5", payload: payload.toBase64() },
+  });
+  assert.equal(msg.event, "media");
+  if (msg.event !== "media") return;
+  assert.equal(msg.sequenceNumber, 4);
+  assert.equal(msg.media.chunk, 2);
+  assert.equal(msg.media.timestamp, 5);
+  assert.deepEqual(msg.media.payload, payload);
+});
+
+Deno.test("parseInbound() reads dtmf, mark and stop", () => {
+  const dtmf = parsed({
+    event: "dtmf",
+    streamSid: SID,
+    sequenceNumber: "5",
+    dtmf: { track: "inbound_track", digit: "1" },
+  });
+  assert.deepEqual(dtmf, {
+    event: "dtmf",
+    sequenceNumber: 5,
+    streamSid: SID,
+    dtmf: { track: "inbound_track", digit: "1" },
+  });
+  const mark = parsed({
+    event: "mark",
+    sequenceNumber: "4",
+    streamSid: SID,
+    mark: { name: "a b" },
+  });
+  assert.deepEqual(mark, {
+    event: "mark",
+    sequenceNumber: 4,
+    streamSid: SID,
+    mark: { name: "a b" },
+  });
+  const stop = parsed({
+    event: "stop",
+    sequenceNumber: "5",
+    streamSid: SID,
+    stop: { accountSid: "AC1", callSid: "CA1" },
+  });
+  assert.deepEqual(stop, {
+    event: "stop",
+    sequenceNumber: 5,
+    streamSid: SID,
+    stop: { accountSid: "AC1", callSid: "CA1" },
+  });
+});
+
+Deno.test("parseInbound() rejects invalid JSON, non-objects and unknown events", () => {
+  assert.equal(rejected("{not json").reason, "invalid_json");
+  assert.equal(rejected("[1,2]").reason, "invalid_shape");
+  assert.equal(rejected("null").reason, "invalid_shape");
+  const unknown = rejected(JSON.stringify({ event: "hangup", streamSid: SID }));
+  assert.equal(unknown.reason, "unknown_event");
+  assert.match(unknown.error, /"hangup"/);
+  assert.equal(rejected(JSON.stringify({ streamSid: SID })).reason, "unknown_event");
+});
+
+Deno.test("parseInbound() rejects bad base64 and wrong field types", () => {
+  const media = (payload: unknown, chunk: unknown = "1") =>
+    JSON.stringify({
+      event: "media",
+      sequenceNumber: "2",
+      streamSid: SID,
+      media: { track: "inbound", chunk, timestamp: "0", payload },
+    });
+  assert.equal(rejected(media("@@not base64@@")).reason, "bad_base64");
+  assert.equal(rejected(media(42)).reason, "invalid_shape");
+  assert.equal(rejected(media("AAAA", "x1")).reason, "invalid_shape");
+  assert.equal(rejected(media("AAAA", "-1")).reason, "invalid_shape");
+  const noSid = { ...START, streamSid: undefined };
+  assert.equal(rejected(JSON.stringify(noSid)).reason, "invalid_shape");
+  const badParams = { ...START, start: { ...START.start, customParameters: { a: 1 } } };
+  assert.match(rejected(JSON.stringify(badParams)).error, /customParameters\.a/);
+  const noMark = { event: "mark", sequenceNumber: "1", streamSid: SID, mark: {} };
+  assert.equal(rejected(JSON.stringify(noMark)).reason, "invalid_shape");
+});
+
+Deno.test("mediaMessage(), markMessage(), clearMessage() build Twilio's exact shapes", () => {
+  const payload = new Uint8Array(160).fill(0xff);
+  const media = JSON.parse(mediaMessage(SID, payload));
+  assert.deepEqual(media, {
+    event: "media",
+    streamSid: SID,
+    media: { payload: payload.toBase64() },
+  });
+  assert.deepEqual(Object.keys(media), ["event", "streamSid", "media"]);
+  assert.deepEqual(JSON.parse(markMessage(SID, 'say "hi"')), {
+    event: "mark",
+    streamSid: SID,
+    mark: { name: 'say "hi"' },
+  });
+  assert.deepEqual(JSON.parse(clearMessage(SID)), { event: "clear", streamSid: SID });
+});
+
+Deno.test("OutboundEncoder escapes the streamSid once and matches the plain builders", () => {
+  fc.assert(
+    fc.property(fc.string(), fc.uint8Array({ maxLength: 400 }), fc.string(), (sid, audio, name) => {
+      const encoder = new OutboundEncoder(sid);
+      assert.equal(encoder.media(audio), mediaMessage(sid, audio));
+      assert.equal(encoder.mark(name), markMessage(sid, name));
+      assert.equal(encoder.clear(), clearMessage(sid));
+      const back = JSON.parse(encoder.media(audio));
+      assert.equal(back.streamSid, sid);
+      assert.deepEqual(Uint8Array.fromBase64(back.media.payload), audio);
+    }),
+  );
+});
+
+Deno.test("parseInbound() round-trips any media payload", () => {
+  fc.assert(
+    fc.property(fc.uint8Array({ minLength: 1, maxLength: 480 }), fc.nat(), (audio, seq) => {
+      const text = JSON.stringify({
+        event: "media",
+        sequenceNumber: String(seq),
+        streamSid: SID,
+        media: { track: "inbound", chunk: String(seq), timestamp: "20", payload: audio.toBase64() },
+      });
+      const result = parseInbound(text);
+      assert.ok(result.ok);
+      if (result.ok && result.msg.event === "media") {
+        assert.deepEqual(result.msg.media.payload, audio);
+        assert.equal(result.msg.sequenceNumber, seq);
+      } else assert.fail("expected a media message");
+    }),
+  );
+});

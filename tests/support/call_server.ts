@@ -1,0 +1,164 @@
+/**
+ * A real `Deno.serve` on 127.0.0.1 that upgrades `/ws/twilio-media` into a `CallManager`, with a
+ * local speech provider and an in-memory store: the call core end to end, before the HTTP routes.
+ * Also `runConcurrentCalls()`: N Twilio-like clients streaming at once.
+ */
+import type { AudioConfig } from "../../src/config/types.ts";
+import type { AgentFactory } from "../../src/call/agent.ts";
+import { type CallCoreConfig, CallManager } from "../../src/call/manager.ts";
+import type { Scheduler } from "../../src/call/scheduler.ts";
+import { createLogger, type Logger } from "../../src/observe/log.ts";
+import { type LocalSpeechOptions, LocalSttProvider } from "./local_speech.ts";
+import { MemoryStore } from "./memory_store.ts";
+import { TwilioClient, type TwilioClientOptions } from "./twilio_client.ts";
+
+/** The call-core config used by tests (SPEC defaults, short limits). */
+export function testCallConfig(overrides: {
+  server?: Partial<CallCoreConfig["server"]>;
+  audio?: Partial<AudioConfig>;
+  transcripts?: boolean;
+} = {}): CallCoreConfig {
+  return {
+    server: {
+      max_calls: 50,
+      max_ws_message_bytes: 64 * 1024,
+      idle_media_timeout_s: 30,
+      max_call_duration_s: 3600,
+      ...overrides.server,
+    },
+    audio: {
+      rx_queue_frames: 200,
+      tx_queue_frames: 144,
+      tx_lead_ms: 60,
+      tx_max_buffered_bytes: 256 * 1024,
+      ...overrides.audio,
+    },
+    call: { language: "he-IL" },
+    log: { transcripts: overrides.transcripts ?? true },
+  };
+}
+
+export interface CallServerOptions {
+  readonly config?: CallCoreConfig;
+  readonly speech?: LocalSpeechOptions;
+  /** Greeting audio (default 1 s of a recognizable ramp pattern). */
+  readonly greeting?: Uint8Array;
+  readonly agentFactory?: AgentFactory;
+  readonly scheduler?: Scheduler;
+  /** Print log lines as well as collecting them. */
+  readonly echoLogs?: boolean;
+}
+
+export interface CallServer {
+  /** `ws://127.0.0.1:<port>/ws/twilio-media` */
+  readonly url: string;
+  readonly manager: CallManager;
+  readonly stt: LocalSttProvider;
+  readonly store: MemoryStore;
+  readonly logger: Logger;
+  /** Every log line so far. */
+  readonly lines: string[];
+  readonly greeting: Uint8Array;
+  /** Log lines containing `call=<sid>`. */
+  linesFor(sid: string): string[];
+  /** Opens a Twilio-like client against this server. */
+  connect(options?: Partial<TwilioClientOptions>): Promise<TwilioClient>;
+  /** Ends every call, stops the server and waits for it. */
+  close(): Promise<void>;
+}
+
+/** Audio whose bytes encode their index, so order and completeness can be checked. */
+export function patternAudio(frames: number, seed = 0): Uint8Array {
+  const out = new Uint8Array(frames * 160);
+  for (let i = 0; i < out.length; i++) out[i] = (i * 7 + seed * 31 + (i >> 8)) & 0x7f;
+  return out;
+}
+
+export function startCallServer(options: CallServerOptions = {}): Promise<CallServer> {
+  const lines: string[] = [];
+  const logger = createLogger((line) => {
+    lines.push(line);
+    if (options.echoLogs) console.log(line);
+  });
+  const stt = new LocalSttProvider(options.speech);
+  const store = new MemoryStore();
+  const greeting = options.greeting ?? patternAudio(50, 99);
+  const manager = new CallManager({
+    config: options.config ?? testCallConfig(),
+    stt,
+    store,
+    logger,
+    greeting: () => greeting,
+    agentFactory: options.agentFactory,
+    scheduler: options.scheduler,
+  });
+  const controller = new AbortController();
+  return new Promise((resolve) => {
+    const server = Deno.serve({
+      port: 0,
+      hostname: "127.0.0.1",
+      signal: controller.signal,
+      onListen({ port }) {
+        const url = `ws://127.0.0.1:${port}/ws/twilio-media`;
+        resolve({
+          url,
+          manager,
+          stt,
+          store,
+          logger,
+          lines,
+          greeting,
+          linesFor: (sid) =>
+            lines.filter((l) => l.includes(` call=${sid} `) || l.endsWith(` call=${sid}`)),
+          connect: (extra = {}) => TwilioClient.connect({ url, ...extra }),
+          close: async () => {
+            await manager.drain({ timeoutMs: 0 });
+            controller.abort();
+            await server.finished;
+          },
+        });
+      },
+    }, (request, info) => {
+      const url = new URL(request.url);
+      if (url.pathname !== "/ws/twilio-media") return new Response("not found", { status: 404 });
+      if (request.headers.get("upgrade")?.toLowerCase() !== "websocket") {
+        return new Response("upgrade required", { status: 426 });
+      }
+      if (!manager.canAccept()) return new Response("busy", { status: 503 });
+      const offered = (request.headers.get("sec-websocket-protocol") ?? "").split(",")
+        .map((p) => p.trim());
+      // Read before the upgrade: afterwards the request counts as closed.
+      const remoteAddr = info.remoteAddr.hostname;
+      const { socket, response } = Deno.upgradeWebSocket(
+        request,
+        offered.includes("audio.twilio.com") ? { protocol: "audio.twilio.com" } : {},
+      );
+      manager.attach(socket, { remoteAddr });
+      return response;
+    });
+  });
+}
+
+/**
+ * Opens `n` calls at once; each sends `connected` + `start`, streams `audio` at 50 fps, then
+ * `stop` (unless `stop: false`). Resolves with the clients once all have streamed (still open;
+ * the caller closes them).
+ */
+export async function runConcurrentCalls(
+  server: CallServer,
+  n: number,
+  options: { audio: Uint8Array; stop?: boolean; signal?: AbortSignal },
+): Promise<TwilioClient[]> {
+  const clients = await Promise.all(
+    Array.from(
+      { length: n },
+      (_, i) => server.connect({ customParameters: { From: `+97250000${i}`, To: "+97230000000" } }),
+    ),
+  );
+  await Promise.all(clients.map(async (client) => {
+    client.begin();
+    await client.streamAudio(options.audio, { signal: options.signal });
+    if (options.stop !== false) client.sendStop();
+  }));
+  return clients;
+}

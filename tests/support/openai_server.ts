@@ -1,0 +1,321 @@
+/**
+ * An OpenAI-compatible chat-completions server for tests and the local sandbox:
+ * `POST /v1/chat/completions`, streamed (SSE `data: {chunk}` lines, then `data: [DONE]`) or not.
+ * Replies are scriptable per request (text, token timing, stalls, dropped connections, HTTP
+ * errors) and every request is recorded, including whether the client went away early.
+ *
+ * Standalone: `deno run --allow-net tests/support/openai_server.ts --port 8089
+ * [--token-delay-ms 30] [--first-token-delay-ms 200]`, then `llm.base_url =
+ * "http://127.0.0.1:8089/v1"`.
+ */
+
+/** One chat message as received. */
+export interface ReceivedMessage {
+  readonly role: string;
+  readonly content: string;
+}
+
+/** How to answer one request. Unset fields fall back to the server options. */
+export interface ScriptedReply {
+  /** Reply text, cut into tokens by `tokenize` (ignored when `tokens` is set). */
+  readonly text?: string;
+  /** Exact deltas to send. */
+  readonly tokens?: readonly string[];
+  /** Answer with this HTTP status and an OpenAI-style error body instead. */
+  readonly status?: number;
+  readonly firstTokenDelayMs?: number;
+  readonly tokenDelayMs?: number;
+  /** Send this many tokens, then nothing more until the client leaves. */
+  readonly stallAfterTokens?: number;
+  /** Send this many tokens, then drop the connection (no `[DONE]`). */
+  readonly closeAfterTokens?: number;
+}
+
+/** What the server saw of one request. */
+export interface RecordedRequest {
+  readonly model: string;
+  readonly messages: readonly ReceivedMessage[];
+  readonly stream: boolean;
+  readonly body: Readonly<Record<string, unknown>>;
+  /** The Authorization header, or null. */
+  readonly authorization: string | null;
+  /** Tokens sent so far. */
+  tokensSent: number;
+  /** The client closed the connection before the response was complete. */
+  disconnected: boolean;
+  /** Settles when the response finished, failed or the client left. */
+  readonly settled: Promise<void>;
+}
+
+export interface OpenAiServerOptions {
+  /** 0 (default) picks a free port. */
+  readonly port?: number;
+  readonly hostname?: string;
+  /** Default reply policy when the script queue is empty; defaults to a short Hebrew answer. */
+  readonly reply?: (messages: readonly ReceivedMessage[]) => string | ScriptedReply;
+  readonly firstTokenDelayMs?: number;
+  readonly tokenDelayMs?: number;
+  /** Stops the server when aborted (as `close()`). */
+  readonly signal?: AbortSignal;
+}
+
+export interface OpenAiServer {
+  /** Base URL for `llm.base_url`, e.g. "http://127.0.0.1:40123/v1". */
+  readonly baseUrl: string;
+  readonly port: number;
+  readonly requests: readonly RecordedRequest[];
+  /** Queues replies for the next requests, in order (before the default policy). */
+  script(...replies: readonly (string | ScriptedReply)[]): void;
+  /** The next `count` requests get HTTP `status`. */
+  failNext(status: number, count?: number): void;
+  /** Drops in-flight responses and stops the server. Idempotent. */
+  close(): Promise<void>;
+}
+
+/** Splits text into word-ish tokens (leading space kept), long words in two, like BPE output. */
+export function tokenize(text: string): string[] {
+  const tokens: string[] = [];
+  for (const word of text.match(/\s*\S+|\s+$/g) ?? []) {
+    if (word.trim().length > 5) {
+      const mid = word.length >> 1;
+      tokens.push(word.slice(0, mid), word.slice(mid));
+    } else {
+      tokens.push(word);
+    }
+  }
+  return tokens;
+}
+
+/** The sandbox's default answer: a two-sentence Hebrew reply echoing the caller. */
+export function defaultReply(messages: readonly ReceivedMessage[]): string {
+  const last = [...messages].reverse().find((m) => m.role === "user")?.content.trim() ?? "";
+  if (last === "") return "שלום! במה אפשר לעזור?";
+  return `הבנתי, אמרת: ${last}. איך עוד אפשר לעזור?`;
+}
+
+const encoder = new TextEncoder();
+const DROPPED = "Scripted connection drop (expected in tests)";
+
+/** Waits `ms` (Infinity: until aborted); resolves early, never rejects, when `signal` aborts. */
+function sleep(ms: number, signal: AbortSignal): Promise<void> {
+  if (ms <= 0 || signal.aborted) return Promise.resolve();
+  return new Promise((resolve) => {
+    let id: ReturnType<typeof setTimeout> | undefined;
+    const done = () => {
+      clearTimeout(id);
+      signal.removeEventListener("abort", done);
+      resolve();
+    };
+    // setTimeout treats delays past 2^31-1 ms as 0, so "forever" must not use a timer.
+    if (Number.isFinite(ms)) id = setTimeout(done, ms);
+    signal.addEventListener("abort", done, { once: true });
+  });
+}
+
+function parseMessages(value: unknown): ReceivedMessage[] {
+  if (!Array.isArray(value)) return [];
+  return value.map((m: unknown) => {
+    const record = typeof m === "object" && m !== null ? m as Record<string, unknown> : {};
+    return { role: String(record.role ?? ""), content: String(record.content ?? "") };
+  });
+}
+
+function errorResponse(status: number, message: string): Response {
+  const type = status === 429
+    ? "rate_limit_exceeded"
+    : status >= 500
+    ? "server_error"
+    : "invalid_request_error";
+  return Response.json({ error: { message, type, code: null, param: null } }, { status });
+}
+
+function chunk(id: string, model: string, delta: Record<string, string>, finish: string | null) {
+  return `data: ${
+    JSON.stringify({
+      id,
+      object: "chat.completion.chunk",
+      created: Math.floor(Date.now() / 1000),
+      model,
+      choices: [{ index: 0, delta, finish_reason: finish, logprobs: null }],
+    })
+  }\n\n`;
+}
+
+/** Starts the server; resolves once it listens. */
+// deno-lint-ignore require-await -- async keeps the API free to await a listener later
+export async function startOpenAiServer(
+  options: OpenAiServerOptions = {},
+): Promise<OpenAiServer> {
+  const queue: ScriptedReply[] = [];
+  const failures: number[] = [];
+  const requests: RecordedRequest[] = [];
+  const inFlight = new Set<AbortController>();
+  const shutdown = new AbortController();
+  const policy = options.reply ?? defaultReply;
+  let counter = 0;
+
+  function nextReply(messages: readonly ReceivedMessage[]): ScriptedReply {
+    const status = failures.shift();
+    if (status !== undefined) return { status };
+    const scripted = queue.shift();
+    if (scripted !== undefined) return scripted;
+    const reply = policy(messages);
+    return typeof reply === "string" ? { text: reply } : reply;
+  }
+
+  async function handle(request: Request): Promise<Response> {
+    const url = new URL(request.url);
+    if (url.pathname !== "/v1/chat/completions") return errorResponse(404, "Not found");
+    if (request.method !== "POST") return errorResponse(405, "Method not allowed");
+    let body: Record<string, unknown>;
+    try {
+      const parsed: unknown = await request.json();
+      if (typeof parsed !== "object" || parsed === null) throw new TypeError("not an object");
+      body = parsed as Record<string, unknown>;
+    } catch {
+      return errorResponse(400, "Request body is not JSON");
+    }
+    const messages = parseMessages(body.messages);
+    const model = String(body.model ?? "");
+    const stream = body.stream === true;
+    let settle = () => {};
+    const record: RecordedRequest = {
+      model,
+      messages,
+      stream,
+      body,
+      authorization: request.headers.get("authorization"),
+      tokensSent: 0,
+      disconnected: false,
+      settled: new Promise<void>((resolve) => settle = resolve),
+    };
+    requests.push(record);
+    const reply = nextReply(messages);
+    if (reply.status !== undefined) {
+      settle();
+      return errorResponse(reply.status, `Scripted failure with status ${reply.status}`);
+    }
+    const tokens = reply.tokens ?? tokenize(reply.text ?? "");
+    const firstDelay = reply.firstTokenDelayMs ?? options.firstTokenDelayMs ?? 0;
+    const tokenDelay = reply.tokenDelayMs ?? options.tokenDelayMs ?? 0;
+    const id = `chatcmpl-${++counter}`;
+    const abort = new AbortController();
+    inFlight.add(abort);
+    // Deno cancels the response body when the client goes away (request.signal would also
+    // fire on successful responses).
+    const left = () => {
+      if (!abort.signal.aborted) record.disconnected = true;
+      abort.abort();
+    };
+    const finish = () => {
+      abort.abort();
+      inFlight.delete(abort);
+      settle();
+    };
+
+    if (!stream) {
+      await sleep(firstDelay, abort.signal);
+      record.tokensSent = tokens.length;
+      const done = abort.signal.aborted;
+      finish();
+      if (done) return errorResponse(503, "Server closing");
+      return Response.json({
+        id,
+        object: "chat.completion",
+        created: Math.floor(Date.now() / 1000),
+        model,
+        choices: [{
+          index: 0,
+          message: { role: "assistant", content: tokens.join("") },
+          finish_reason: "stop",
+          logprobs: null,
+        }],
+      });
+    }
+
+    const body$ = new ReadableStream<Uint8Array>({
+      async start(controller) {
+        const send = (delta: Record<string, string>, finish: string | null) =>
+          controller.enqueue(encoder.encode(chunk(id, model, delta, finish)));
+        try {
+          send({ role: "assistant" }, null);
+          // i === tokens.length is the end: stall/drop there too, before finish and [DONE].
+          for (let i = 0; i <= tokens.length; i++) {
+            if (i === reply.stallAfterTokens) await sleep(Infinity, abort.signal);
+            if (i === reply.closeAfterTokens) throw new Error(DROPPED);
+            if (i === tokens.length || abort.signal.aborted) break;
+            await sleep(i === 0 ? firstDelay : tokenDelay, abort.signal);
+            if (abort.signal.aborted) break;
+            send({ content: tokens[i] }, null);
+            record.tokensSent++;
+          }
+          if (abort.signal.aborted) throw new Error("Client left or server closing");
+          send({}, "stop");
+          controller.enqueue(encoder.encode("data: [DONE]\n\n"));
+          controller.close();
+        } catch (error) {
+          // Erroring the body makes Deno reset the connection: the client sees a broken stream.
+          controller.error(error);
+        } finally {
+          finish();
+        }
+      },
+      cancel() {
+        left();
+      },
+    });
+    return new Response(body$, {
+      headers: {
+        "content-type": "text/event-stream; charset=utf-8",
+        "cache-control": "no-cache",
+      },
+    });
+  }
+
+  const server = Deno.serve({
+    port: options.port ?? 0,
+    hostname: options.hostname ?? "127.0.0.1",
+    signal: shutdown.signal,
+    onListen() {},
+  }, handle);
+  let closing: Promise<void> | null = null;
+  const close = (): Promise<void> => {
+    closing ??= (async () => {
+      for (const controller of inFlight) controller.abort();
+      shutdown.abort();
+      await server.finished;
+    })();
+    return closing;
+  };
+  options.signal?.addEventListener("abort", () => void close(), { once: true });
+  return {
+    baseUrl: `http://${server.addr.hostname}:${server.addr.port}/v1`,
+    port: server.addr.port,
+    requests,
+    script(...replies) {
+      for (const reply of replies) queue.push(typeof reply === "string" ? { text: reply } : reply);
+    },
+    failNext(status, count = 1) {
+      for (let i = 0; i < count; i++) failures.push(status);
+    },
+    close,
+  };
+}
+
+function flag(args: readonly string[], name: string): number | undefined {
+  const at = args.indexOf(name);
+  if (at < 0 || at + 1 >= args.length) return undefined;
+  const value = Number(args[at + 1]);
+  if (!Number.isFinite(value)) throw new RangeError(`Cannot parse ${name}: "${args[at + 1]}"`);
+  return value;
+}
+
+if (import.meta.main) {
+  const server = await startOpenAiServer({
+    port: flag(Deno.args, "--port") ?? 8089,
+    tokenDelayMs: flag(Deno.args, "--token-delay-ms") ?? 30,
+    firstTokenDelayMs: flag(Deno.args, "--first-token-delay-ms") ?? 200,
+  });
+  console.log(`OpenAI-compatible server on ${server.baseUrl}`);
+  Deno.addSignalListener("SIGINT", () => void server.close().then(() => Deno.exit(0)));
+}

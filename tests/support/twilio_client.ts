@@ -1,0 +1,266 @@
+/**
+ * A Twilio-like Media Streams client over a real WebSocket, for tests, the simulator and benchmarks.
+ * It sends `connected`, `start`, `media` at 50 fps on an absolute-deadline schedule, `dtmf`, `stop`;
+ * it plays received audio on a virtual clock (20 ms per 160 bytes) and echoes each `mark` when the
+ * audio before it would have finished, or at once on `clear`, like Twilio (twilio-media-streams.md).
+ */
+import { FRAME_BYTES, FRAME_MS, frameAt, frameCount } from "../../src/audio/frames.ts";
+import { type Scheduler, sharedScheduler, sleepUntil } from "../../src/call/scheduler.ts";
+import { Playout, type ReceivedMessage } from "./_playout.ts";
+
+export type { MarkEchoRecord, ReceivedMessage } from "./_playout.ts";
+
+export interface TwilioClientOptions {
+  /** e.g. `ws://127.0.0.1:8080/ws/twilio-media`. */
+  readonly url: string;
+  /** Offered subprotocols; default `["audio.twilio.com"]`, `[]` offers none. */
+  readonly protocols?: readonly string[];
+  /** Extra upgrade headers (e.g. `X-Twilio-Signature`). */
+  readonly headers?: Readonly<Record<string, string>>;
+  readonly callSid?: string;
+  readonly streamSid?: string;
+  readonly accountSid?: string;
+  /** `<Parameter>` pairs sent in `start`. */
+  readonly customParameters?: Readonly<Record<string, string>>;
+  /** Echo marks like Twilio (default true). */
+  readonly echoMarks?: boolean;
+  /** Keep every received audio byte (default true; benchmarks may turn it off). */
+  readonly keepAudio?: boolean;
+  /** Clock for the media schedule and mark echoes; default the shared real-time scheduler. */
+  readonly scheduler?: Scheduler;
+}
+
+let counter = 0;
+
+function sid(prefix: string): string {
+  counter++;
+  return prefix + counter.toString(16).padStart(32, "0");
+}
+
+export class TwilioClient {
+  readonly callSid: string;
+  readonly streamSid: string;
+  readonly accountSid: string;
+  readonly socket: WebSocket;
+  /** Resolves when the socket has closed (by either side), with the close code. */
+  readonly closed: Promise<{ code: number; reason: string }>;
+  readonly #options: TwilioClientOptions;
+  readonly #scheduler: Scheduler;
+  readonly #playout: Playout;
+  readonly #sidJson: string;
+  #sequence = 0;
+  #chunk = 0;
+  #mediaStartedAt = NaN;
+
+  private constructor(socket: WebSocket, options: TwilioClientOptions) {
+    this.socket = socket;
+    this.#options = options;
+    this.#scheduler = options.scheduler ?? sharedScheduler();
+    this.callSid = options.callSid ?? sid("CA");
+    this.streamSid = options.streamSid ?? sid("MZ");
+    this.accountSid = options.accountSid ?? "AC" + "0".repeat(32);
+    this.#sidJson = JSON.stringify(this.streamSid);
+    this.#playout = new Playout({
+      scheduler: this.#scheduler,
+      keepAudio: options.keepAudio ?? true,
+      echo: options.echoMarks === false ? null : (name) => this.#echo(name),
+    });
+    socket.addEventListener("message", (e) => this.#playout.receive(e.data));
+    this.closed = new Promise((resolve) => {
+      socket.addEventListener("close", (e) => {
+        this.#playout.closed();
+        resolve({ code: e.code, reason: e.reason });
+      }, { once: true });
+    });
+  }
+
+  /** Opens the socket (rejects if the upgrade fails) and returns the client. */
+  static connect(options: TwilioClientOptions): Promise<TwilioClient> {
+    const socket = new WebSocket(options.url, {
+      protocols: [...(options.protocols ?? ["audio.twilio.com"])],
+      headers: options.headers,
+    });
+    const client = new TwilioClient(socket, options);
+    return new Promise((resolve, reject) => {
+      const onError = () => reject(new Error(`Cannot open WebSocket to "${options.url}"`));
+      socket.addEventListener("error", onError, { once: true });
+      socket.addEventListener("open", () => {
+        socket.removeEventListener("error", onError);
+        resolve(client);
+      }, { once: true });
+    });
+  }
+
+  /** What was received, in order, with arrival times (ms, scheduler clock). */
+  get received(): readonly ReceivedMessage[] {
+    return this.#playout.received;
+  }
+  /** Arrival time of every received media message (ms, scheduler clock). */
+  get mediaArrivals(): readonly number[] {
+    return this.#playout.mediaArrivals;
+  }
+  /** Received media messages. */
+  get mediaFrames(): number {
+    return this.#playout.mediaArrivals.length;
+  }
+  /** Received marks, in order. */
+  get marks(): readonly string[] {
+    return this.#playout.marks;
+  }
+  /** Marks echoed back, with time and whether a `clear` flushed them. */
+  get echoes(): Playout["echoes"] {
+    return this.#playout.echoes;
+  }
+  /** Arrival times of `clear` messages. */
+  get clears(): readonly number[] {
+    return this.#playout.clears;
+  }
+  /** Received messages that were not valid Twilio outbound JSON. */
+  get invalid(): readonly string[] {
+    return this.#playout.invalid;
+  }
+
+  /** Every received audio byte, in order (needs `keepAudio`). */
+  audio(): Uint8Array {
+    return this.#playout.audio();
+  }
+
+  /** Intervals between consecutive media arrivals, ms. */
+  intervals(): number[] {
+    const t = this.#playout.mediaArrivals;
+    const out: number[] = [];
+    for (let i = 1; i < t.length; i++) out.push(t[i] - t[i - 1]);
+    return out;
+  }
+
+  /** Mean arrival interval over the run (first to last frame), ms; NaN under 2 frames. */
+  meanIntervalMs(): number {
+    const t = this.#playout.mediaArrivals;
+    return t.length < 2 ? NaN : (t[t.length - 1] - t[0]) / (t.length - 1);
+  }
+
+  /** Times the virtual playout ran dry while more audio came later (audible gaps). */
+  get underruns(): number {
+    return this.#playout.underruns;
+  }
+
+  sendConnected(): void {
+    this.sendRaw('{"event":"connected","protocol":"Call","version":"1.0.0"}');
+  }
+
+  sendStart(): void {
+    const start = {
+      event: "start",
+      sequenceNumber: String(++this.#sequence),
+      streamSid: this.streamSid,
+      start: {
+        accountSid: this.accountSid,
+        streamSid: this.streamSid,
+        callSid: this.callSid,
+        tracks: ["inbound"],
+        mediaFormat: { encoding: "audio/x-mulaw", sampleRate: 8000, channels: 1 },
+        customParameters: this.#options.customParameters ?? {},
+      },
+    };
+    this.sendRaw(JSON.stringify(start));
+  }
+
+  /** `connected` then `start`, as Twilio opens a stream. */
+  begin(): void {
+    this.sendConnected();
+    this.sendStart();
+  }
+
+  /** One `media` message carrying `payload` (any length). */
+  sendMedia(payload: Uint8Array): void {
+    if (Number.isNaN(this.#mediaStartedAt)) this.#mediaStartedAt = this.#scheduler.now();
+    const timestamp = Math.round(this.#chunk * FRAME_MS);
+    this.sendRaw(
+      `{"event":"media","sequenceNumber":"${++this.#sequence}","streamSid":${this.#sidJson},` +
+        `"media":{"track":"inbound","chunk":"${++this.#chunk}","timestamp":"${timestamp}",` +
+        `"payload":"${payload.toBase64()}"}}`,
+    );
+  }
+
+  /**
+   * Streams `mulaw` as 20 ms frames (last one padded with silence) at 50 fps on an absolute
+   * schedule (`next += 20`; more than 200 ms late ⇒ resync). Resolves with frames sent.
+   */
+  async streamAudio(mulaw: Uint8Array, options: { signal?: AbortSignal } = {}): Promise<number> {
+    const n = frameCount(mulaw.length);
+    let next = this.#scheduler.now();
+    for (let i = 0; i < n; i++) {
+      if (this.socket.readyState !== WebSocket.OPEN) return i;
+      const now = this.#scheduler.now();
+      if (now - next > 200) next = now;
+      if (next > now) await sleepUntil(this.#scheduler, next, { signal: options.signal });
+      if (this.socket.readyState !== WebSocket.OPEN) return i;
+      this.sendMedia(frameAt(mulaw, i));
+      next += FRAME_MS;
+    }
+    return n;
+  }
+
+  /** Streams `ms` of μ-law silence (whole frames). */
+  streamSilence(ms: number, options: { signal?: AbortSignal } = {}): Promise<number> {
+    const frames = Math.max(1, Math.round(ms / FRAME_MS));
+    return this.streamAudio(new Uint8Array(frames * FRAME_BYTES).fill(0xff), options);
+  }
+
+  sendDtmf(digit: string): void {
+    this.sendRaw(JSON.stringify({
+      event: "dtmf",
+      streamSid: this.streamSid,
+      sequenceNumber: String(++this.#sequence),
+      dtmf: { track: "inbound_track", digit },
+    }));
+  }
+
+  sendStop(): void {
+    this.sendRaw(JSON.stringify({
+      event: "stop",
+      sequenceNumber: String(++this.#sequence),
+      streamSid: this.streamSid,
+      stop: { accountSid: this.accountSid, callSid: this.callSid },
+    }));
+  }
+
+  /** Sends anything, malformed included (text or binary). */
+  sendRaw(data: string | Uint8Array): void {
+    if (this.socket.readyState === WebSocket.OPEN) this.socket.send(data);
+  }
+
+  /**
+   * Resolves once `predicate()` holds (checked now and after every received message and at close);
+   * rejects after `timeoutMs` with `what` in the message.
+   */
+  waitFor(predicate: () => boolean, options: { timeoutMs: number; what?: string }): Promise<void> {
+    return this.#playout.waitFor(predicate, options);
+  }
+
+  /** Waits until at least `n` media frames have arrived. */
+  waitForFrames(n: number, options: { timeoutMs: number }): Promise<void> {
+    return this.waitFor(() => this.mediaFrames >= n, { ...options, what: `${n} media frames` });
+  }
+
+  /** Waits until `name` has been echoed back. */
+  waitForEcho(name: string, options: { timeoutMs: number }): Promise<void> {
+    return this.waitFor(() => this.echoes.some((e) => e.name === name), {
+      ...options,
+      what: `echo of mark "${name}"`,
+    });
+  }
+
+  /** Closes the socket (if open) and waits for the close; cancels pending echoes. */
+  async close(): Promise<void> {
+    if (this.socket.readyState <= WebSocket.OPEN) this.socket.close(1000);
+    await this.closed;
+  }
+
+  #echo(name: string): void {
+    this.sendRaw(
+      `{"event":"mark","sequenceNumber":"${++this.#sequence}","streamSid":${this.#sidJson},` +
+        `"mark":{"name":${JSON.stringify(name)}}}`,
+    );
+  }
+}
