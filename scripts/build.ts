@@ -306,6 +306,11 @@ export async function bundle(options: BuildOptions & { libDir: string }): Promis
   await Deno.stat(fromRoot(entry)).catch(() => {
     throw new Error(`Cannot bundle ${JSON.stringify(entry)}: no such file`);
   });
+  // bundleImportMap() reads package.json files from node_modules, absent in a fresh clone.
+  const installed = await run(Deno.execPath(), ["install"], { signal });
+  if (installed.code !== 0) {
+    throw new Error(`Cannot bundle: deno install failed\n${tail(installed.stderr)}`);
+  }
   const work = await Deno.makeTempDir({ prefix: "kav-bundle-" });
   try {
     await Deno.writeTextFile(`${work}/imports.json`, await bundleImportMap());

@@ -266,11 +266,16 @@ type Launch = (root: string, paths: RuntimePaths) => Promise<{ cmd: string; args
 /** Builds Kav, runs it on a temp config against fake providers, checks /healthz, then SIGTERM. */
 async function buildAndServe(t: Deno.TestContext, launch: Launch): Promise<void> {
   const { root, paths } = await tempPaths();
-  const tts = await startTtsServer();
-  const speech = await startSpeechServer({ clips: [] });
-  const llm = await startOpenAiServer();
-  const notify = notifyListener(paths.notifySocket);
+  const cleanup: (() => Promise<void>)[] = [];
   try {
+    const tts = await startTtsServer();
+    cleanup.push(() => tts.close());
+    const speech = await startSpeechServer({ clips: [] });
+    cleanup.push(() => speech.close());
+    const llm = await startOpenAiServer();
+    cleanup.push(() => llm.close());
+    const notify = notifyListener(paths.notifySocket);
+    cleanup.push(() => notify.close());
     const { cmd, args } = await launch(root, paths);
     const port = freePort();
     const config = `${paths.configDir}/kav.toml`;
@@ -333,8 +338,7 @@ path = "${paths.stateDir}/kav.db"
       console.log(`notify messages (main.ts does not use sd_notify yet): ${notify.messages}`);
     }
   } finally {
-    await notify.close();
-    await Promise.all([tts.close(), speech.close(), llm.close()]);
+    await Promise.all(cleanup.map((close) => close()));
     await Deno.remove(root, { recursive: true });
   }
 }

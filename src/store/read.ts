@@ -50,25 +50,30 @@ export interface CallDetail {
   readonly events: readonly CallEvent[];
 }
 
-const OUTCOMES: ReadonlySet<string> = new Set<CallOutcome>([
-  "completed",
-  "interrupted",
-  "idle",
-  "max_duration",
-  "drained",
-  "error",
-  "rejected",
-]);
-const EVENT_KINDS: ReadonlySet<string> = new Set<CallEventKind>([
-  "mark",
-  "clear",
-  "dtmf",
-  "stt_restart",
-  "provider_error",
-  "malformed",
-  "barge_in",
-  "limit",
-]);
+// Records keyed by the unions: adding an outcome or event kind to types.ts fails to compile here
+// until it is listed, instead of being silently filtered out on read.
+const OUTCOME_NAMES: Readonly<Record<CallOutcome, true>> = {
+  completed: true,
+  interrupted: true,
+  idle: true,
+  max_duration: true,
+  drained: true,
+  error: true,
+  rejected: true,
+};
+const EVENT_KIND_NAMES: Readonly<Record<CallEventKind, true>> = {
+  mark: true,
+  clear: true,
+  dtmf: true,
+  stt_restart: true,
+  provider_error: true,
+  malformed: true,
+  barge_in: true,
+  limit: true,
+  stream_status: true,
+};
+const OUTCOMES: ReadonlySet<string> = new Set(Object.keys(OUTCOME_NAMES));
+const EVENT_KINDS: ReadonlySet<string> = new Set(Object.keys(EVENT_KIND_NAMES));
 
 type Row = Record<string, unknown>;
 

@@ -52,7 +52,9 @@ export type CallEventKind =
   | "provider_error"
   | "malformed"
   | "barge_in"
-  | "limit";
+  | "limit"
+  /** A Twilio stream status callback (stream-started, stream-stopped, stream-error). */
+  | "stream_status";
 
 export interface CallEvent {
   readonly kind: CallEventKind;

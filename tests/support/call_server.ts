@@ -4,7 +4,8 @@
  * Also `runConcurrentCalls()`: N Twilio-like clients streaming at once.
  */
 import type { AudioConfig } from "../../src/config/types.ts";
-import type { AgentFactory } from "../../src/call/agent.ts";
+import type { AgentContext, AgentFactory, CallAgent } from "../../src/call/agent.ts";
+import type { SttEvent } from "../../src/stt/types.ts";
 import { type CallCoreConfig, CallManager } from "../../src/call/manager.ts";
 import type { Scheduler } from "../../src/call/scheduler.ts";
 import { createLogger, type Logger } from "../../src/observe/log.ts";
@@ -63,7 +64,7 @@ export interface CallServer {
   linesFor(sid: string): string[];
   /** Opens a Twilio-like client against this server. */
   connect(options?: Partial<TwilioClientOptions>): Promise<TwilioClient>;
-  /** Ends every call, stops the server and waits for it. */
+  /** Ends every call, closes the clients from `connect()`, stops the server and waits for it. */
   close(): Promise<void>;
 }
 
@@ -93,6 +94,7 @@ export function startCallServer(options: CallServerOptions = {}): Promise<CallSe
     scheduler: options.scheduler,
   });
   const controller = new AbortController();
+  const clients: TwilioClient[] = [];
   return new Promise((resolve) => {
     const server = Deno.serve({
       port: 0,
@@ -110,9 +112,14 @@ export function startCallServer(options: CallServerOptions = {}): Promise<CallSe
           greeting,
           linesFor: (sid) =>
             lines.filter((l) => l.includes(` call=${sid} `) || l.endsWith(` call=${sid}`)),
-          connect: (extra = {}) => TwilioClient.connect({ url, ...extra }),
+          connect: async (extra = {}) => {
+            const client = await TwilioClient.connect({ url, ...extra });
+            clients.push(client);
+            return client;
+          },
           close: async () => {
             await manager.drain({ timeoutMs: 0 });
+            await Promise.all(clients.map((c) => c.close()));
             controller.abort();
             await server.finished;
           },
@@ -161,4 +168,79 @@ export async function runConcurrentCalls(
     if (options.stop !== false) client.sendStop();
   }));
   return clients;
+}
+
+/** What a `recordingAgents()` agent saw. */
+export interface RecordedAgent {
+  readonly ctx: AgentContext;
+  inbound: number;
+  readonly speech: SttEvent[];
+  readonly marks: { name: string; played: boolean }[];
+  readonly dtmf: string[];
+  closed: boolean;
+  /** The result of the initial `play` (when `speak` was given). */
+  played: Promise<boolean> | null;
+}
+
+/**
+ * An agent factory that records every callback; with `speak`, each agent plays that audio at once
+ * through `Outbound.play` (a "speaker": e.g. 10 s in one call) followed by `mark`.
+ */
+export function recordingAgents(options: { speak?: Uint8Array; markName?: string } = {}): {
+  factory: AgentFactory;
+  agents: RecordedAgent[];
+} {
+  const agents: RecordedAgent[] = [];
+  const factory: AgentFactory = (ctx) => {
+    const rec: RecordedAgent = {
+      ctx,
+      inbound: 0,
+      speech: [],
+      marks: [],
+      dtmf: [],
+      closed: false,
+      played: null,
+    };
+    agents.push(rec);
+    if (options.speak !== undefined) {
+      rec.played = ctx.out.play(options.speak, { signal: ctx.signal }).catch(() => false);
+      ctx.out.mark(options.markName ?? "speech_end", { signal: ctx.signal }).catch(() => false);
+    }
+    const agent: CallAgent = {
+      onInboundAudio: () => {
+        rec.inbound++;
+      },
+      onSpeech: (event) => {
+        rec.speech.push(event);
+      },
+      onMark: (name, echo) => {
+        rec.marks.push({ name, played: echo.played });
+      },
+      onDtmf: (digit) => {
+        rec.dtmf.push(digit);
+      },
+      close: () => {
+        rec.closed = true;
+        return Promise.resolve();
+      },
+    };
+    return agent;
+  };
+  return { factory, agents };
+}
+
+/** Polls `predicate` every 5 ms (for server-side state); rejects after `timeoutMs`. */
+export async function waitUntil(
+  predicate: () => boolean,
+  options: { timeoutMs: number; what?: string },
+): Promise<void> {
+  const deadline = performance.now() + options.timeoutMs;
+  while (!predicate()) {
+    if (performance.now() > deadline) {
+      throw new Error(
+        `Timed out after ${options.timeoutMs} ms waiting for ${options.what ?? "condition"}`,
+      );
+    }
+    await new Promise((resolve) => setTimeout(resolve, 5));
+  }
 }
