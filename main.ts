@@ -7,13 +7,12 @@
  *   kav --help
  */
 
-import { runServer } from "./src/app.ts";
 import { loadConfig } from "./src/config/load.ts";
 import type { Config } from "./src/config/types.ts";
 import { ConfigError, formatProblem } from "./src/errors.ts";
-import type { MediaCallAcceptor } from "./src/http/types.ts";
 import { createLogger } from "./src/observe/log.ts";
 import { runCallsCommand } from "./src/store/cli.ts";
+import { runKav } from "./src/kav.ts";
 
 export const DEFAULT_CONFIG_PATH = "/etc/kav/kav.toml";
 
@@ -154,24 +153,10 @@ async function serve(configPath: string): Promise<number> {
   const config = await loadOrReport(configPath, { requireAuthToken: true });
   if (config === null) return 1;
   const log = createLogger();
-  // TODO(#2): replace with the CallManager from src/call/manager.ts (providers, store, drain).
-  const calls: MediaCallAcceptor = {
-    canAccept: () => false,
-    attach: (socket) => socket.close(1013, "Not ready"),
-  };
   try {
-    await runServer({
-      config,
-      log,
-      calls,
-      onStatusEvent: (params, webhook) =>
-        log.info("STREAM", webhook, {
-          call: params.CallSid ?? null,
-          event: params.StreamEvent ?? null,
-        }),
-    });
+    await runKav({ config, log });
   } catch (error) {
-    log.error("HTTP", "server failed", {
+    log.error("KAV", "stopped on an error", {
       error: error instanceof Error ? error.message : String(error),
     });
     return 1;

@@ -104,8 +104,7 @@ export async function runKav(options: RunKavOptions): Promise<void> {
         notifier.ready("0 active calls");
         options.onListen?.(addr);
       },
-      onStatusEvent: (params, webhook) =>
-        recordStatus(store, params, webhook),
+      onStatusEvent: (params, webhook) => recordStatus(store, params, webhook),
       drain: async ({ signal }) => {
         await notifier.stopping({ extendTimeoutMs: config.server.drain_timeout_s * 1000 + 5000 });
         const timeoutMs = config.server.drain_timeout_s * 1000;

@@ -93,6 +93,23 @@ Deno.test("CallManager.drain() waits for calls, then closes the rest as drained"
   }
 });
 
+Deno.test("CallManager.drain() stops waiting when its signal aborts", async () => {
+  const server = await startCallServer();
+  try {
+    const client = await server.connect();
+    client.begin();
+    await waitUntil(() => server.store.calls.size === 1, { timeoutMs: 5000, what: "start" });
+    const controller = new AbortController();
+    const draining = server.manager.drain({ timeoutMs: 60_000, signal: controller.signal });
+    controller.abort();
+    assert.deepEqual(await draining, { finished: 0, forced: 1 });
+    assert.equal(server.store.calls.get(client.callSid)?.ended?.outcome, "drained");
+    assert.deepEqual(await server.manager.drain({ timeoutMs: 0 }), { finished: 0, forced: 0 });
+  } finally {
+    await server.close();
+  }
+});
+
 Deno.test("CallManager refuses sockets over max_calls", async () => {
   const config = testCallConfig({ server: { max_calls: 1 } });
   const server = await startCallServer({ config });

@@ -91,7 +91,7 @@ Deno.test("CallSession plays 10 s spoken at once: 500 frames, none dropped, 50 f
     assert.ok(greetingEnd.receivedAt >= t[49], "mark sent after the greeting's last frame");
     assert.ok(greetingEnd.receivedAt <= t[50], "and before the speech's first frame");
     assert.ok(greetingEnd.echoedAt - t[0] >= 900, "echoed once the greeting has played");
-    await sleep(100);
+    await waitUntil(() => agents.agents[0].marks.length === 2, { timeoutMs: 5000, what: "echoes" });
     assert.deepEqual(agents.agents[0].marks, [
       { name: "greeting_end", played: true },
       { name: "speech_end", played: true },

@@ -98,7 +98,9 @@ export class AgentReply {
 
   /** Stops the LLM, TTS and queueing (the caller clears the TX queue). Idempotent. */
   cancel(): void {
-    if (!this.#controller.signal.aborted) this.#controller.abort(new DOMException("cut", "AbortError"));
+    if (!this.#controller.signal.aborted) {
+      this.#controller.abort(new DOMException("cut", "AbortError"));
+    }
     this.#wakeSpeaker?.();
   }
 
@@ -130,7 +132,9 @@ export class AgentReply {
       : this.#ttsAudioAt - this.#ttsStartAt;
     return {
       end_of_turn_delay: speechEnd === null ? null : turn.decidedAt - speechEnd,
-      stt_final_delay: speechEnd === null || turn.finalAt === null ? null : turn.finalAt - speechEnd,
+      stt_final_delay: speechEnd === null || turn.finalAt === null
+        ? null
+        : turn.finalAt - speechEnd,
       llm_ttft: this.#firstTokenAt === null ? null : this.#firstTokenAt - this.#llmStartAt,
       tts_ttfb: this.#ttsStartAt === null || this.#ttsAudioAt === null ? null : ttsSpan,
       e2e_latency: frame === null ? null : frame - (speechEnd ?? turn.decidedAt),
@@ -153,7 +157,9 @@ export class AgentReply {
     const cutter = new SentenceCutter();
     this.#llmStartAt = clock.now();
     try {
-      for await (const delta of this.#o.llm.stream(this.#o.history, { signal: this.#signal, log: ctx.log })) {
+      for await (
+        const delta of this.#o.llm.stream(this.#o.history, { signal: this.#signal, log: ctx.log })
+      ) {
         if (this.#firstTokenAt === null) this.#firstTokenAt = clock.now();
         for (const sentence of cutter.push(delta)) {
           this.#firstSentenceAt ??= clock.now();
@@ -183,7 +189,9 @@ export class AgentReply {
       if (next < this.#items.length) {
         const item = this.#items[next++];
         const ok = await this.#speakItem(item).catch((error) => {
-          if (!this.#signal.aborted) this.#o.ctx.log.error("TTS", "speaking failed", { error: String(error) });
+          if (!this.#signal.aborted) {
+            this.#o.ctx.log.error("TTS", "speaking failed", { error: String(error) });
+          }
           return false;
         });
         if (!ok) {

@@ -1,5 +1,8 @@
 /** Helpers of `CallSession`: speech results, store events, counters. */
 import type { Logger } from "../observe/log.ts";
+import { parseInbound, type ParseResult } from "../twilio/protocol.ts";
+import { settlesWithin } from "./_cap.ts";
+import type { RxWorker } from "./rx_worker.ts";
 import type { CallCounters, CallEventKind, CallStore } from "../store/types.ts";
 import type { SpeechSession, SttEvent } from "../stt/types.ts";
 import type { RxQueue } from "./rx_queue.ts";
@@ -75,4 +78,68 @@ export function counters(
     tx_late: tx?.lateTicks ?? 0,
     malformed,
   };
+}
+
+/** Cap on each shutdown step (agent, speech session), ms. */
+export const CLOSE_STEP_CAP_MS = 2000;
+
+/** Runs one shutdown step, awaited up to `CLOSE_STEP_CAP_MS`; failures are logged, not thrown. */
+export async function closeCapped(
+  what: string,
+  close: () => Promise<void>,
+  log: Logger,
+): Promise<void> {
+  let run: Promise<void>;
+  try {
+    run = close();
+  } catch (error) {
+    run = Promise.reject(error);
+  }
+  run.catch((error) => log.warn("CALL", `${what} close failed`, { error: String(error) }));
+  if (!(await settlesWithin(run, CLOSE_STEP_CAP_MS))) {
+    log.warn("CALL", `${what} close timed out`, { cap_ms: CLOSE_STEP_CAP_MS });
+  }
+}
+
+/**
+ * Rejects binary frames and messages over `maxBytes` (UTF-8) before parsing the rest. The exact
+ * byte count is only computed when the character count leaves doubt.
+ */
+export function screenInbound(data: unknown, maxBytes: number): ParseResult {
+  if (typeof data !== "string") {
+    return { ok: false, reason: "binary", error: "Cannot handle a binary frame" };
+  }
+  if (
+    data.length > maxBytes ||
+    (data.length * 3 > maxBytes && new TextEncoder().encode(data).length > maxBytes)
+  ) {
+    return {
+      ok: false,
+      reason: "oversized",
+      error: `Cannot handle a message over ${maxBytes} bytes`,
+    };
+  }
+  return parseInbound(data);
+}
+
+/** The per-second `[RX]` and `[TX]` lines (SPEC 2 telemetry). */
+export function logTelemetry(
+  log: Logger,
+  parts: { rx: RxWorker; rxQueue: RxQueue<Uint8Array>; tx: TxWorker; framesIn: number },
+): void {
+  const rw = parts.rx.takeWindow();
+  const tw = parts.tx.takeWindow();
+  const q = parts.rxQueue;
+  log.info("RX", "", {
+    fps_in: parts.framesIn,
+    q: q.size,
+    drops: q.drops,
+    write_ms: rw.writeMsMax,
+  });
+  log.info("TX", "", {
+    fps: tw.frames,
+    q: parts.tx.queue.size,
+    drops: 0,
+    late_ms_max: tw.lateMsMax,
+  });
 }

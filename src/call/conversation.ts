@@ -12,7 +12,7 @@ import type { SttEvent } from "../stt/types.ts";
 import type { TtsProvider } from "../tts/types.ts";
 import type { AgentContext, AgentFactory, CallAgent, MarkEcho } from "./agent.ts";
 import { type AgentReply, speakReply } from "./_reply.ts";
-import { systemClock, type TurnClock, TurnDetector, type EndOfTurn } from "./turns.ts";
+import { type EndOfTurn, systemClock, type TurnClock, TurnDetector } from "./turns.ts";
 
 /** Fixed phrases synthesized at boot (greeting, apology). */
 export interface PhraseSource {
@@ -58,8 +58,6 @@ class Conversation implements CallAgent {
       this.#history.push({ role: "assistant", content: deps.call.greeting });
     }
     this.#detector = new TurnDetector(deps.stt, {
-      partial: (text) => this.#logTranscript("PARTIAL", text),
-      final: (text) => this.#logTranscript("FINAL", text),
       endOfTurn: (turn) => this.#onEndOfTurn(turn),
       bargeIn: (event) => this.#bargeIn(event.at, event.cause),
     }, { clock: this.#clock });
@@ -72,29 +70,7 @@ class Conversation implements CallAgent {
   }
 
   onSpeech(event: SttEvent): void {
-    switch (event.type) {
-      case "partial":
-      case "final":
-        break;
-      case "restart":
-        this.#ctx.store.event(this.#ctx.callSid, {
-          kind: "stt_restart",
-          at: Date.now(),
-          detail: event.reason,
-        });
-        break;
-      case "error":
-        this.#ctx.store.event(this.#ctx.callSid, {
-          kind: "provider_error",
-          at: Date.now(),
-          detail: `stt ${event.error.category}${event.fatal ? " fatal" : ""}: ${event.error.message}`,
-        });
-        break;
-      default: {
-        const unreachable: never = event;
-        throw new TypeError(`Cannot handle speech event "${JSON.stringify(unreachable)}"`);
-      }
-    }
+    // The session logs [PARTIAL]/[FINAL] and records STT restarts and errors; turns need them all.
     this.#detector.stt(event);
   }
 
@@ -127,11 +103,6 @@ class Conversation implements CallAgent {
       // The call ended mid-answer: record what was heard so far.
       this.#finishReply(reply);
     }
-  }
-
-  #logTranscript(tag: "PARTIAL" | "FINAL", text: string): void {
-    if (this.#deps.log.transcripts) this.#ctx.log.info(tag, JSON.stringify(text));
-    else this.#ctx.log.info(tag, "", { chars: text.length });
   }
 
   #onEndOfTurn(turn: EndOfTurn): void {

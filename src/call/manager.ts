@@ -117,10 +117,11 @@ export class CallManager {
   }
 
   /**
-   * Stops accepting calls, waits up to `timeoutMs` for the active ones to end by themselves, then
-   * closes the rest (outcome `drained`) and waits for their records.
+   * Stops accepting calls, waits up to `timeoutMs` for the active ones to end by themselves (less
+   * if `signal` aborts, e.g. a second SIGTERM), then closes the rest (outcome `drained`) and waits
+   * for their records.
    */
-  async drain(options: { timeoutMs: number }): Promise<DrainResult> {
+  async drain(options: { timeoutMs: number; signal?: AbortSignal }): Promise<DrainResult> {
     this.#draining = true;
     const all = [...this.#sessions];
     if (all.length === 0) return { finished: 0, forced: 0 };
@@ -129,7 +130,7 @@ export class CallManager {
       timeout_ms: options.timeoutMs,
     });
     const dones: Promise<CallEnded>[] = all.map((s) => s.done);
-    await settlesWithin(Promise.all(dones), Math.max(0, options.timeoutMs));
+    await settlesWithin(Promise.all(dones), Math.max(0, options.timeoutMs), options.signal);
     const remaining = all.filter((s) => this.#sessions.has(s));
     if (remaining.length > 0) {
       this.#deps.logger.warn("CALL", "drain timeout, closing active calls", {

@@ -16,7 +16,8 @@ export const RX_MAX_BATCH = 10;
 
 export interface RxWorkerOptions {
   readonly queue: RxQueue<Uint8Array>;
-  readonly speech: SpeechSession;
+  /** The session to write to; may also be given later with `attach()` (frames wait meanwhile). */
+  readonly speech?: SpeechSession;
   readonly scheduler: Scheduler;
   /** A failing `write` (a provider bug) ends the call; the worker stops first. */
   readonly onError: (error: unknown) => void;
@@ -25,7 +26,7 @@ export interface RxWorkerOptions {
 
 export class RxWorker {
   readonly #queue: RxQueue<Uint8Array>;
-  readonly #speech: SpeechSession;
+  #speech: SpeechSession | null = null;
   readonly #scheduler: Scheduler;
   readonly #task: Task;
   readonly #maxBatch: number;
@@ -40,7 +41,6 @@ export class RxWorker {
 
   constructor(options: RxWorkerOptions) {
     this.#queue = options.queue;
-    this.#speech = options.speech;
     this.#scheduler = options.scheduler;
     this.#maxBatch = options.maxBatch ?? RX_MAX_BATCH;
     const onError = options.onError;
@@ -48,7 +48,14 @@ export class RxWorker {
       this.stop({ flush: false });
       onError(error);
     });
-    options.speech.ready.then(() => {
+    if (options.speech !== undefined) this.attach(options.speech);
+  }
+
+  /** Sets the speech session; writes start once its `ready` resolves. Once only. */
+  attach(speech: SpeechSession): void {
+    if (this.#speech !== null) throw new Error("Cannot attach a second speech session");
+    this.#speech = speech;
+    speech.ready.then(() => {
       this.#ready = true;
     });
   }
@@ -123,11 +130,13 @@ export class RxWorker {
   };
 
   #writeUpTo(limit: number): number {
+    const speech = this.#speech;
+    if (speech === null) return 0;
     let n = 0;
     while (n < limit) {
       const frame = this.#queue.take();
       if (frame === undefined) break;
-      this.#speech.write(frame);
+      speech.write(frame);
       n++;
     }
     this.#written += n;

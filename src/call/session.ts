@@ -1,57 +1,34 @@
 /**
  * One Twilio media stream, one WebSocket: `CallSession` owns the socket, the speech session, the
  * RX/TX queues and workers, and the call's AbortController (SPEC 2). Malformed input is logged,
- * counted and skipped; an error inside the call ends only this call.
+ * counted and skipped; an error inside the call ends only this call. Control events (dtmf, mark,
+ * stop) are handled on receipt and never enter rx_q, so they can never be dropped or delayed
+ * behind audio waiting for STT; only media goes through rx_q.
  */
-import type { AudioConfig, ServerConfig } from "../config/types.ts";
 import type { Logger } from "../observe/log.ts";
 import * as metrics from "../observe/metrics.ts";
-import type { CallEnded, CallOutcome, CallStore } from "../store/types.ts";
-import type { SpeechSession, SttProvider } from "../stt/types.ts";
-import {
-  type MalformedReason,
-  type MediaMessage,
-  OutboundEncoder,
-  parseInbound,
-  type StartMessage,
-} from "../twilio/protocol.ts";
-import type { AgentFactory, CallAgent } from "./agent.ts";
-import { settlesWithin } from "./_cap.ts";
+import type { CallEnded, CallOutcome } from "../store/types.ts";
+import type { SpeechSession } from "../stt/types.ts";
+import type { MalformedReason, MediaMessage, StartMessage } from "../twilio/protocol.ts";
+import type { CallAgent } from "./agent.ts";
+import { type SessionDeps, startStream } from "./_session_start.ts";
 import { CallLimits, Telemetry } from "./_session_timers.ts";
 import { MarkTracker } from "./marks.ts";
 import { QueueOutbound } from "./outbound.ts";
 import { RxQueue } from "./rx_queue.ts";
 import { RxWorker } from "./rx_worker.ts";
-import type { Scheduler } from "./scheduler.ts";
 import { TxWorker } from "./tx_worker.ts";
-import { consumeSpeech, counters, recordEvent } from "./_session_io.ts";
+import {
+  closeCapped,
+  consumeSpeech,
+  counters,
+  logTelemetry,
+  recordEvent,
+  screenInbound,
+} from "./_session_io.ts";
 
-/** Everything a session needs; the manager builds it. */
-export interface SessionDeps {
-  readonly server: Pick<
-    ServerConfig,
-    "max_ws_message_bytes" | "idle_media_timeout_s" | "max_call_duration_s"
-  >;
-  readonly audio: AudioConfig;
-  /** `call.language`, passed to the speech session. */
-  readonly language: string;
-  /** `log.transcripts`: whether `[PARTIAL]`/`[FINAL]` lines carry the text. */
-  readonly transcripts: boolean;
-  readonly stt: SttProvider;
-  readonly store: CallStore;
-  /** The root logger; the session adds `call=<connection id>`, then `call=<CallSid>`. */
-  readonly log: Logger;
-  /** Cached greeting audio, raw μ-law 8000 Hz. */
-  readonly greeting: () => Uint8Array;
-  readonly agentFactory?: AgentFactory;
-  readonly scheduler: Scheduler;
-  /** Names the call in logs before `start` (e.g. "conn-12"). */
-  readonly connectionId: string;
-  readonly remoteAddr: string;
-}
+export type { SessionDeps };
 
-/** Cap on each shutdown step (workers, agent, speech session), ms. */
-export const CLOSE_STEP_CAP_MS = 2000;
 /** Malformed messages logged per call; the rest are only counted. */
 const MALFORMED_LOG_LIMIT = 20;
 const isMedia = (_frame: Uint8Array) => true;
@@ -102,7 +79,9 @@ export class CallSession {
     socket.addEventListener("close", () => this.end("interrupted", "socket closed"));
     socket.addEventListener("error", () => this.#log.warn("WS", "socket error"));
     if (socket.readyState === WebSocket.OPEN) this.#open();
-    else socket.addEventListener("open", () => this.#open(), { once: true });
+    else if (socket.readyState === WebSocket.CONNECTING) {
+      socket.addEventListener("open", () => this.#open(), { once: true });
+    } else this.end("interrupted", "socket closed before attach");
   }
 
   /** Twilio's CallSid once `start` arrived, else null. */
@@ -152,18 +131,7 @@ export class CallSession {
   #onOpen(): void {
     const deps = this.#deps;
     const fail = (error: unknown) => this.#fail(error);
-    const speech = deps.stt.open({
-      language: deps.language,
-      signal: this.#controller.signal,
-      log: this.#log,
-    });
-    this.#speech = speech;
-    this.#rx = new RxWorker({
-      queue: this.#rxQueue,
-      speech,
-      scheduler: deps.scheduler,
-      onError: fail,
-    });
+    this.#rx = new RxWorker({ queue: this.#rxQueue, scheduler: deps.scheduler, onError: fail });
     this.#rx.start();
     this.#log.info("CALL", "RX_WORKER started");
     this.#tx = new TxWorker({
@@ -178,6 +146,14 @@ export class CallSession {
     });
     this.#outbound = new QueueOutbound(this.#tx, this.#marks, () => this.#event("clear", ""));
     this.#log.info("CALL", "TX_WORKER started");
+    // Opened at connect, in parallel with the greeting; audio waits in rx_q until it is ready.
+    const speech = deps.stt.open({
+      language: deps.language,
+      signal: this.#controller.signal,
+      log: this.#log,
+    });
+    this.#speech = speech;
+    this.#rx.attach(speech);
     this.#log.info("CALL", "STT_SESSION init requested");
     speech.ready.then(() => {
       if (!this.#ending) this.#log.info("CALL", "STT_SESSION ready");
@@ -196,16 +172,7 @@ export class CallSession {
   #onMessage(event: MessageEvent): void {
     if (this.#ending) return;
     try {
-      const data: unknown = event.data;
-      if (typeof data !== "string") return this.#reject("binary", "Cannot handle a binary frame");
-      const max = this.#deps.server.max_ws_message_bytes;
-      if (
-        data.length > max ||
-        (data.length * 3 > max && new TextEncoder().encode(data).length > max)
-      ) {
-        return this.#reject("oversized", `Cannot handle a message over ${max} bytes`);
-      }
-      const parsed = parseInbound(data);
+      const parsed = screenInbound(event.data, this.#deps.server.max_ws_message_bytes);
       if (!parsed.ok) return this.#reject(parsed.reason, parsed.error);
       const msg = parsed.msg;
       switch (msg.event) {
@@ -255,38 +222,18 @@ export class CallSession {
   #onStart(msg: StartMessage): void {
     const start = msg.start;
     this.#start = start;
-    const deps = this.#deps;
-    this.#log = deps.log.child({ call: start.callSid });
-    this.#log.info("CALL", "started", { conn: this.connectionId, stream: start.streamSid });
-    const params = start.customParameters;
-    deps.store.callStarted({
-      callSid: start.callSid,
-      streamSid: start.streamSid,
-      accountSid: start.accountSid,
-      from: params["From"] ?? null,
-      to: params["To"] ?? null,
-      customParameters: params,
-      startedAt: Date.now(),
-    });
+    this.#log = this.#deps.log.child({ call: start.callSid });
     const tx = this.#tx;
     const out = this.#outbound;
     if (tx === null || out === null) throw new Error("Cannot start a stream before socket open");
-    tx.start(new OutboundEncoder(start.streamSid));
-    const signal = this.#controller.signal;
-    const ignore = () => {};
-    out.play(deps.greeting(), { signal }).catch(ignore);
-    out.mark("greeting_end", { signal }).catch(ignore);
-    this.#log.info("CALL", "GREETING queued", { frames: tx.queue.size + tx.queue.waiting });
-    if (deps.agentFactory === undefined) return;
-    this.#agent = deps.agentFactory({
-      callSid: start.callSid,
-      streamSid: start.streamSid,
-      accountSid: start.accountSid,
-      customParameters: params,
-      out,
+    this.#agent = startStream({
+      start,
+      deps: this.#deps,
+      connectionId: this.connectionId,
       log: this.#log,
-      signal,
-      store: deps.store,
+      tx,
+      out,
+      signal: this.#controller.signal,
       hangup: (reason) => {
         this.end("completed", reason);
       },
@@ -335,21 +282,14 @@ export class CallSession {
   }
 
   #logTelemetry(): void {
-    const rx = this.#rx;
-    const tx = this.#tx;
-    if (rx === null || tx === null) return;
-    const rw = rx.takeWindow();
-    const tw = tx.takeWindow();
-    const fpsIn = this.#windowIn;
-    this.#windowIn = 0;
-    const q = this.#rxQueue;
-    this.#log.info("RX", "", { fps_in: fpsIn, q: q.size, drops: q.drops, write_ms: rw.writeMsMax });
-    this.#log.info("TX", "", {
-      fps: tw.frames,
-      q: tx.queue.size,
-      drops: 0,
-      late_ms_max: tw.lateMsMax,
+    if (this.#rx === null || this.#tx === null) return;
+    logTelemetry(this.#log, {
+      rx: this.#rx,
+      rxQueue: this.#rxQueue,
+      tx: this.#tx,
+      framesIn: this.#windowIn,
     });
+    this.#windowIn = 0;
   }
 
   async #shutdown(outcome: CallOutcome, reason: string): Promise<void> {
@@ -359,15 +299,9 @@ export class CallSession {
     this.#rx?.stop({ flush: outcome === "completed" });
     this.#tx?.stop();
     const agent = this.#agent;
-    if (agent !== null) {
-      const closed = await settlesWithin(safely(() => agent.close()), CLOSE_STEP_CAP_MS);
-      if (!closed) this.#log.warn("CALL", "agent close timed out", { cap_ms: CLOSE_STEP_CAP_MS });
-    }
+    if (agent !== null) await closeCapped("agent", () => agent.close(), this.#log);
     const speech = this.#speech;
-    if (speech !== null) {
-      const closed = await settlesWithin(safely(() => speech.close()), CLOSE_STEP_CAP_MS);
-      if (!closed) this.#log.warn("CALL", "speech close timed out", { cap_ms: CLOSE_STEP_CAP_MS });
-    }
+    if (speech !== null) await closeCapped("speech", () => speech.close(), this.#log);
     if (this.#socket.readyState <= WebSocket.OPEN) {
       try {
         this.#socket.close(1000, outcome);
@@ -386,13 +320,5 @@ export class CallSession {
     metrics.callEnded(outcome);
     this.#log.info("CALL", "ended", { outcome, reason, ...ended.counters });
     this.#resolveDone(ended);
-  }
-}
-
-function safely(run: () => Promise<void>): Promise<void> {
-  try {
-    return run();
-  } catch (error) {
-    return Promise.reject(error);
   }
 }

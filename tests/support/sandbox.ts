@@ -1,0 +1,203 @@
+/**
+ * A whole Kav on loopback against the local provider servers: the gRPC Speech and Text-to-Speech
+ * servers (real protos, transcripts keyed by the fixture clips) and the OpenAI-compatible SSE
+ * server. Used by end-to-end tests, `deno task dev` (no cloud credentials) and the benchmarks.
+ * Kav itself runs unmodified through `runKav`, with the real client libraries.
+ */
+import { fileURLToPath } from "node:url";
+import { parseConfig } from "../../src/config/load.ts";
+import type { Config } from "../../src/config/types.ts";
+import { runKav } from "../../src/kav.ts";
+import { createLogger, type LogSink } from "../../src/observe/log.ts";
+import { type Clip, loadClips } from "./_protos.ts";
+import { type OpenAiServer, type OpenAiServerOptions, startOpenAiServer } from "./openai_server.ts";
+import { type SpeechServer, type SpeechServerOptions, startSpeechServer } from "./speech_server.ts";
+import { startTtsServer, type TtsServer } from "./tts_server.ts";
+
+export const CLIPS_JSON = fileURLToPath(new URL("../fixtures/clips.json", import.meta.url));
+
+/** The Hebrew fixture clips (μ-law 8 kHz) with their transcripts. */
+export function fixtureClips(): Clip[] {
+  return loadClips(CLIPS_JSON);
+}
+
+export interface ProviderServers {
+  readonly speech: SpeechServer;
+  readonly tts: TtsServer;
+  readonly llm: OpenAiServer;
+  close(): Promise<void>;
+}
+
+export interface ProviderServerOptions {
+  readonly speech?: Partial<SpeechServerOptions>;
+  readonly tts?: Parameters<typeof startTtsServer>[0];
+  readonly llm?: OpenAiServerOptions;
+  /** Fixed ports (dev sandbox); 0 or absent picks free ones. */
+  readonly ports?: { speech?: number; tts?: number; llm?: number };
+}
+
+/** Starts the three local provider servers on 127.0.0.1. */
+export async function startProviderServers(
+  options: ProviderServerOptions = {},
+): Promise<ProviderServers> {
+  const speech = await startSpeechServer({
+    clips: fixtureClips(),
+    port: options.ports?.speech ?? 0,
+    ...options.speech,
+  });
+  const tts = await startTtsServer({ port: options.ports?.tts ?? 0, ...options.tts });
+  const llm = await startOpenAiServer({ port: options.ports?.llm ?? 0, ...options.llm });
+  return {
+    speech,
+    tts,
+    llm,
+    async close() {
+      await Promise.allSettled([speech.close(), tts.close(), llm.close()]);
+    },
+  };
+}
+
+/** A config TOML pointing at the local servers (plaintext gRPC, no credentials). */
+export function sandboxToml(
+  servers: ProviderServers,
+  options: { listen?: string; publicUrl?: string; storagePath: string; extra?: string },
+): string {
+  const listen = options.listen ?? "127.0.0.1:0";
+  const publicUrl = options.publicUrl ?? "http://127.0.0.1:8080";
+  return `
+[server]
+listen = "${listen}"
+public_url = "${publicUrl}"
+drain_timeout_s = 5
+[twilio]
+validate_signatures = false
+[stt.google]
+endpoint = "${servers.speech.address}"
+fallback_endpoint = ""
+insecure = true
+[tts.google]
+endpoint = "${servers.tts.address}"
+insecure = true
+[llm]
+base_url = "${servers.llm.baseUrl}"
+model = "sandbox"
+timeout_ms = 3000
+[storage]
+path = "${options.storagePath}"
+${options.extra ?? ""}
+`;
+}
+
+/**
+ * Merges `extra` TOML (whole tables, e.g. "[audio]\ntx_lead_ms = 40") into the sandbox config:
+ * keys of a table named in `extra` override the sandbox's keys of that table.
+ */
+export function sandboxConfig(
+  servers: ProviderServers,
+  options: { storagePath: string; extra?: string; listen?: string; publicUrl?: string },
+): Config {
+  const text = mergeToml(sandboxToml(servers, { ...options, extra: "" }), options.extra ?? "");
+  return parseConfig(text, { env: {}, credentialsDir: null });
+}
+
+function mergeToml(base: string, extra: string): string {
+  const tables = new Map<string, Map<string, string>>();
+  const order: string[] = [];
+  for (const text of [base, extra]) {
+    let table = "";
+    for (const raw of text.split("\n")) {
+      const line = raw.trim();
+      if (line === "" || line.startsWith("#")) continue;
+      const header = /^\[([^\]]+)\]$/.exec(line);
+      if (header) {
+        table = header[1];
+        if (!tables.has(table)) {
+          tables.set(table, new Map());
+          order.push(table);
+        }
+        continue;
+      }
+      const eq = line.indexOf("=");
+      if (eq < 0) continue;
+      tables.get(table)?.set(line.slice(0, eq).trim(), line.slice(eq + 1).trim());
+    }
+  }
+  return order.map((table) =>
+    `[${table}]\n` + [...tables.get(table)!].map(([k, v]) => `${k} = ${v}`).join("\n")
+  ).join("\n");
+}
+
+export interface Sandbox {
+  readonly servers: ProviderServers;
+  readonly config: Config;
+  /** "http://127.0.0.1:<port>" */
+  readonly baseUrl: string;
+  /** "ws://127.0.0.1:<port>/ws/twilio-media" */
+  readonly mediaUrl: string;
+  readonly storagePath: string;
+  /** Log lines Kav printed (when `collectLogs`). */
+  readonly lines: string[];
+  /** Stops Kav (drain as on SIGTERM) and the servers; removes the temp dir. */
+  stop(): Promise<void>;
+}
+
+export interface SandboxOptions extends ProviderServerOptions {
+  /** Extra TOML tables merged into the config. */
+  readonly extra?: string;
+  /** Keep log lines in `lines` instead of printing them (default true). */
+  readonly collectLogs?: boolean;
+  /** Also print them. */
+  readonly echoLogs?: boolean;
+}
+
+/** Starts the provider servers and Kav on a free port; `stop()` tears everything down. */
+export async function startSandbox(options: SandboxOptions = {}): Promise<Sandbox> {
+  const servers = await startProviderServers(options);
+  const dir = await Deno.makeTempDir({ prefix: "kav-sandbox-" });
+  const storagePath = `${dir}/kav.db`;
+  const lines: string[] = [];
+  const collect = options.collectLogs ?? true;
+  const sink: LogSink = (line, level) => {
+    if (collect) lines.push(line);
+    if (!collect || options.echoLogs) {
+      if (level === "info") console.log(line);
+      else console.error(line);
+    }
+  };
+  let config: Config;
+  try {
+    config = sandboxConfig(servers, { storagePath, extra: options.extra });
+  } catch (error) {
+    await servers.close();
+    await Deno.remove(dir, { recursive: true });
+    throw error;
+  }
+  const stop = new AbortController();
+  const listening = Promise.withResolvers<Deno.NetAddr>();
+  const running = runKav({
+    config,
+    log: createLogger(sink),
+    signal: stop.signal,
+    onListen: (addr) => listening.resolve(addr),
+  });
+  running.catch((error) => listening.reject(error));
+  const addr = await listening.promise;
+  const baseUrl = `http://127.0.0.1:${addr.port}`;
+  return {
+    servers,
+    config,
+    baseUrl,
+    mediaUrl: `ws://127.0.0.1:${addr.port}/ws/twilio-media`,
+    storagePath,
+    lines,
+    async stop() {
+      stop.abort();
+      try {
+        await running;
+      } finally {
+        await servers.close();
+        await Deno.remove(dir, { recursive: true }).catch(() => {});
+      }
+    },
+  };
+}
