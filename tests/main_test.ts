@@ -4,6 +4,7 @@ import { runServer, startServer } from "../src/app.ts";
 import { parseConfig } from "../src/config/load.ts";
 import type { MediaCallAcceptor } from "../src/http/types.ts";
 import { createLogger } from "../src/observe/log.ts";
+import { sandboxToml, startProviderServers } from "./support/sandbox.ts";
 
 const ROOT = new URL("../", import.meta.url);
 const fixture = (name: string) => new URL(`tests/fixtures/config/${name}`, ROOT).pathname;
@@ -126,8 +127,13 @@ async function readUntil(
 }
 
 Deno.test("kav serves, turns /healthz to 503 on SIGTERM and exits 0", async () => {
+  // The real program against the local provider servers (boot synthesizes the greeting).
+  const servers = await startProviderServers();
+  const dir = await Deno.makeTempDir({ prefix: "kav-main-" });
+  const configPath = `${dir}/kav.toml`;
+  await Deno.writeTextFile(configPath, sandboxToml(servers, { storagePath: `${dir}/kav.db` }));
   const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", "main.ts", "--config", fixture("good.toml")],
+    args: ["run", "-A", "--unstable-net", "main.ts", "--config", configPath],
     cwd: ROOT.pathname,
     stdout: "piped",
     stderr: "piped",
@@ -146,6 +152,8 @@ Deno.test("kav serves, turns /healthz to 503 on SIGTERM and exits 0", async () =
     await reader.cancel();
     const status = await child.status;
     await child.stderr.cancel();
+    await servers.close();
+    await Deno.remove(dir, { recursive: true });
     assert.equal(status.code, 0);
   }
 });

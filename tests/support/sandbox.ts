@@ -100,7 +100,7 @@ export function sandboxConfig(
   return parseConfig(text, { env: {}, credentialsDir: null });
 }
 
-function mergeToml(base: string, extra: string): string {
+export function mergeToml(base: string, extra: string): string {
   const tables = new Map<string, Map<string, string>>();
   const order: string[] = [];
   for (const text of [base, extra]) {
