@@ -154,7 +154,8 @@ async function serve(configPath: string): Promise<number> {
   if (config === null) return 1;
   const log = createLogger();
   try {
-    await runKav({ config, log });
+    // SIGHUP re-reads the file: greeting, prompt, apology and voice change for new calls.
+    await runKav({ config, log, reload: () => loadConfig(configPath, { requireAuthToken: true }) });
   } catch (error) {
     log.error("KAV", "stopped on an error", {
       error: error instanceof Error ? error.message : String(error),

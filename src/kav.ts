@@ -4,15 +4,16 @@
  * in-process on a free port.
  */
 import { runServer } from "./app.ts";
-import { CallManager } from "./call/manager.ts";
+import { CallManager, installEscapeHandlers } from "./call/manager.ts";
+import type { AgentFactory } from "./call/agent.ts";
 import { createConversationFactory } from "./call/conversation.ts";
 import type { Config } from "./config/types.ts";
 import { createOpenAiLlm } from "./llm/openai.ts";
 import type { LlmProvider } from "./llm/types.ts";
 import type { Logger } from "./observe/log.ts";
 import { sdNotifierFromEnv } from "./observe/sd_notify.ts";
-import { openCallStore, type SqliteCallStore } from "./store/sqlite.ts";
-import type { CallEventKind } from "./store/types.ts";
+import { openCallStore } from "./store/sqlite.ts";
+import type { CallEventKind, CallStore } from "./store/types.ts";
 import { createGoogleStt } from "./stt/google.ts";
 import type { SttProvider } from "./stt/types.ts";
 import { PhraseCache } from "./tts/cache.ts";
@@ -42,7 +43,14 @@ export interface RunKavOptions {
   readonly providers?: KavProviders;
   /** Stops Kav like SIGTERM does. */
   readonly signal?: AbortSignal;
+  /**
+   * Re-reads the config on SIGHUP (main.ts: the config file); its greeting, system prompt, apology
+   * and voice apply to new calls. Without it, SIGHUP re-synthesizes the same phrases.
+   */
+  readonly reload?: () => Promise<Config>;
   readonly onListen?: (addr: Deno.NetAddr) => void;
+  /** Defaults to the SQLite store at `storage.path` (benchmarks compare against a no-op store). */
+  readonly store?: CallStore;
 }
 
 /**
@@ -53,13 +61,15 @@ export async function runKav(options: RunKavOptions): Promise<void> {
   const { config, log } = options;
   const notifier = sdNotifierFromEnv({ log });
   const providers = options.providers ?? createProviders(config, log);
-  const store = await openCallStore({
+  const store: CallStore = options.store ?? await openCallStore({
     path: config.storage.path,
     log,
     retentionDays: config.storage.retention_days,
     crm: config.crm,
   });
-  const phrases = new PhraseCache(providers.tts, {
+  // The voice the phrases are synthesized with; SIGHUP may change it.
+  let voice = config.tts.voice;
+  const phrases = new PhraseCache(withVoice(providers.tts, () => voice), {
     greeting: config.call.greeting,
     apology: config.call.apology,
   }, { log });
@@ -67,33 +77,48 @@ export async function runKav(options: RunKavOptions): Promise<void> {
   for (const failed of boot.failed) {
     log.error("TTS", "phrase not cached", { phrase: failed.name, error: failed.error.message });
   }
+  let script = callScript(config, config, providers, phrases);
   const calls = new CallManager({
     config,
     stt: providers.stt,
     store,
     logger: log,
-    greeting: () => phrases.get("greeting") ?? new Uint8Array(0),
-    agentFactory: createConversationFactory({
-      call: config.call,
-      stt: config.stt,
-      log: config.log,
-      llm: providers.llm,
-      tts: providers.tts,
-      phrases,
-    }),
+    // Both read at `start`, from one script: a reload swaps them together.
+    greeting: () => script.greeting,
+    agentFactory: (ctx) => script.agent(ctx),
   });
+  const lifetime = new AbortController();
+  let reloads = Promise.resolve();
   const onSighup = () => {
-    // New calls get the reloaded phrases; active calls keep the audio they already queued.
-    phrases.reload({}).then((report) =>
-      log.info("TTS", "phrases reloaded", { loaded: report.loaded.length })
-    );
+    // New calls get the new script; active calls keep theirs (prompt, voice, apology audio).
+    reloads = reloads.then(async () => {
+      const next = await (options.reload?.() ?? config);
+      voice = next.tts.voice;
+      const report = await phrases.reload({
+        signal: lifetime.signal,
+        phrases: { greeting: next.call.greeting, apology: next.call.apology },
+      });
+      script = callScript(config, next, providers, phrases);
+      log.info("KAV", "reloaded for new calls", {
+        voice,
+        phrases: report.loaded.length,
+        failed: report.failed.length,
+      });
+    }).catch((error) => {
+      if (!lifetime.signal.aborted) {
+        const message = error instanceof Error ? error.message : String(error);
+        log.error("KAV", "reload failed", { error: message });
+      }
+    });
   };
   Deno.addSignalListener("SIGHUP", onSighup);
-  const lifetime = new AbortController();
   notifier.startWatchdog({
     signal: lifetime.signal,
     status: () => `${calls.active} active calls`,
   });
+  // An error that escapes every per-call handler is logged (with its call sid when known), counted
+  // and ends at most its call: one bad call or provider never takes the process down.
+  const uninstallEscapeHandlers = installEscapeHandlers(log);
   try {
     await runServer({
       config,
@@ -113,8 +138,10 @@ export async function runKav(options: RunKavOptions): Promise<void> {
       },
     });
   } finally {
+    uninstallEscapeHandlers();
     Deno.removeSignalListener("SIGHUP", onSighup);
     lifetime.abort();
+    await reloads;
     await store.flush();
     await store.close();
     await Promise.allSettled([providers.stt.close(), providers.tts.close()]);
@@ -122,9 +149,48 @@ export async function runKav(options: RunKavOptions): Promise<void> {
   }
 }
 
+/** What a new call gets: the greeting audio and its agent. SIGHUP replaces it; calls keep theirs. */
+interface CallScript {
+  readonly greeting: Uint8Array;
+  readonly agent: AgentFactory;
+}
+
+/** The script of `next`'s greeting, prompt, apology and voice; every other setting stays `boot`'s. */
+function callScript(
+  boot: Config,
+  next: Config,
+  providers: KavProviders,
+  phrases: PhraseCache,
+): CallScript {
+  // A snapshot, so a later reload cannot change an active call's apology audio.
+  const audio = new Map(phrases.names.map((name) => [name, phrases.get(name)]));
+  const { greeting, system_prompt, apology } = next.call;
+  const voice = next.tts.voice;
+  return {
+    greeting: audio.get("greeting") ?? new Uint8Array(0),
+    agent: createConversationFactory({
+      call: { ...boot.call, greeting, system_prompt, apology },
+      stt: boot.stt,
+      log: boot.log,
+      llm: providers.llm,
+      tts: withVoice(providers.tts, () => voice),
+      phrases: { get: (name) => audio.get(name) ?? null },
+    }),
+  };
+}
+
+/** `tts` speaking with `voice()` unless a request names its own voice; closing it is a no-op. */
+function withVoice(tts: TtsProvider, voice: () => string): TtsProvider {
+  return {
+    synthesize: (text, options) =>
+      tts.synthesize(text, { ...options, voice: options.voice ?? voice() }),
+    close: () => Promise.resolve(),
+  };
+}
+
 /** Status callbacks are recorded against their call, off the response path. */
 function recordStatus(
-  store: SqliteCallStore,
+  store: CallStore,
   params: Readonly<Record<string, string>>,
   webhook: string,
 ): void {

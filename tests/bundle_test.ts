@@ -12,9 +12,9 @@ import {
   SYSTEM_PATHS,
   workerModules,
 } from "../scripts/build.ts";
-import { startTtsServer } from "./support/tts_server.ts";
-import { startSpeechServer } from "./support/speech_server.ts";
-import { startOpenAiServer } from "./support/openai_server.ts";
+import { fixtureClip, sayAndWait, startKavProcess } from "./support/kav_process.ts";
+import { startProviderServers } from "./support/sandbox.ts";
+import { TwilioClient } from "./support/twilio_client.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname;
 const decoder = new TextDecoder();
@@ -220,29 +220,6 @@ Deno.test("bundle() output using every npm dependency runs from an empty DENO_DI
   }
 });
 
-function freePort(): number {
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const { port } = listener.addr;
-  listener.close();
-  return port;
-}
-
-async function waitForHealth(url: string, child: Deno.ChildProcess, ms: number): Promise<number> {
-  const deadline = Date.now() + ms;
-  let exited = false;
-  child.status.then(() => exited = true);
-  while (Date.now() < deadline && !exited) {
-    try {
-      const response = await fetch(url, { signal: AbortSignal.timeout(2000) });
-      await response.body?.cancel();
-      return response.status;
-    } catch {
-      await new Promise((resolve) => setTimeout(resolve, 200));
-    }
-  }
-  return 0;
-}
-
 /** Collects datagrams on a local stand-in for systemd's notify socket. */
 function notifyListener(path: string): { messages: string[]; close(): Promise<void> } {
   const conn = Deno.listenDatagram({ transport: "unixpacket", path });
@@ -263,82 +240,83 @@ function notifyListener(path: string): { messages: string[]; close(): Promise<vo
 
 type Launch = (root: string, paths: RuntimePaths) => Promise<{ cmd: string; args: string[] }>;
 
-/** Builds Kav, runs it on a temp config against fake providers, checks /healthz, then SIGTERM. */
+const CALL_TIMEOUT_MS = 30_000;
+
+/**
+ * Builds Kav, runs it from an empty DENO_DIR with only its baked permissions on a temp config
+ * against the local providers, checks /healthz, completes a simulated call (greeting, then a
+ * caller turn answered and played), then SIGTERM: exit 0, READY=1 then STOPPING=1 on the notify
+ * socket.
+ */
 async function buildAndServe(t: Deno.TestContext, launch: Launch): Promise<void> {
   const { root, paths } = await tempPaths();
   const cleanup: (() => Promise<void>)[] = [];
   try {
-    const tts = await startTtsServer();
-    cleanup.push(() => tts.close());
-    const speech = await startSpeechServer({ clips: [] });
-    cleanup.push(() => speech.close());
-    const llm = await startOpenAiServer();
-    cleanup.push(() => llm.close());
+    const servers = await startProviderServers();
+    cleanup.push(() => servers.close());
     const notify = notifyListener(paths.notifySocket);
     cleanup.push(() => notify.close());
     const { cmd, args } = await launch(root, paths);
-    const port = freePort();
-    const config = `${paths.configDir}/kav.toml`;
-    await Deno.writeTextFile(
-      config,
-      `[server]
-listen = "127.0.0.1:${port}"
-public_url = "http://127.0.0.1:${port}"
-drain_timeout_s = 2
-[twilio]
-validate_signatures = false
-[stt.google]
-endpoint = "127.0.0.1:${speech.port}"
-fallback_endpoint = ""
-insecure = true
-[tts.google]
-endpoint = "127.0.0.1:${tts.port}"
-insecure = true
-[llm]
-base_url = "${llm.baseUrl}"
-[storage]
-path = "${paths.stateDir}/kav.db"
-`,
-    );
-    const child = new Deno.Command(cmd, {
-      args: [...args, "--config", config],
-      cwd: root,
-      clearEnv: true,
-      env: {
-        DENO_DIR: `${root}/empty_deno_dir`,
-        HOME: paths.stateDir,
-        NO_COLOR: "1",
-        OPENAI_API_KEY: "test-key",
-        NOTIFY_SOCKET: paths.notifySocket,
+    // The state dir is readable and writable under the baked permissions: config and db go there.
+    const kav = await startKavProcess({
+      servers,
+      dir: paths.stateDir,
+      command: {
+        cmd,
+        args,
+        cwd: root,
+        clearEnv: true,
+        env: {
+          DENO_DIR: `${root}/empty_deno_dir`,
+          HOME: paths.stateDir,
+          NOTIFY_SOCKET: paths.notifySocket,
+        },
       },
-      stdout: "piped",
-      stderr: "piped",
-    }).spawn();
-    const health = await waitForHealth(`http://127.0.0.1:${port}/healthz`, child, 90_000);
-    child.kill("SIGTERM");
-    const [result, stdout, stderr] = await Promise.all([
-      child.status,
-      new Response(child.stdout).text(),
-      new Response(child.stderr).text(),
-    ]);
-    const log = `${stdout}\n${stderr}`;
-    await t.step("healthz answered 200", () => assert.equal(health, 200, log));
-    await t.step("exited 0 on SIGTERM", () => assert.equal(result.code, 0, log));
-    // Strict once main.ts uses src/observe/sd_notify.ts; until then the messages are only shown.
-    const sources = await Promise.all(
-      ["main.ts", "src/app.ts"].map((f) => Deno.readTextFile(`${ROOT}${f}`).catch(() => "")),
-    );
-    if (sources.some((text) => text.includes("sd_notify"))) {
-      await t.step("READY=1 then STOPPING=1 on the notify socket", () => {
-        const ready = notify.messages.findIndex((m) => m.split("\n").includes("READY=1"));
-        const stopping = notify.messages.findIndex((m) => m.split("\n").includes("STOPPING=1"));
-        assert.ok(ready >= 0 && stopping > ready, JSON.stringify(notify.messages));
-      });
-    } else {
-      console.log(`notify messages (main.ts does not use sd_notify yet): ${notify.messages}`);
-    }
+    });
+    cleanup.unshift(() => kav.close());
+    const health = await fetch(`${kav.baseUrl}/healthz`);
+    await t.step("healthz answered 200", async () => {
+      assert.equal(health.status, 200, kav.log());
+      assert.equal(await health.text(), "ok\n");
+    });
+    await t.step("a simulated call gets the greeting and an answer", async () => {
+      const answer = "בשמחה, הבאנדל עונה.";
+      servers.llm.script(answer);
+      const client = await TwilioClient.connect({ url: kav.mediaUrl });
+      try {
+        client.begin();
+        await client.waitForEcho("greeting_end", { timeoutMs: CALL_TIMEOUT_MS });
+        await sayAndWait(
+          client,
+          fixtureClip("appointment").audio,
+          client.waitForEcho("a1_0", { timeoutMs: CALL_TIMEOUT_MS }),
+        );
+        assert.ok(servers.tts.requests.some((r) => r.text === answer), "the answer was spoken");
+        assert.deepEqual(client.invalid, []);
+        client.sendStop();
+        await client.closed;
+        await kav.waitForLine(new RegExp(`call=${client.callSid} ended outcome=completed`), {
+          timeoutMs: CALL_TIMEOUT_MS,
+        });
+      } finally {
+        await client.close();
+      }
+    });
+    kav.kill("SIGTERM");
+    const result = await kav.status;
+    const log = kav.log();
+    await t.step("exited 0 on SIGTERM without permission errors", () => {
+      assert.equal(result.code, 0, log);
+      assert.doesNotMatch(log, /NotCapable|PermissionDenied|Requires .* access/);
+    });
+    await t.step("READY=1 then STOPPING=1 on the notify socket", () => {
+      const has = (m: string, line: string) => m.split("\n").includes(line);
+      const ready = notify.messages.findIndex((m) => has(m, "READY=1"));
+      const stopping = notify.messages.findIndex((m) => has(m, "STOPPING=1"));
+      assert.ok(ready >= 0 && stopping > ready, JSON.stringify(notify.messages));
+    });
   } finally {
-    await Promise.all(cleanup.map((close) => close()));
+    for (const close of cleanup) await close();
     await Deno.remove(root, { recursive: true });
   }
 }
@@ -347,7 +325,7 @@ async function mainExists(): Promise<boolean> {
   return await Deno.stat(`${ROOT}main.ts`).then(() => true, () => false);
 }
 
-Deno.test("kav.js built from main.ts serves /healthz from an empty DENO_DIR", async (t) => {
+Deno.test("kav.js built from main.ts answers a call from an empty DENO_DIR", async (t) => {
   if (!await mainExists()) {
     console.log("skipped: main.ts does not exist yet");
     return;
@@ -360,7 +338,7 @@ Deno.test("kav.js built from main.ts serves /healthz from an empty DENO_DIR", as
   });
 });
 
-Deno.test("dist/kav compiled on DENORT_BIN serves /healthz", async (t) => {
+Deno.test("dist/kav compiled on DENORT_BIN answers a call", async (t) => {
   const denort = Deno.env.get("DENORT_BIN");
   if (!denort) {
     console.log(

@@ -83,6 +83,11 @@ export class Vad {
     return this.#speaking;
   }
 
+  /** End of the last voiced frame of the speech in progress (ms), or null when not speaking. */
+  get lastVoicedEndMs(): number | null {
+    return this.#speaking ? this.#lastVoicedEnd : null;
+  }
+
   /** Level of the last frame pushed, dBFS. */
   get levelDbfs(): number {
     return this.#levelDbfs;

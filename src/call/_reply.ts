@@ -74,6 +74,20 @@ export class AgentReply {
     return this.#cut;
   }
 
+  /** The reply's number in its call (marks are named `a<id>_<index>`). */
+  get id(): number {
+    return this.#o.id;
+  }
+
+  /** Items queued for playback, those whose marks came back as played, and apologies among them. */
+  counts(): { spoken: number; played: number; apology: number } {
+    return {
+      spoken: this.#spoken.length,
+      played: this.#played.size,
+      apology: this.#spoken.filter((item) => item.apology).length,
+    };
+  }
+
   /** Some audio of this answer reached the TX queue. */
   get audioQueued(): boolean {
     return this.#audioQueued;
@@ -206,20 +220,18 @@ export class AgentReply {
     }
   }
 
-  /** TTS (one retry), then the apology; queues the audio and a mark. False: stop speaking. */
+  /**
+   * TTS (one retry), then the apology; queues the audio and a mark. False: stop speaking. An
+   * apology ends the answer: what would follow it no longer fits.
+   */
   async #speakItem(item: SpokenItem): Promise<boolean> {
-    let audio: Uint8Array | null = item.apology ? this.#o.apology : null;
     let spoken = item;
-    let last = false;
-    if (!item.apology) {
-      audio = await this.#synthesize(item.text);
-      if (audio === null) {
-        if (this.#signal.aborted) return false;
-        spoken = { text: this.#o.apologyText, apology: true };
-        audio = this.#o.apology;
-        last = true;
-      }
+    let audio = item.apology ? await this.#apologyAudio() : await this.#synthesize(item.text);
+    if (audio === null && !item.apology && !this.#signal.aborted) {
+      spoken = { text: this.#o.apologyText, apology: true };
+      audio = await this.#apologyAudio();
     }
+    const last = spoken.apology;
     if (audio === null || this.#signal.aborted) return false;
     const index = this.#spoken.length;
     this.#spoken.push(spoken);
@@ -241,6 +253,18 @@ export class AgentReply {
       return false;
     }
     return !last;
+  }
+
+  /** The cached apology; when boot could not cache it, one live attempt (TTS may be back). */
+  async #apologyAudio(): Promise<Uint8Array | null> {
+    if (this.#o.apology !== null) return this.#o.apology;
+    if (this.#signal.aborted) return null;
+    try {
+      return await this.#o.tts.synthesize(this.#o.apologyText, { signal: this.#signal });
+    } catch (error) {
+      if (!this.#signal.aborted) this.#providerFailed("tts", error);
+      return null;
+    }
   }
 
   async #synthesize(text: string): Promise<Uint8Array | null> {

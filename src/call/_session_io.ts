@@ -7,6 +7,7 @@ import type { CallCounters, CallEventKind, CallStore } from "../store/types.ts";
 import type { SpeechSession, SttEvent } from "../stt/types.ts";
 import type { RxQueue } from "./rx_queue.ts";
 import type { TxWorker } from "./tx_worker.ts";
+import type { StartMessage } from "../twilio/protocol.ts";
 
 export interface SpeechSink {
   /** The call's current logger (it changes at `start`). */
@@ -142,4 +143,20 @@ export function logTelemetry(
     drops: 0,
     late_ms_max: tw.lateMsMax,
   });
+}
+
+/** What Twilio sends as a DTMF digit; anything else is junk, neither passed on nor stored. */
+const DTMF_DIGIT = /^[0-9*#A-D]$/;
+/** Twilio sids are "CA"/"MZ" + 32 hex; any printable ASCII up to 64 chars is let through. */
+const SID = /^[\x21-\x7e]{1,64}$/;
+
+export function isDtmfDigit(digit: string): boolean {
+  return DTMF_DIGIT.test(digit);
+}
+
+/** A `start` Kav can record and answer: printable sids, and the same streamSid twice. */
+export function saneSids(msg: StartMessage): boolean {
+  const start = msg.start;
+  return SID.test(start.callSid) && SID.test(start.streamSid) &&
+    start.streamSid === msg.streamSid;
 }

@@ -37,6 +37,20 @@ export interface SessionDeps {
 /** The mark queued after the greeting (SPEC 2). */
 export const GREETING_MARK = "greeting_end";
 
+/** Writes the call's start record (numbers from the `<Parameter>`s Kav's TwiML forwards). */
+export function recordStart(start: StartMessage["start"], deps: Pick<SessionDeps, "store">): void {
+  const params = start.customParameters;
+  deps.store.callStarted({
+    callSid: start.callSid,
+    streamSid: start.streamSid,
+    accountSid: start.accountSid,
+    from: params["From"] ?? null,
+    to: params["To"] ?? null,
+    customParameters: params,
+    startedAt: Date.now(),
+  });
+}
+
 /**
  * Records the call, queues the cached greeting and its mark into the TX queue (the first frames
  * synchronously, so the TX worker sends at once) and creates the agent, if any.
@@ -54,15 +68,7 @@ export function startStream(args: {
   const { start, deps, log, tx, out, signal } = args;
   log.info("CALL", "started", { conn: args.connectionId, stream: start.streamSid });
   const params = start.customParameters;
-  deps.store.callStarted({
-    callSid: start.callSid,
-    streamSid: start.streamSid,
-    accountSid: start.accountSid,
-    from: params["From"] ?? null,
-    to: params["To"] ?? null,
-    customParameters: params,
-    startedAt: Date.now(),
-  });
+  recordStart(start, deps);
   tx.start(new OutboundEncoder(start.streamSid));
   const greeting = deps.greeting();
   const ignore = () => {};

@@ -5,6 +5,11 @@ import type { Scheduler, Task } from "./scheduler.ts";
 
 /** Telemetry period, ms (SPEC: once per second per call). */
 export const TELEMETRY_MS = 1000;
+/**
+ * Whole telemetry seconds a call's TX may stay paused on a stalled socket (peer not reading, not a
+ * frame sent) before the call is closed: Twilio has then heard nothing for this long.
+ */
+export const TX_STALL_CLOSE_S = 10;
 
 /**
  * Closes the call when no media arrived for `idle_media_timeout_s` (outcome `idle`) or when it has
@@ -91,4 +96,23 @@ export class Telemetry {
     if (this.#next <= now) this.#next = now + TELEMETRY_MS;
     this.#task.at(this.#next);
   };
+}
+
+/**
+ * Counts the whole telemetry seconds a TX worker stayed paused on a stalled socket (paused ticks
+ * grew, not one frame sent). A peer that reads slowly resets it; only a total stall adds up.
+ */
+export class StallWatch {
+  #paused = 0;
+  #frames = 0;
+  #seconds = 0;
+
+  /** Call once per telemetry tick; returns the stalled seconds so far. */
+  tick(tx: { readonly pausedTicks: number; readonly framesSent: number }): number {
+    const stalled = tx.pausedTicks > this.#paused && tx.framesSent === this.#frames;
+    this.#seconds = stalled ? this.#seconds + 1 : 0;
+    this.#paused = tx.pausedTicks;
+    this.#frames = tx.framesSent;
+    return this.#seconds;
+  }
 }

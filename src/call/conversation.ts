@@ -8,9 +8,11 @@ import type { CallConfig, LogConfig, SttConfig } from "../config/types.ts";
 import { ProviderError } from "../errors.ts";
 import type { ChatMessage, LlmProvider } from "../llm/types.ts";
 import * as metrics from "../observe/metrics.ts";
+import type { TurnTimings } from "../store/types.ts";
 import type { SttEvent } from "../stt/types.ts";
 import type { TtsProvider } from "../tts/types.ts";
 import type { AgentContext, AgentFactory, CallAgent, MarkEcho } from "./agent.ts";
+import { GREETING_MARK } from "./_session_start.ts";
 import { type AgentReply, speakReply } from "./_reply.ts";
 import { type EndOfTurn, systemClock, type TurnClock, TurnDetector } from "./turns.ts";
 
@@ -45,8 +47,10 @@ class Conversation implements CallAgent {
   #turnIndex = 0;
   #reply: AgentReply | null = null;
   #replySeq = 0;
-  /** The greeting is playing until its mark comes back. */
+  /** The greeting is playing until its mark comes back (or the caller barges in). */
   #greetingPlaying = true;
+  /** Greeting text and start (epoch ms) while it waits to be recorded; null once recorded or when there is none. */
+  #greeting: { readonly text: string; readonly startedAt: number } | null = null;
   #closed = false;
 
   constructor(deps: ConversationDeps, ctx: AgentContext) {
@@ -54,7 +58,9 @@ class Conversation implements CallAgent {
     this.#ctx = ctx;
     this.#clock = deps.clock ?? systemClock;
     this.#history = [{ role: "system", content: deps.call.system_prompt }];
-    if (deps.call.greeting !== "") {
+    // The core queued the cached greeting before creating us; without audio nothing was said.
+    if (deps.call.greeting !== "" && deps.phrases.get("greeting") !== null) {
+      this.#greeting = { text: deps.call.greeting, startedAt: Date.now() };
       this.#history.push({ role: "assistant", content: deps.call.greeting });
     }
     this.#detector = new TurnDetector(deps.stt, {
@@ -75,8 +81,10 @@ class Conversation implements CallAgent {
   }
 
   onMark(name: string, echo: MarkEcho): void {
-    if (name === "greeting_end") {
+    if (name === GREETING_MARK) {
       this.#greetingPlaying = false;
+      // A cleared echo follows a barge-in, which already recorded the cut greeting.
+      if (echo.played) this.#recordGreeting(false);
       this.#updateSpeaking();
       return;
     }
@@ -88,8 +96,8 @@ class Conversation implements CallAgent {
   }
 
   onDtmf(digit: string): void {
+    // The session already recorded the dtmf event; recording it here too stored it twice.
     this.#ctx.log.info("DTMF", "", { digit });
-    this.#ctx.store.event(this.#ctx.callSid, { kind: "dtmf", at: Date.now(), detail: digit });
   }
 
   async close(): Promise<void> {
@@ -100,7 +108,7 @@ class Conversation implements CallAgent {
     if (reply !== null) {
       reply.cancel();
       await reply.done;
-      // The call ended mid-answer: record what was heard so far.
+      // The call ended mid-answer: record what was heard so far (sentences whose marks came back).
       this.#finishReply(reply);
     }
   }
@@ -150,7 +158,10 @@ class Conversation implements CallAgent {
     const speaking = this.#greetingPlaying || (reply !== null && !reply.recorded);
     if (!speaking || this.#closed) return;
     this.#ctx.out.clear();
-    this.#greetingPlaying = false;
+    if (this.#greetingPlaying) {
+      this.#greetingPlaying = false;
+      this.#recordGreeting(true);
+    }
     const latency = this.#clock.now() - at;
     this.#ctx.log.info("BARGE_IN", "", { cause, clear_after_ms: latency });
     this.#ctx.store.event(this.#ctx.callSid, {
@@ -169,23 +180,61 @@ class Conversation implements CallAgent {
     this.#finishReply(reply);
   }
 
+  /**
+   * Records the greeting as the first agent turn. Cut by barge-in: its only mark never came back
+   * as played, so by the marks rule nothing of it counts as heard and it leaves the history.
+   */
+  #recordGreeting(cut: boolean): void {
+    const greeting = this.#greeting;
+    if (greeting === null) return;
+    this.#greeting = null;
+    if (cut) {
+      const at = this.#history.findIndex((m) => m.role === "assistant");
+      if (at >= 0) this.#history.splice(at, 1);
+    }
+    this.#ctx.store.turnCompleted(this.#ctx.callSid, {
+      index: this.#turnIndex++,
+      speaker: "agent",
+      text: cut ? "" : greeting.text,
+      generated: cut ? greeting.text : null,
+      cut,
+      startedAt: greeting.startedAt,
+      endedAt: Date.now(),
+      timings: null,
+    });
+  }
+
   #finishReply(reply: AgentReply): void {
     if (reply.recorded) return;
     reply.recorded = true;
     if (this.#reply === reply) this.#reply = null;
+    // A reply superseded before it said anything leaves no turn behind.
+    if (!reply.audioQueued) return;
     const heard = reply.heardText();
     if (heard !== "") this.#history.push({ role: "assistant", content: heard });
     const timings = reply.timings();
     if (timings.e2e_latency !== null) metrics.e2eLatencyObserved(timings.e2e_latency / 1000);
+    const index = this.#turnIndex++;
+    const generated = reply.generatedText();
     this.#ctx.store.turnCompleted(this.#ctx.callSid, {
-      index: this.#turnIndex++,
+      index,
       speaker: "agent",
       text: heard,
-      generated: reply.generatedText() === heard ? null : reply.generatedText(),
+      generated: generated === heard ? null : generated,
       cut: reply.cut,
       startedAt: reply.startedAtEpoch,
       endedAt: Date.now(),
       timings,
+    });
+    const counts = reply.counts();
+    this.#ctx.log.info("TURN", "", {
+      index,
+      reply: reply.id,
+      sentences: counts.spoken,
+      played: counts.played,
+      cut: reply.cut,
+      apology: counts.apology,
+      ...latencyFields(timings),
     });
   }
 
@@ -195,6 +244,15 @@ class Conversation implements CallAgent {
       (reply !== null && !reply.recorded && reply.audioQueued);
     if (speaking !== this.#detector.agentSpeaking) this.#detector.setAgentSpeaking(speaking);
   }
+}
+
+/** A turn's timings as `[TURN]` log fields: `<name>_ms`, rounded to 0.1 ms, "-" when unmeasured. */
+function latencyFields(timings: TurnTimings): Record<string, number | null> {
+  const fields: Record<string, number | null> = {};
+  for (const [name, value] of Object.entries(timings) as [string, number | null][]) {
+    fields[`${name}_ms`] = value === null ? null : Math.round(value * 10) / 10;
+  }
+  return fields;
 }
 
 /** Whether an error is the expected result of our own cancellation. */

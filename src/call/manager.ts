@@ -11,6 +11,9 @@ import type { AgentFactory } from "./agent.ts";
 import { type Scheduler, sharedScheduler } from "./scheduler.ts";
 import { CallSession } from "./session.ts";
 
+/** Process-level last line of containment; `runKav` installs it (see `_session_escape.ts`). */
+export { installEscapeHandlers } from "./_session_escape.ts";
+
 /** The config slices the call core reads. */
 export interface CallCoreConfig {
   readonly server: Pick<

@@ -55,9 +55,10 @@ export class RxWorker {
   attach(speech: SpeechSession): void {
     if (this.#speech !== null) throw new Error("Cannot attach a second speech session");
     this.#speech = speech;
+    // `ready` never rejects by contract; if a provider breaks it, the session ends the call.
     speech.ready.then(() => {
       this.#ready = true;
-    });
+    }, () => {});
   }
 
   /** Whether the speech session has become ready (writes flow). */

@@ -11,8 +11,9 @@ import type { CallEnded, CallOutcome } from "../store/types.ts";
 import type { SpeechSession } from "../stt/types.ts";
 import type { MalformedReason, MediaMessage, StartMessage } from "../twilio/protocol.ts";
 import type { CallAgent } from "./agent.ts";
-import { type SessionDeps, startStream } from "./_session_start.ts";
-import { CallLimits, Telemetry } from "./_session_timers.ts";
+import { recordStart, type SessionDeps, startStream } from "./_session_start.ts";
+import { type CallScope, inCallScope } from "./_session_escape.ts";
+import { CallLimits, StallWatch, Telemetry, TX_STALL_CLOSE_S } from "./_session_timers.ts";
 import { MarkTracker } from "./marks.ts";
 import { QueueOutbound } from "./outbound.ts";
 import { RxQueue } from "./rx_queue.ts";
@@ -22,16 +23,20 @@ import {
   closeCapped,
   consumeSpeech,
   counters,
+  isDtmfDigit,
   logTelemetry,
   recordEvent,
+  saneSids,
   screenInbound,
 } from "./_session_io.ts";
 
 export type { SessionDeps };
 
-/** Malformed messages logged per call; the rest are only counted. */
+/** Malformed messages (and unknown mark echoes) logged per call; the rest are only counted. */
 const MALFORMED_LOG_LIMIT = 20;
 const isMedia = (_frame: Uint8Array) => true;
+/** How long a call that failed before `start` waits for it, to be recorded under its CallSid, ms. */
+const START_GRACE_MS = 2000;
 
 export class CallSession {
   readonly connectionId: string;
@@ -54,7 +59,17 @@ export class CallSession {
   #start: StartMessage["start"] | null = null;
   #ending = false;
   #malformed = 0;
+  #unknownMarks = 0;
+  /** A failure before `start` (no CallSid to record it under yet), and its cap timer. */
+  #earlyFailure: string | null = null;
+  #earlyFailureTimer: ReturnType<typeof setTimeout> | undefined;
   #windowIn = 0;
+  readonly #stall = new StallWatch();
+  /** Lets escaped errors find this call (see `_session_escape.ts`). */
+  readonly #scope: CallScope = {
+    sid: () => this.callSid ?? this.connectionId,
+    fail: (error) => this.#fail(error),
+  };
 
   /** Takes ownership of `socket` (from `Deno.upgradeWebSocket`, open or about to open). */
   constructor(socket: WebSocket, deps: SessionDeps) {
@@ -75,12 +90,18 @@ export class CallSession {
     this.#telemetry = new Telemetry(deps.scheduler, () => this.#logTelemetry(), fail);
     metrics.callStarted();
     socket.binaryType = "arraybuffer";
-    socket.addEventListener("message", (event) => this.#onMessage(event));
-    socket.addEventListener("close", () => this.end("interrupted", "socket closed"));
+    // Each entry point runs in the call's scope, so whatever async work it starts stays attributed
+    // to this call if an error ever escapes it.
+    const scope = this.#scope;
+    socket.addEventListener("message", (event) => inCallScope(scope, this.#onMessage, event));
+    socket.addEventListener("close", () => {
+      const early = this.#earlyFailure;
+      this.end(early === null ? "interrupted" : "error", early ?? "socket closed");
+    });
     socket.addEventListener("error", () => this.#log.warn("WS", "socket error"));
-    if (socket.readyState === WebSocket.OPEN) this.#open();
+    if (socket.readyState === WebSocket.OPEN) inCallScope(scope, this.#open);
     else if (socket.readyState === WebSocket.CONNECTING) {
-      socket.addEventListener("open", () => this.#open(), { once: true });
+      socket.addEventListener("open", () => inCallScope(scope, this.#open), { once: true });
     } else this.end("interrupted", "socket closed before attach");
   }
 
@@ -99,6 +120,21 @@ export class CallSession {
     return this.#malformed;
   }
 
+  /** Bytes the socket holds unsent (`bufferedAmount`); TX pauses above `audio.tx_max_buffered_bytes`. */
+  get bufferedBytes(): number {
+    return this.#socket.bufferedAmount;
+  }
+
+  /** Frames waiting in the TX queue (bounded by `audio.tx_queue_frames`). */
+  get txQueuedFrames(): number {
+    return this.#tx?.queue.size ?? 0;
+  }
+
+  /** TX ticks skipped because the socket was stalled. */
+  get txPausedTicks(): number {
+    return this.#tx?.pausedTicks ?? 0;
+  }
+
   /**
    * Ends the call (idempotent): abort, stop the workers, close the agent and the speech session
    * (each awaited with a cap), close the socket, record the end. Resolves with the record.
@@ -106,7 +142,7 @@ export class CallSession {
   end(outcome: CallOutcome, reason: string): Promise<CallEnded> {
     if (!this.#ending) {
       this.#ending = true;
-      this.#shutdown(outcome, reason).catch((error) => {
+      inCallScope(this.#scope, () => this.#shutdown(outcome, reason)).catch((error) => {
         this.#log.error("CALL", "shutdown failed", { error: String(error) });
         this.#resolveDone({
           endedAt: Date.now(),
@@ -119,14 +155,14 @@ export class CallSession {
     return this.done;
   }
 
-  #open(): void {
+  #open = (): void => {
     if (this.#ending) return;
     try {
       this.#onOpen();
     } catch (error) {
       this.#fail(error);
     }
-  }
+  };
 
   #onOpen(): void {
     const deps = this.#deps;
@@ -155,9 +191,10 @@ export class CallSession {
     this.#speech = speech;
     this.#rx.attach(speech);
     this.#log.info("CALL", "STT_SESSION init requested");
+    // `ready` never rejects by contract; a provider that breaks it ends only this call.
     speech.ready.then(() => {
       if (!this.#ending) this.#log.info("CALL", "STT_SESSION ready");
-    });
+    }, fail);
     consumeSpeech(speech, {
       log: () => this.#log,
       transcripts: deps.transcripts,
@@ -169,7 +206,7 @@ export class CallSession {
     this.#telemetry.start();
   }
 
-  #onMessage(event: MessageEvent): void {
+  #onMessage = (event: MessageEvent): void => {
     if (this.#ending) return;
     try {
       const parsed = screenInbound(event.data, this.#deps.server.max_ws_message_bytes);
@@ -189,6 +226,9 @@ export class CallSession {
           return this.#onMedia(msg);
         case "dtmf":
           if (!this.#ours(msg.streamSid)) return;
+          if (!isDtmfDigit(msg.dtmf.digit)) {
+            return this.#reject("invalid_shape", "Cannot handle a DTMF digit that is not 0-9*#A-D");
+          }
           this.#event("dtmf", msg.dtmf.digit);
           this.#agent?.onDtmf(msg.dtmf.digit);
           return;
@@ -207,7 +247,7 @@ export class CallSession {
     } catch (error) {
       this.#fail(error);
     }
-  }
+  };
 
   #ours(streamSid: string): boolean {
     if (this.#start === null) {
@@ -221,8 +261,17 @@ export class CallSession {
 
   #onStart(msg: StartMessage): void {
     const start = msg.start;
+    if (!saneSids(msg)) {
+      // Not a stream Kav could record or answer; keep waiting for a valid start (idle ends it).
+      return this.#reject("invalid_shape", "Cannot start a stream with malformed sids");
+    }
     this.#start = start;
     this.#log = this.#deps.log.child({ call: start.callSid });
+    if (this.#earlyFailure !== null) {
+      recordStart(start, this.#deps);
+      this.end("error", this.#earlyFailure);
+      return;
+    }
     const tx = this.#tx;
     const out = this.#outbound;
     if (tx === null || out === null) throw new Error("Cannot start a stream before socket open");
@@ -254,7 +303,10 @@ export class CallSession {
   #onMark(name: string): void {
     const echo = this.#marks.echoed(name);
     if (echo === null) {
-      this.#log.warn("WS", "unknown mark echoed", { name });
+      // Bounded like malformed messages: a peer echoing junk must not flood the log.
+      if (++this.#unknownMarks <= MALFORMED_LOG_LIMIT) {
+        this.#log.warn("WS", "unknown mark echoed", { name: name.slice(0, 64) });
+      }
       return;
     }
     this.#event("mark", echo.played ? name : `${name} (cleared)`);
@@ -278,11 +330,19 @@ export class CallSession {
   #fail(error: unknown): void {
     const message = error instanceof Error ? error.message : String(error);
     this.#log.error("CALL", "call failed", { error: message });
-    this.end("error", message);
+    if (this.#start !== null || this.#ending) {
+      this.end("error", message);
+    } else if (this.#earlyFailure === null) {
+      // No CallSid yet, so nothing could be recorded. Twilio sends `start` right after connecting:
+      // wait for it (capped) so the failed call still leaves a record.
+      this.#earlyFailure = message;
+      this.#earlyFailureTimer = setTimeout(() => this.end("error", message), START_GRACE_MS);
+    }
   }
 
   #logTelemetry(): void {
     if (this.#rx === null || this.#tx === null) return;
+    this.#checkStall(this.#tx);
     logTelemetry(this.#log, {
       rx: this.#rx,
       rxQueue: this.#rxQueue,
@@ -292,7 +352,20 @@ export class CallSession {
     this.#windowIn = 0;
   }
 
+  /** Closes a call whose socket stayed stalled (see `StallWatch`); memory was bounded meanwhile. */
+  #checkStall(tx: TxWorker): void {
+    const seconds = this.#stall.tick(tx);
+    if (seconds < TX_STALL_CLOSE_S) return;
+    this.#log.warn("TX", "socket stalled, closing", {
+      buffered: this.#socket.bufferedAmount,
+      stalled_s: seconds,
+    });
+    this.#event("limit", `socket stalled ${seconds} s`);
+    this.end("interrupted", "socket stalled");
+  }
+
   async #shutdown(outcome: CallOutcome, reason: string): Promise<void> {
+    clearTimeout(this.#earlyFailureTimer);
     this.#controller.abort(new Error(`Call ended: ${reason}`));
     this.#limits.stop();
     this.#telemetry.stop();

@@ -45,7 +45,10 @@ export interface EndOfTurn {
   readonly text: string;
   /** What decided it: the STT final, or the partial timeout. */
   readonly reason: "final" | "timeout";
-  /** End of the caller's last voiced frame (VAD), or null if the VAD saw no speech end. */
+  /**
+   * End of the caller's last voiced frame (VAD): the VAD's speech end, or the last voiced frame
+   * while the VAD is still in its hangover; null when the VAD heard no speech.
+   */
   readonly speechEndAt: number | null;
   readonly decidedAt: number;
   /** When the STT final arrived; null for a timeout-decided turn. */
@@ -135,6 +138,8 @@ export class TurnDetector {
     switch (transition.type) {
       case "speechStart":
         this.#callerSpeaking = true;
+        // A speech end belongs to the speech before it: never carry it into a later turn.
+        this.#speechEndAt = null;
         this.#stopTimeout();
         if (this.#phase === "idle") this.#openUtterance();
         else if (this.#phase === "decided") this.#spokeAfterDecision = true;
@@ -233,7 +238,7 @@ export class TurnDetector {
     if (finalText !== "") this.#on.final?.(finalText);
     if (this.#phase === "decided") return this.#finishDecided(finalText, now);
     const text = finalText !== "" ? finalText : this.#lastPartial;
-    const speechEndAt = this.#speechEndAt;
+    const speechEndAt = this.#speechEnd();
     this.#endUtterance();
     if (text === "") return;
     this.#on.endOfTurn?.({ text, reason: "final", speechEndAt, decidedAt: now, finalAt: now });
@@ -254,9 +259,19 @@ export class TurnDetector {
     }
     const rest = finalText.startsWith(decided) ? finalText.slice(decided.length).trim() : "";
     const text = rest !== "" ? rest : finalText;
-    const speechEndAt = this.#speechEndAt;
+    const speechEndAt = this.#speechEnd();
     this.#endUtterance();
     this.#on.endOfTurn?.({ text, reason: "final", speechEndAt, decidedAt: now, finalAt: now });
+  }
+
+  /**
+   * The caller's speech end for a turn decided now: the VAD's, or — when the final beat the VAD's
+   * hangover (the usual case: the final comes as the audio ends) — the end of the last voiced
+   * frame the detector's own VAD heard.
+   */
+  #speechEnd(): number | null {
+    if (this.#speechEndAt !== null || !this.#callerSpeaking) return this.#speechEndAt;
+    return this.#vad.lastVoicedEndMs;
   }
 
   #armTimeout(): void {

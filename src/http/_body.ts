@@ -1,16 +1,25 @@
-/** Reads a request body with a byte cap, stopping as soon as the cap is passed. */
+/** Reads a request body with a byte cap and a time cap, stopping as soon as either is passed. */
 
 export type BodyResult =
   | { readonly ok: true; readonly bytes: Uint8Array }
-  | { readonly ok: false; readonly reason: "too_large" };
+  | { readonly ok: false; readonly reason: "too_large" | "timeout" };
 
 /**
- * The whole body, or `too_large` when it is over `maxBytes` (decided from Content-Length when
- * present, else while reading, which then stops without reading the rest).
+ * Time allowed to receive a whole webhook body, ms. Twilio sends a few hundred bytes at once and
+ * gives up after 15 s anyway; a client trickling a body (slowloris) is cut off here.
+ */
+export const BODY_TIMEOUT_MS = 10_000;
+
+const TIMED_OUT = Symbol("timed out");
+
+/**
+ * The whole body, `too_large` when it is over `maxBytes` (decided from Content-Length when present,
+ * else while reading, which then stops without reading the rest), or `timeout` when it has not all
+ * arrived within `timeoutMs` (default `BODY_TIMEOUT_MS`).
  */
 export async function readBody(
   req: Request,
-  options: { readonly maxBytes: number },
+  options: { readonly maxBytes: number; readonly timeoutMs?: number },
 ): Promise<BodyResult> {
   const { maxBytes } = options;
   const declared = req.headers.get("content-length");
@@ -21,9 +30,20 @@ export async function readBody(
   const reader = req.body.getReader();
   const chunks: Uint8Array[] = [];
   let total = 0;
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const deadline = new Promise<typeof TIMED_OUT>((resolve) => {
+    timer = setTimeout(() => resolve(TIMED_OUT), options.timeoutMs ?? BODY_TIMEOUT_MS);
+  });
   try {
     while (true) {
-      const { done, value } = await reader.read();
+      const read = reader.read();
+      const next = await Promise.race([read, deadline]);
+      if (next === TIMED_OUT) {
+        read.catch(() => {}); // settles (done) once cancelled below
+        await reader.cancel().catch(() => {});
+        return { ok: false, reason: "timeout" };
+      }
+      const { done, value } = next;
       if (done) break;
       total += value.byteLength;
       if (total > maxBytes) {
@@ -33,6 +53,7 @@ export async function readBody(
       chunks.push(value);
     }
   } finally {
+    clearTimeout(timer);
     reader.releaseLock();
   }
   if (chunks.length === 1) return { ok: true, bytes: chunks[0] };

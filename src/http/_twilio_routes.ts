@@ -1,6 +1,6 @@
 /** The routes Twilio calls: the Voice URL, the stream status callbacks and the media upgrade. */
 
-import { badSignature, webhookAnswered } from "../observe/metrics.ts";
+import { badSignature, requestRateLimited, webhookAnswered } from "../observe/metrics.ts";
 import {
   type FormParams,
   validateJsonWebhookSignature,
@@ -66,6 +66,7 @@ function refuseBadSignature(
       });
       return empty(403);
     case "limited_first":
+      requestRateLimited(ctx.route);
       log.warn("HTTP", "bad signatures over the per-IP cap, answering 429", {
         route: ctx.route,
         remote: ctx.remoteAddr,
@@ -73,6 +74,7 @@ function refuseBadSignature(
       });
       return empty(429);
     case "limited":
+      requestRateLimited(ctx.route);
       return empty(429);
     default: {
       const unreachable: never = verdict;
@@ -86,8 +88,14 @@ async function readSignedForm(
   env: RouteEnv,
   ctx: RouteContext,
 ): Promise<{ ok: true; params: FormParams } | { ok: false; response: Response }> {
-  const body = await readBody(ctx.req, { maxBytes: env.deps.config.server.max_body_bytes });
-  if (!body.ok) return { ok: false, response: empty(413, { connection: "close" }) };
+  const body = await readBody(ctx.req, {
+    maxBytes: env.deps.config.server.max_body_bytes,
+    timeoutMs: env.deps.bodyTimeoutMs,
+  });
+  if (!body.ok) {
+    const status = body.reason === "too_large" ? 413 : 408;
+    return { ok: false, response: empty(status, { connection: "close" }) };
+  }
   const params: FormParams = [...new URLSearchParams(decoder.decode(body.bytes))];
   const url = signedUrl(env.deps.config.server.public_url, ctx.req.url, { websocket: false });
   // A `bodySHA256` query parameter marks a JSON webhook (signed over the URL alone).

@@ -28,4 +28,6 @@ export interface HandlerDeps {
   onStatusEvent(params: StatusParams, webhook: StreamWebhook): void | Promise<void>;
   /** True once shutdown began: /healthz says 503 and new calls are refused. */
   isDraining(): boolean;
+  /** Time allowed to receive a webhook body, ms (default `BODY_TIMEOUT_MS`, 10 s); then 408. */
+  readonly bodyTimeoutMs?: number;
 }

@@ -159,6 +159,16 @@ const badSignatures = new Counter(
   "Requests rejected for their signature",
   { labelled: true },
 );
+const rateLimited = new Counter(
+  "kav_rate_limited_requests_total",
+  "Requests answered 429 by the per-IP bad-signature cap, by route",
+  { labelled: true },
+);
+const unhandledErrors = new Counter(
+  "kav_unhandled_errors_total",
+  "Errors that escaped every handler (logged, process kept up), by kind",
+  { labelled: true },
+);
 const storeWriteFailures = new Counter(
   "kav_store_write_failures_total",
   "Call-store batches that failed (retried) or writes rejected by SQLite (dropped)",
@@ -212,6 +222,14 @@ export function providerError(provider: string, category: string): void {
 }
 export function badSignature(route: string): void {
   badSignatures.inc({ route });
+}
+/** A bad-signature request past the per-IP cap got 429. */
+export function requestRateLimited(route: string): void {
+  rateLimited.inc({ route });
+}
+/** An error escaped every per-call handler and reached the process-level handler. */
+export function unhandledError(kind: "rejection" | "exception"): void {
+  unhandledErrors.inc({ kind });
 }
 export function webhookAnswered(seconds: number): void {
   webhookLatency.observe(seconds);

@@ -120,12 +120,23 @@ function string(parent: Json, key: string): string {
 
 const DIGITS = /^\d{1,15}$/;
 
+/** A value for error text: never throws (JSON may hold `{"toString":1}`), at most 40 chars. */
+function preview(value: unknown): string {
+  const text = typeof value === "object" && value !== null
+    ? (Array.isArray(value) ? "an array" : "an object")
+    : String(value);
+  return text.length > 40 ? `${text.slice(0, 40)}…` : text;
+}
+
 /** Twilio sends counters as decimal strings; a plain non-negative integer is accepted too. */
 function count(parent: Json, key: string): number {
   const value = parent[key];
   if (typeof value === "string" && DIGITS.test(value)) return Number(value);
   if (typeof value === "number" && Number.isSafeInteger(value) && value >= 0) return value;
-  throw new Invalid("invalid_shape", `Expected a number string at "${key}": got "${value}"`);
+  throw new Invalid(
+    "invalid_shape",
+    `Expected a number string at "${key}": got "${preview(value)}"`,
+  );
 }
 
 function number(parent: Json, key: string): number {
@@ -248,7 +259,7 @@ function parseObject(m: Json): InboundMessage {
       };
     }
     default:
-      throw new Invalid("unknown_event", `Cannot handle event "${String(event).slice(0, 40)}"`);
+      throw new Invalid("unknown_event", `Cannot handle event "${preview(event)}"`);
   }
 }
 

@@ -7,8 +7,8 @@
 import { fileURLToPath } from "node:url";
 import { parseConfig } from "../../src/config/load.ts";
 import type { Config } from "../../src/config/types.ts";
-import { runKav } from "../../src/kav.ts";
-import { createLogger, type LogSink } from "../../src/observe/log.ts";
+import { type KavProviders, runKav } from "../../src/kav.ts";
+import { createLogger, type Logger, type LogSink } from "../../src/observe/log.ts";
 import { type Clip, loadClips } from "./_protos.ts";
 import { type OpenAiServer, type OpenAiServerOptions, startOpenAiServer } from "./openai_server.ts";
 import { type SpeechServer, type SpeechServerOptions, startSpeechServer } from "./speech_server.ts";
@@ -94,10 +94,17 @@ ${options.extra ?? ""}
  */
 export function sandboxConfig(
   servers: ProviderServers,
-  options: { storagePath: string; extra?: string; listen?: string; publicUrl?: string },
+  options: {
+    storagePath: string;
+    extra?: string;
+    listen?: string;
+    publicUrl?: string;
+    /** Environment the config reads secrets from (e.g. TWILIO_AUTH_TOKEN); default none. */
+    env?: Readonly<Record<string, string>>;
+  },
 ): Config {
   const text = mergeToml(sandboxToml(servers, { ...options, extra: "" }), options.extra ?? "");
-  return parseConfig(text, { env: {}, credentialsDir: null });
+  return parseConfig(text, { env: { ...options.env }, credentialsDir: null });
 }
 
 export function mergeToml(base: string, extra: string): string {
@@ -148,6 +155,10 @@ export interface SandboxOptions extends ProviderServerOptions {
   readonly collectLogs?: boolean;
   /** Also print them. */
   readonly echoLogs?: boolean;
+  /** Secrets for the config (e.g. `{ TWILIO_AUTH_TOKEN }` with `validate_signatures = true`). */
+  readonly env?: Readonly<Record<string, string>>;
+  /** Providers to run Kav with instead of the real clients (e.g. fault-injecting wrappers). */
+  readonly providers?: (config: Config, log: Logger) => KavProviders;
 }
 
 /** Starts the provider servers and Kav on a free port; `stop()` tears everything down. */
@@ -166,7 +177,7 @@ export async function startSandbox(options: SandboxOptions = {}): Promise<Sandbo
   };
   let config: Config;
   try {
-    config = sandboxConfig(servers, { storagePath, extra: options.extra });
+    config = sandboxConfig(servers, { storagePath, extra: options.extra, env: options.env });
   } catch (error) {
     await servers.close();
     await Deno.remove(dir, { recursive: true });
@@ -174,9 +185,11 @@ export async function startSandbox(options: SandboxOptions = {}): Promise<Sandbo
   }
   const stop = new AbortController();
   const listening = Promise.withResolvers<Deno.NetAddr>();
+  const log = createLogger(sink);
   const running = runKav({
     config,
-    log: createLogger(sink),
+    log,
+    providers: options.providers?.(config, log),
     signal: stop.signal,
     onListen: (addr) => listening.resolve(addr),
   });

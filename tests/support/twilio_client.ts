@@ -22,6 +22,8 @@ export interface TwilioClientOptions {
   readonly protocols?: readonly string[];
   /** Extra upgrade headers (e.g. `X-Twilio-Signature`). */
   readonly headers?: Readonly<Record<string, string>>;
+  /** For `wss://` with a private CA: `Deno.createHttpClient({ caCerts })`. */
+  readonly client?: Deno.HttpClient;
   readonly callSid?: string;
   readonly streamSid?: string;
   readonly accountSid?: string;
@@ -84,6 +86,7 @@ export class TwilioClient {
     const socket = new WebSocket(options.url, {
       protocols: [...(options.protocols ?? ["audio.twilio.com"])],
       headers: options.headers,
+      client: options.client,
     });
     const client = new TwilioClient(socket, options);
     return new Promise((resolve, reject) => {

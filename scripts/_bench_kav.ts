@@ -1,0 +1,58 @@
+/**
+ * Kav as the benchmark runs it (a subprocess, pinned to one core by `bench.ts`): exactly `kav
+ * --config FILE`, plus two bench-only switches.
+ *
+ *   deno run -A scripts/_bench_kav.ts --config FILE [--no-store] [--tx-lead-ms N]
+ *
+ * `--lag-probe` logs every event-loop stall over 20 ms (a 5 ms timer; for investigation only).
+ * `--no-store` replaces the SQLite call store with one that discards everything (issue 6: do store
+ * writes move the TX cadence?). `--tx-lead-ms N` overrides `audio.tx_lead_ms` beyond the config's
+ * 1000 ms bound, so a huge value turns pacing off (what pacing buys).
+ */
+import { loadConfig } from "../src/config/load.ts";
+import type { Config } from "../src/config/types.ts";
+import { runKav } from "../src/kav.ts";
+import { createLogger } from "../src/observe/log.ts";
+import type { CallStore } from "../src/store/types.ts";
+
+/** A store that keeps nothing (the "store off" side of the comparison). */
+export const NULL_STORE: CallStore = {
+  callStarted() {},
+  turnCompleted() {},
+  event() {},
+  callEnded() {},
+  pending: () => 0,
+  flush: () => Promise.resolve(),
+  close: () => Promise.resolve(),
+};
+
+function option(args: readonly string[], name: string): string | null {
+  const at = args.indexOf(name);
+  return at >= 0 && at + 1 < args.length ? args[at + 1] : null;
+}
+
+if (import.meta.main) {
+  const args = Deno.args;
+  const path = option(args, "--config");
+  if (path === null) {
+    console.error("Usage: _bench_kav.ts --config FILE [--no-store] [--tx-lead-ms N]");
+    Deno.exit(2);
+  }
+  let config: Config = await loadConfig(path);
+  const lead = option(args, "--tx-lead-ms");
+  if (lead !== null) config = { ...config, audio: { ...config.audio, tx_lead_ms: Number(lead) } };
+  const store = args.includes("--no-store") ? NULL_STORE : undefined;
+  if (args.includes("--lag-probe")) {
+    let expected = performance.now() + 5;
+    const probe = setInterval(() => {
+      const now = performance.now();
+      if (now - expected > 20) {
+        console.error(`${new Date().toISOString()} [LAG] stalled_ms=${(now - expected).toFixed(1)}`);
+      }
+      expected = now + 5;
+    }, 5);
+    Deno.unrefTimer(probe);
+  }
+  await runKav({ config, log: createLogger(), store });
+  Deno.exit(0);
+}

@@ -1,0 +1,87 @@
+/**
+ * Process and machine figures for the benchmark, read from `/proc` (Linux): a process's CPU time
+ * and resident memory, and each core's busy time; plus CPU pinning with `taskset`.
+ */
+
+/** Clock ticks per second of `/proc` CPU times (USER_HZ; 100 on every Linux build in practice). */
+export const CLK_TCK: number = (() => {
+  try {
+    const out = new Deno.Command("getconf", { args: ["CLK_TCK"], stdout: "piped", stderr: "null" })
+      .outputSync();
+    const n = Number(new TextDecoder().decode(out.stdout).trim());
+    return Number.isFinite(n) && n > 0 ? n : 100;
+  } catch {
+    return 100;
+  }
+})();
+
+/** User + system CPU seconds used so far by `pid` (all its threads). */
+export function processCpuSeconds(pid: number): number {
+  const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
+  // Fields after "(comm)": state is field 3, utime 14, stime 15 (proc(5)).
+  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  return (Number(fields[11]) + Number(fields[12])) / CLK_TCK;
+}
+
+/** Resident memory of `pid`, MiB (`VmRSS`). */
+export function processRssMiB(pid: number): number {
+  const status = Deno.readTextFileSync(`/proc/${pid}/status`);
+  const match = /^VmRSS:\s+(\d+)\s+kB/m.exec(status);
+  return match === null ? NaN : Number(match[1]) / 1024;
+}
+
+/** Busy and total ticks of each core (`cpuN` lines of /proc/stat). */
+export function coreTicks(): { busy: number; total: number }[] {
+  const out: { busy: number; total: number }[] = [];
+  for (const line of Deno.readTextFileSync("/proc/stat").split("\n")) {
+    const match = /^cpu(\d+)\s+(.*)$/.exec(line);
+    if (match === null) continue;
+    const v = match[2].trim().split(/\s+/).map(Number);
+    // user nice system idle iowait irq softirq steal (guest time is already in user).
+    const idle = v[3] + (v[4] ?? 0);
+    const total = v.slice(0, 8).reduce((a, b) => a + (b || 0), 0);
+    out[Number(match[1])] = { busy: total - idle, total };
+  }
+  return out;
+}
+
+/** Busy share (%) of each core between two `coreTicks()` readings. */
+export function coreBusyPct(
+  before: readonly { busy: number; total: number }[],
+  after: readonly { busy: number; total: number }[],
+): number[] {
+  return after.map((a, i) => {
+    const b = before[i];
+    const total = a.total - b.total;
+    return total > 0 ? (100 * (a.busy - b.busy)) / total : NaN;
+  });
+}
+
+/** Whether `taskset` can be used (Linux with util-linux, at least 2 CPUs). */
+export function canPin(): boolean {
+  if (navigator.hardwareConcurrency < 2) return false;
+  try {
+    return new Deno.Command("taskset", { args: ["--version"], stdout: "null", stderr: "null" })
+      .outputSync().success;
+  } catch {
+    return false;
+  }
+}
+
+/** Pins an existing process (all its threads) to `core`. */
+export function pinProcess(pid: number, core: number): boolean {
+  try {
+    return new Deno.Command("taskset", {
+      args: ["-a", "-cp", String(core), String(pid)],
+      stdout: "null",
+      stderr: "null",
+    }).outputSync().success;
+  } catch {
+    return false;
+  }
+}
+
+/** The command prefix that runs a program on `core` (empty when pinning is off). */
+export function pinPrefix(core: number | null): string[] {
+  return core === null ? [] : ["taskset", "-c", String(core)];
+}

@@ -1,0 +1,207 @@
+/**
+ * `deno task dev`: Kav on your machine in one command.
+ *
+ *   deno task dev [--port 8080] [--config FILE]
+ *
+ * With no cloud credentials (neither GOOGLE_APPLICATION_CREDENTIALS nor OPENAI_API_KEY) and no
+ * `--config`, it starts the sandbox providers of `tests/support/` on 127.0.0.1 (a gRPC Speech
+ * server that recognizes the Hebrew fixture clips, a gRPC Text-to-Speech server and an
+ * OpenAI-compatible server) and runs Kav against them on 127.0.0.1:8080, signatures off, records
+ * under `./.kav-dev/`. The first log line says so and how to switch to real providers. Then, in a
+ * second terminal: `deno task simulate -- --calls 5`, and `deno task calls -- --config
+ * .kav-dev/kav.toml` for the records.
+ *
+ * With GOOGLE_APPLICATION_CREDENTIALS (Google Speech and Text-to-Speech) and/or OPENAI_API_KEY
+ * (the LLM) set, those providers are the real ones and only the others are sandboxed. With
+ * `--config FILE`, Kav runs exactly as `kav --config FILE` would.
+ */
+import { loadConfig, parseConfig } from "../src/config/load.ts";
+import type { Config } from "../src/config/types.ts";
+import { ConfigError, formatProblem } from "../src/errors.ts";
+import { createLogger, type Logger } from "../src/observe/log.ts";
+import { runKav } from "../src/kav.ts";
+import { type ProviderServers, startProviderServers } from "../tests/support/sandbox.ts";
+
+/** Where the dev sandbox keeps its config and records (relative to the working directory). */
+export const DEV_DIR = ".kav-dev";
+
+export const DEV_USAGE = `Runs Kav locally for development.
+
+Usage: deno task dev [--port 8080] [--config FILE]
+
+  --port N        port on 127.0.0.1 (default 8080)
+  --config FILE   run with this kav.toml instead (real providers as configured there)
+
+With neither GOOGLE_APPLICATION_CREDENTIALS nor OPENAI_API_KEY set, Kav runs against local
+sandbox providers; each one set switches those providers to the real cloud ones.
+`;
+
+export interface DevArgs {
+  readonly port: number;
+  readonly configPath: string | null;
+}
+
+/** Parses the command line; throws RangeError naming the bad option. */
+export function parseDevArgs(argv: readonly string[]): DevArgs | "help" {
+  let port = 8080;
+  let configPath: string | null = null;
+  for (let i = 0; i < argv.length; i++) {
+    const [flag, inline] = argv[i].includes("=") ? argv[i].split(/=(.*)/s, 2) : [argv[i], null];
+    const value = (): string => {
+      const v = inline ?? argv[++i];
+      if (v === undefined || v === "") throw new RangeError(`Missing a value after ${flag}`);
+      return v;
+    };
+    switch (flag) {
+      case "--help":
+      case "-h":
+        return "help";
+      case "--port": {
+        const raw = value();
+        port = Number(raw);
+        if (!Number.isInteger(port) || port < 0 || port > 65535) {
+          throw new RangeError(`Cannot use --port ${JSON.stringify(raw)}: expected 0-65535`);
+        }
+        break;
+      }
+      case "--config":
+      case "-c":
+        configPath = value();
+        break;
+      default:
+        throw new RangeError(`Unknown option ${JSON.stringify(argv[i])}`);
+    }
+  }
+  return { port, configPath };
+}
+
+/** Which providers are real (credentials present) and which are sandboxed. */
+export interface DevProviders {
+  readonly google: boolean;
+  readonly openai: boolean;
+}
+
+/** The dev config: loopback, signatures off, records under `dir`, sandbox where no credentials. */
+export function devToml(options: {
+  port: number;
+  dir: string;
+  real: DevProviders;
+  servers: ProviderServers;
+}): string {
+  const { port, dir, real, servers } = options;
+  const speech = real.google ? "" : `
+[stt.google]
+endpoint = "${servers.speech.address}"
+fallback_endpoint = ""
+insecure = true
+[tts.google]
+endpoint = "${servers.tts.address}"
+insecure = true`;
+  const llm = real.openai ? "" : `
+[llm]
+base_url = "${servers.llm.baseUrl}"
+model = "sandbox"
+timeout_ms = 3000`;
+  return `# Written by \`deno task dev\` on each start; sandbox ports change every run.
+[server]
+listen = "127.0.0.1:${port}"
+public_url = "http://127.0.0.1:${port}"
+drain_timeout_s = 5
+[twilio]
+validate_signatures = false
+[storage]
+path = "${dir}/kav.db"
+${speech}
+${llm}
+`;
+}
+
+/** The first log line: what runs against what, and how to switch. */
+export function devBanner(real: DevProviders | null, configPath: string | null): string {
+  if (real === null) return `running with ${configPath} (providers as configured there)`;
+  if (!real.google && !real.openai) {
+    return "running against sandbox providers (local Speech, Text-to-Speech and " +
+      "OpenAI-compatible servers on 127.0.0.1; speech is recognized only for the fixture clips). " +
+      "For real providers set GOOGLE_APPLICATION_CREDENTIALS and OPENAI_API_KEY, or pass " +
+      "--config FILE";
+  }
+  const google = real.google
+    ? "Google Speech and Text-to-Speech (GOOGLE_APPLICATION_CREDENTIALS)"
+    : "sandbox Speech and Text-to-Speech (set GOOGLE_APPLICATION_CREDENTIALS for Google's)";
+  const openai = real.openai
+    ? "OpenAI LLM (OPENAI_API_KEY)"
+    : "sandbox LLM (set OPENAI_API_KEY for OpenAI's)";
+  return `running against ${google} and ${openai}; or pass --config FILE`;
+}
+
+function reportConfigError(error: unknown): boolean {
+  if (!(error instanceof ConfigError)) return false;
+  for (const problem of error.problems) console.error(formatProblem(problem));
+  return true;
+}
+
+async function serve(config: Config, log: Logger): Promise<number> {
+  try {
+    await runKav({
+      config,
+      log,
+      onListen: () => log.info("DEV", "ready: try `deno task simulate -- --calls 5`"),
+    });
+    return 0;
+  } catch (error) {
+    log.error("DEV", "Kav stopped on an error", {
+      error: error instanceof Error ? error.message : String(error),
+    });
+    return 1;
+  }
+}
+
+export async function main(argv: readonly string[]): Promise<number> {
+  let args: DevArgs | "help";
+  try {
+    args = parseDevArgs(argv);
+  } catch (error) {
+    console.error(`${error instanceof Error ? error.message : String(error)}\n\n${DEV_USAGE}`);
+    return 2;
+  }
+  if (args === "help") {
+    console.log(DEV_USAGE);
+    return 0;
+  }
+  const log = createLogger();
+  if (args.configPath !== null) {
+    log.info("DEV", devBanner(null, args.configPath));
+    try {
+      return await serve(await loadConfig(args.configPath), log);
+    } catch (error) {
+      if (reportConfigError(error)) return 1;
+      throw error;
+    }
+  }
+  const env = Deno.env.toObject();
+  const real: DevProviders = {
+    google: Boolean(env.GOOGLE_APPLICATION_CREDENTIALS),
+    openai: Boolean(env.OPENAI_API_KEY),
+  };
+  log.info("DEV", devBanner(real, null));
+  const servers = await startProviderServers();
+  try {
+    await Deno.mkdir(DEV_DIR, { recursive: true });
+    const dir = await Deno.realPath(DEV_DIR);
+    const toml = devToml({ port: args.port, dir, real, servers });
+    await Deno.writeTextFile(`${dir}/kav.toml`, toml);
+    let config: Config;
+    try {
+      config = parseConfig(toml, { env });
+    } catch (error) {
+      if (reportConfigError(error)) return 1;
+      throw error;
+    }
+    log.info("DEV", "config written", { path: `${DEV_DIR}/kav.toml` });
+    return await serve(config, log);
+  } finally {
+    await servers.close();
+  }
+}
+
+if (import.meta.main) Deno.exit(await main(Deno.args));
