@@ -81,7 +81,33 @@ export function pinProcess(pid: number, core: number): boolean {
   }
 }
 
-/** The command prefix that runs a program on `core` (empty when pinning is off). */
+/**
+ * Scheduling priority of the measured and measuring processes (`nice` value; null = unchanged).
+ * On a shared machine, other users' jobs are not pinned and land on Kav's core too; at -10 they
+ * cannot pass for Kav's own latency. CPU time figures do not depend on it.
+ */
+let niceness: number | null = null;
+
+/** Sets the `nice` value `pinPrefix` applies; returns false if not permitted. */
+export function useNice(value: number | null): boolean {
+  if (value === null) {
+    niceness = null;
+    return true;
+  }
+  try {
+    const ok = new Deno.Command("nice", { args: ["-n", String(value), "true"], stderr: "piped" })
+      .outputSync();
+    // nice(1) only warns when it cannot raise priority; the warning is the signal.
+    if (!ok.success || ok.stderr.length > 0) return false;
+  } catch {
+    return false;
+  }
+  niceness = value;
+  return true;
+}
+
+/** The command prefix that runs a program on `core` at the chosen priority. */
 export function pinPrefix(core: number | null): string[] {
-  return core === null ? [] : ["taskset", "-c", String(core)];
+  const nice = niceness === null ? [] : ["nice", "-n", String(niceness)];
+  return [...nice, ...(core === null ? [] : ["taskset", "-c", String(core)])];
 }

@@ -66,6 +66,8 @@ export async function startKav(options: {
   core: number | null;
   token: string;
   extraArgs?: readonly string[];
+  /** Extra `deno run` flags (e.g. `--v8-flags=...`). */
+  denoFlags?: readonly string[];
 }): Promise<KavProcess> {
   const config = `${options.dir}/${options.name}.toml`;
   const logPath = `${options.dir}/${options.name}.log`;
@@ -77,6 +79,7 @@ export async function startKav(options: {
     "run",
     "--allow-all",
     "--unstable-net",
+    ...(options.denoFlags ?? []),
     `${SCRIPTS}_bench_kav.ts`,
     "--config",
     config,

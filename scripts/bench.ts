@@ -23,7 +23,14 @@
  */
 import { DatabaseSync } from "node:sqlite";
 import { startProviderServers, type ProviderServers } from "../tests/support/sandbox.ts";
-import { canPin, CLK_TCK, pinProcess, processCpuSeconds, processRssMiB } from "./_bench_proc.ts";
+import {
+  canPin,
+  CLK_TCK,
+  pinProcess,
+  processCpuSeconds,
+  processRssMiB,
+  useNice,
+} from "./_bench_proc.ts";
 import { freePort, type KavProcess, type Prober, sleep, startKav, startProber } from "./_bench_procs.ts";
 import {
   cpuSlope,
@@ -35,14 +42,26 @@ import {
 import { runStep, type StepOptions, type StepResult } from "./_bench_step.ts";
 import { round2 } from "./_sim_stats.ts";
 
+/** Calls of the unmeasured warm-up each fresh Kav gets. */
+const WARMUP_CALLS = 20;
+/** Priority of Kav and of the measuring processes (see `useNice`). */
+const NICE = -10;
+
 interface BenchArgs {
   steps: number[];
   durationMs: number;
   windowMs: number;
   turns: number;
   pin: boolean;
+  nice: boolean;
   variants: boolean;
   keep: boolean;
+  /** Keep ramping after a step breaks an invariant (profiling). */
+  keepGoing: boolean;
+  /** Extra `deno run` flags for Kav (experiments, e.g. V8 heap flags). */
+  kavFlags: string[];
+  /** Kav logs event-loop stalls over 20 ms (`_bench_kav.ts --lag-probe`). */
+  lagProbe: boolean;
   out: string;
 }
 
@@ -53,8 +72,12 @@ function parseArgs(argv: readonly string[]): BenchArgs {
     windowMs: 10_000,
     turns: 3,
     pin: true,
+    nice: true,
     variants: true,
     keep: false,
+    keepGoing: false,
+    kavFlags: [],
+    lagProbe: false,
     out: new URL("../bench/results/", import.meta.url).pathname,
   };
   for (let i = 0; i < argv.length; i++) {
@@ -74,11 +97,23 @@ function parseArgs(argv: readonly string[]): BenchArgs {
       case "--no-pin":
         args.pin = false;
         break;
+      case "--no-nice":
+        args.nice = false;
+        break;
       case "--skip-variants":
         args.variants = false;
         break;
       case "--keep":
         args.keep = true;
+        break;
+      case "--keep-going":
+        args.keepGoing = true;
+        break;
+      case "--kav-flag":
+        args.kavFlags.push(argv[++i] ?? "");
+        break;
+      case "--lag-probe":
+        args.lagProbe = true;
         break;
       case "--out":
         args.out = argv[++i] ?? args.out;
@@ -137,6 +172,21 @@ function latencyOf(
   );
 }
 
+/** `[LAG]` lines (`_bench_kav.ts --lag-probe`) logged between two epoch times. */
+function lagStalls(logPath: string, from: number, to: number): { count: number; maxMs: number } {
+  let count = 0;
+  let maxMs = 0;
+  for (const line of Deno.readTextFileSync(logPath).split("\n")) {
+    const match = /^(\S+) \[LAG\] stalled_ms=([\d.]+)/.exec(line);
+    if (match === null) continue;
+    const at = Date.parse(match[1]);
+    if (at < from || at > to) continue;
+    count++;
+    maxMs = Math.max(maxMs, Number(match[2]));
+  }
+  return { count, maxMs };
+}
+
 /** The JSON form of a step (without its histogram). */
 function stepJson(step: StepResult): Omit<StepResult, "histogram"> {
   const { histogram: _, ...rest } = step;
@@ -155,6 +205,8 @@ async function main(): Promise<void> {
   // This process runs the provider servers: on the load core, with the generators.
   if (pinned) pinProcess(Deno.pid, 1);
   log(pinned ? "Kav on core 0; providers, load and prober on core 1" : "not pinned (no taskset)");
+  const niced = args.nice && useNice(NICE);
+  if (niced) log(`Kav, load generators and prober at nice ${NICE} (other jobs on this machine)`);
   const servers = await startProviderServers();
   const token = crypto.randomUUID().replaceAll("-", "");
   const dir = await Deno.makeTempDir({ prefix: "kav-bench-" });
@@ -179,9 +231,22 @@ async function main(): Promise<void> {
       dbPath,
       core: cores.kav,
       token,
-      extraArgs,
+      extraArgs: [...extraArgs, ...(args.lagProbe ? ["--lag-probe"] : [])],
+      denoFlags: args.kavFlags,
     });
     prober = startProber({ baseUrl: kav.baseUrl, token, core: cores.load });
+    // Warm-up, not measured: JIT compilation, gRPC channel, first allocations (a Kav in service
+    // has long done these).
+    await runStep({
+      ...common,
+      label: "warmup",
+      kav,
+      prober,
+      calls: WARMUP_CALLS,
+      turns: 1,
+      durationMs: 8000,
+      windowMs: 1000,
+    }, cores);
     return { kav, prober };
   };
   const shutdown = async () => {
@@ -210,16 +275,22 @@ async function main(): Promise<void> {
       log(`ramp: ${calls} calls`);
       const result = await step({ label: "ramp", kav: ramp.kav, prober: ramp.prober, calls });
       steps.push(result);
+      if (args.lagProbe) {
+        const stalls = lagStalls(ramp.kav.logPath, result.startedAt, result.endedAt);
+        log(`  Kav event-loop stalls > 20 ms: ${stalls.count}, worst ${stalls.maxMs} ms`);
+      }
       log(
         `  cpu ${result.kav.cpuPct}%, tx p99 ${result.tx.p99} ms, webhook p99 ${result.webhook.p99} ms, ` +
           `${result.outcome.ok}/${calls} ok${result.held ? "" : `: ${result.failures.join("; ")}`}`,
       );
-      if (!result.held) break;
+      if (!result.held && !args.keepGoing) break;
     }
     await shutdown();
     const turns = agentTurns(ramp.kav.dbPath);
     const server = new Map(steps.map((s) => [s, latencyOf(turns, [s])]));
-    const held = steps.filter((s) => s.held);
+    // Held: the steps before the first that broke an invariant.
+    const firstBroken = steps.findIndex((s) => !s.held);
+    const held = firstBroken < 0 ? steps : steps.slice(0, firstBroken);
     const top = held.at(-1) ?? null;
     // The headline p95 pools every held step's turns (hundreds of turns).
     const pooled = latencyOf(turns, held);
@@ -322,6 +393,8 @@ async function main(): Promise<void> {
           }
         })(),
         pinned,
+        nice: niced ? NICE : null,
+        warmupCalls: WARMUP_CALLS,
         kavCore: cores.kav,
         loadCore: cores.load,
         clkTck: CLK_TCK,

@@ -49,10 +49,13 @@ Deno.test("conversation: caller speech 500 ms into an answer clears it within 10
       await line.say(hours.audio);
       // The answer's first frame, then half a second of it.
       const greetingEnd = indexOf(client, (e, n) => e === "mark" && n === "greeting_end");
-      await client.waitFor(() => client.received.slice(greetingEnd).some((m) => m.event === "media"), {
-        ...TIMEOUT,
-        what: "the answer's first frame",
-      });
+      await client.waitFor(
+        () => client.received.slice(greetingEnd).some((m) => m.event === "media"),
+        {
+          ...TIMEOUT,
+          what: "the answer's first frame",
+        },
+      );
       const answerStart = client.received.slice(greetingEnd).find((m) => m.event === "media")!.at;
       await waitUntil(() => performance.now() >= answerStart + 500, {
         timeoutMs: 5000,
@@ -71,7 +74,10 @@ Deno.test("conversation: caller speech 500 ms into an answer clears it within 10
     // One clear, within 100 ms of the caller's first voiced frame leaving the client.
     assert.equal(client.clears.length, 1);
     const clearAfter = client.clears[0] - spokeAt;
-    assert.ok(clearAfter >= 0 && clearAfter < 100, `clear came ${clearAfter.toFixed(1)} ms after onset`);
+    assert.ok(
+      clearAfter >= 0 && clearAfter < 100,
+      `clear came ${clearAfter.toFixed(1)} ms after onset`,
+    );
 
     // Nothing of the cut answer after the clear: only the next answer's audio follows it.
     const clearIndex = indexOf(client, (e) => e === "clear");
@@ -121,7 +127,10 @@ Deno.test("conversation: barging into the greeting cuts it and drops it from the
     const greetingEcho = client.echoes.find((e) => e.name === "greeting_end");
     assert.ok(greetingEcho === undefined || greetingEcho.cleared, "the greeting did not finish");
     const clearIndex = indexOf(client, (e) => e === "clear");
-    assert.ok(audioSince(client, 0).length - audioSince(client, clearIndex).length < ttsAudio(DEFAULT_GREETING).length);
+    assert.ok(
+      audioSince(client, 0).length - audioSince(client, clearIndex).length <
+        ttsAudio(DEFAULT_GREETING).length,
+    );
     assert.deepEqual(audioSince(client, clearIndex), ttsAudio("בשמחה."));
     assert.deepEqual(llm.requests[0].messages, [
       { role: "system", content: sandbox.config.call.system_prompt },

@@ -19,9 +19,11 @@ import {
 import { TwilioClient } from "./support/twilio_client.ts";
 
 const TIMEOUT = { timeoutMs: 20_000 };
+/** The local TTS server speaks 20 ms per character (60 by default), to keep the calls short. */
+const MS_PER_CHAR = 20;
 
 Deno.test("conversation: a full call answers the caller and records what was played", async () => {
-  await withSandbox({}, async (sandbox) => {
+  await withSandbox({ tts: { msPerChar: MS_PER_CHAR } }, async (sandbox) => {
     const { llm, tts } = sandbox.servers;
     const answer1 = ["בוודאי, אפשר לקבוע תור.", "מתי נוח לך?"];
     const answer2 = ["מצוין, קבעתי לך למחר בתשע."];
@@ -71,10 +73,10 @@ Deno.test("conversation: a full call answers the caller and records what was pla
     assert.deepEqual(client.marks, ["greeting_end", "a1_0", "a1_1", "a2_0"]);
     assert.ok(client.echoes.every((e) => !e.cleared));
     const audio = client.audio();
-    let at = indexOfBytes(audio, ttsAudio(DEFAULT_GREETING));
+    let at = indexOfBytes(audio, ttsAudio(DEFAULT_GREETING, MS_PER_CHAR));
     assert.equal(at, 0, "the greeting is played first");
     for (const sentence of [...answer1, ...answer2]) {
-      const next = indexOfBytes(audio, ttsAudio(sentence), at);
+      const next = indexOfBytes(audio, ttsAudio(sentence, MS_PER_CHAR), at);
       assert.ok(next > at, `"${sentence}" is played after what came before`);
       at = next;
     }
@@ -93,6 +95,14 @@ Deno.test("conversation: a full call answers the caller and records what was pla
         [4, "agent", answer2.join(" "), false, null],
       ],
     );
+    // Caller turns span the caller's speech (VAD onset to end), not the moment of the decision.
+    for (
+      const [turn, c] of [[detail.turns[1], appointment], [detail.turns[3], tomorrow]] as const
+    ) {
+      const spoken = turn.endedAt - turn.startedAt;
+      const clipMs = c.audio.length / 8;
+      assert.ok(spoken > clipMs * 0.5 && spoken < clipMs * 1.5, `${spoken} ms for ${clipMs} ms`);
+    }
     for (const turn of detail.turns.filter((t) => t.speaker === "agent" && t.index > 0)) {
       const timings = turn.timings;
       assert.ok(timings !== null, "agent turns store their timings");
@@ -122,7 +132,7 @@ Deno.test("conversation: a full call answers the caller and records what was pla
 });
 
 Deno.test("conversation: the first sentence reaches TTS before the LLM stream ends", async () => {
-  await withSandbox({ tts: { msPerChar: 20 } }, async (sandbox) => {
+  await withSandbox({ tts: { msPerChar: MS_PER_CHAR } }, async (sandbox) => {
     const { llm, tts } = sandbox.servers;
     // Sentence 1 completes at token 3 (its end is seen with the next token); 20 more tokens follow
     // 150 ms apart, so the whole stream takes ~3.5 s.
@@ -147,7 +157,7 @@ Deno.test("conversation: the first sentence reaches TTS before the LLM stream en
         `TTS got sentence 1 after ${request.tokensSent} of ${tokens.length} tokens`,
       );
       // Its audio is on the wire while the LLM is still streaming.
-      const played = ttsAudio(first, 20).subarray(0, 1600);
+      const played = ttsAudio(first, MS_PER_CHAR).subarray(0, 1600);
       await waitUntil(() => indexOfBytes(audioSince(client, 0), played) >= 0, {
         timeoutMs: 20_000,
         what: "the first sentence's audio",

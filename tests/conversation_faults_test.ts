@@ -66,7 +66,10 @@ Deno.test("conversation: an LLM stall past timeout_ms plays the apology and the 
     const a2 = audioSince(client, markIndex(client, "a1_0"));
     assert.equal(indexOfBytes(a2, ttsAudio(first, MS_PER_CHAR)), 0);
     assert.equal(indexOfBytes(a2, apology), ttsAudio(first, MS_PER_CHAR).length);
-    assert.deepEqual(audioSince(client, markIndex(client, "a2_1")), ttsAudio("הכול תקין עכשיו.", MS_PER_CHAR));
+    assert.deepEqual(
+      audioSince(client, markIndex(client, "a2_1")),
+      ttsAudio("הכול תקין עכשיו.", MS_PER_CHAR),
+    );
     assert.deepEqual(client.marks, ["greeting_end", "a1_0", "a2_0", "a2_1", "a3_0"]);
     assert.equal(client.clears.length, 0);
 
@@ -127,7 +130,10 @@ Deno.test("conversation: a TTS error plays the apology after one retry and the c
       audioSince(client, markIndex(client, "greeting_end")).subarray(0, apology.length),
       apology,
     );
-    assert.deepEqual(audioSince(client, markIndex(client, "a1_0")), ttsAudio("המשפט הזה כן יושמע.", MS_PER_CHAR));
+    assert.deepEqual(
+      audioSince(client, markIndex(client, "a1_0")),
+      ttsAudio("המשפט הזה כן יושמע.", MS_PER_CHAR),
+    );
     assert.deepEqual(client.marks, ["greeting_end", "a1_0", "a2_0"]);
     // After the apology nothing more of answer 1 was synthesized; answer 2 needed its retry.
     assert.deepEqual(tts.requests.slice(2).map((r) => r.text), [

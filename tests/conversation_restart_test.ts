@@ -9,13 +9,21 @@
  */
 import assert from "node:assert/strict";
 import alawmulaw from "alawmulaw";
-import { CallerLine, clip, readEndedCall, waitUntil, withSandbox } from "./support/_conversation.ts";
+import {
+  CallerLine,
+  clip,
+  readEndedCall,
+  waitUntil,
+  withSandbox,
+} from "./support/_conversation.ts";
 import { TwilioClient } from "./support/twilio_client.ts";
 
 /** `ms` of a loud 440 Hz tone: speech to the VAD and the segmenter, no transcript. */
 function tone(ms: number): Uint8Array {
   const pcm = new Int16Array(ms * 8);
-  for (let i = 0; i < pcm.length; i++) pcm[i] = Math.round(8000 * Math.sin(2 * Math.PI * 440 * i / 8000));
+  for (let i = 0; i < pcm.length; i++) {
+    pcm[i] = Math.round(8000 * Math.sin(2 * Math.PI * 440 * i / 8000));
+  }
   return alawmulaw.mulaw.encode(pcm);
 }
 
@@ -30,7 +38,9 @@ Deno.test("conversation: a 60 s call across stream restarts loses and repeats no
     // When each stream started, as seen from here (polled).
     const streamStarts: number[] = [];
     const poll = setInterval(() => {
-      while (streamStarts.length < speech.stats.streams.length) streamStarts.push(performance.now());
+      while (streamStarts.length < speech.stats.streams.length) {
+        streamStarts.push(performance.now());
+      }
     }, 10);
     const names = ["appointment", "hours", "goodbye", "tomorrow"];
     const gaps = [2300, 3100, 1700, 3900, 2600, 1500, 3400];
@@ -42,8 +52,10 @@ Deno.test("conversation: a 60 s call across stream restarts loses and repeats no
       client.begin();
       line.start();
       for (let i = 0; performance.now() - startedAt < 57_000; i++) {
-        const c = clip(names[i % names.length]);
-        if (i === 2 || i === 6) {
+        const talkThrough = i === 2 || i === 6;
+        // Talking through: the longest clip (2.1 s) after a 1.6 s tone spans the 10 s mark widely.
+        const c = clip(talkThrough ? "appointment" : names[i % names.length]);
+        if (talkThrough) {
           // Wait for a fresh stream, stay silent until it is 7.3 s old, then talk until past 10 s.
           const known = speech.stats.streams.length;
           await waitUntil(() => streamStarts.length > known, {
@@ -74,8 +86,8 @@ Deno.test("conversation: a 60 s call across stream restarts loses and repeats no
 
     // Streams were replaced by age after a final and, mid-clip, at the server's limit.
     const reasons = detail.events.filter((e) => e.kind === "stt_restart").map((e) => e.detail);
-    console.log("H8DEBUG", reasons.join(), said.length, seconds);
-    assert.ok(reasons.length >= 5, reasons.join());
+    // At least one replacement per 10 s, and no restart loop (a new stream must not start old).
+    assert.ok(reasons.length >= 5 && reasons.length <= 15, reasons.join());
     assert.ok(reasons.filter((r) => r === "duration_limit").length >= 2, reasons.join());
     assert.ok(reasons.includes("age"), reasons.join());
 

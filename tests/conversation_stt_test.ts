@@ -59,7 +59,13 @@ Deno.test("conversation: a Speech server that takes 2 s to open loses no inbound
       appointment.text,
     ]);
     // Start-up order: the greeting was queued while the stream was still opening.
-    const order = ["RX_WORKER started", "TX_WORKER started", "STT_SESSION init requested", "GREETING queued", "STT_SESSION ready"];
+    const order = [
+      "RX_WORKER started",
+      "TX_WORKER started",
+      "STT_SESSION init requested",
+      "GREETING queued",
+      "STT_SESSION ready",
+    ];
     const at = order.map((text) => sandbox.lines.findIndex((l) => l.includes(text)));
     assert.ok(at.every((i, k) => i >= 0 && (k === 0 || i > at[k - 1])), JSON.stringify(at));
   });

@@ -185,6 +185,10 @@ export class AgentReply {
         this.#firstSentenceAt ??= clock.now();
         this.#push({ text: rest, apology: false });
       }
+      if (this.#firstSentenceAt === null) {
+        // Silence on a phone line is a fault too: an empty answer gets the apology.
+        throw new ProviderError("llm", "server", "Streaming chat completion returned no text");
+      }
     } catch (error) {
       if (!this.#signal.aborted) {
         this.#providerFailed("llm", error);

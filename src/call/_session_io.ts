@@ -160,3 +160,13 @@ export function saneSids(msg: StartMessage): boolean {
   return SID.test(start.callSid) && SID.test(start.streamSid) &&
     start.streamSid === msg.streamSid;
 }
+
+/** A logger that always writes through `current()` (the call's logger changes at `start`). */
+export function followingLogger(current: () => Logger): Logger {
+  return {
+    info: (tag, message, fields) => current().info(tag, message, fields),
+    warn: (tag, message, fields) => current().warn(tag, message, fields),
+    error: (tag, message, fields) => current().error(tag, message, fields),
+    child: (fields) => current().child(fields),
+  };
+}

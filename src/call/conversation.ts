@@ -52,6 +52,8 @@ class Conversation implements CallAgent {
   /** Greeting text and start (epoch ms) while it waits to be recorded; null once recorded or when there is none. */
   #greeting: { readonly text: string; readonly startedAt: number } | null = null;
   #closed = false;
+  /** Onset (clock ms) of the first speech since the last caller turn, for the turn's start. */
+  #speechStartAt: number | null = null;
 
   constructor(deps: ConversationDeps, ctx: AgentContext) {
     this.#deps = deps;
@@ -72,7 +74,8 @@ class Conversation implements CallAgent {
 
   onInboundAudio(frame: Uint8Array): void {
     // The frame arrives when its 20 ms of audio have ended: VAD times are frame starts.
-    this.#detector.pushAudio(frame, this.#clock.now() - 20);
+    const transition = this.#detector.pushAudio(frame, this.#clock.now() - 20);
+    if (transition?.type === "speechStart") this.#speechStartAt ??= transition.atMs;
   }
 
   onSpeech(event: SttEvent): void {
@@ -84,7 +87,7 @@ class Conversation implements CallAgent {
     if (name === GREETING_MARK) {
       this.#greetingPlaying = false;
       // A cleared echo follows a barge-in, which already recorded the cut greeting.
-      if (echo.played) this.#recordGreeting(false);
+      if (echo.played) this.#recordGreeting({ heard: true, cut: false });
       this.#updateSpeaking();
       return;
     }
@@ -104,6 +107,8 @@ class Conversation implements CallAgent {
     if (this.#closed) return;
     this.#closed = true;
     this.#detector.close();
+    // Hung up during the greeting: its mark never came back, so nothing of it counts as heard.
+    this.#recordGreeting({ heard: false, cut: false });
     const reply = this.#reply;
     if (reply !== null) {
       reply.cancel();
@@ -116,15 +121,19 @@ class Conversation implements CallAgent {
   #onEndOfTurn(turn: EndOfTurn): void {
     if (this.#closed) return;
     const nowEpoch = Date.now();
+    const now = this.#clock.now();
     const speechEnd = turn.speechEndAt ?? turn.decidedAt;
+    const speechStart = Math.min(this.#speechStartAt ?? speechEnd, speechEnd);
+    this.#speechStartAt = null;
+    // Caller turns span the speech (clock times mapped to epoch ms).
     this.#ctx.store.turnCompleted(this.#ctx.callSid, {
       index: this.#turnIndex++,
       speaker: "caller",
       text: turn.text,
       generated: null,
       cut: false,
-      startedAt: nowEpoch - Math.max(0, this.#clock.now() - speechEnd),
-      endedAt: nowEpoch,
+      startedAt: Math.round(nowEpoch - Math.max(0, now - speechStart)),
+      endedAt: Math.round(nowEpoch - Math.max(0, now - speechEnd)),
       timings: null,
     });
     // A reply still in flight (caller spoke again before it was heard) is superseded.
@@ -150,6 +159,9 @@ class Conversation implements CallAgent {
     reply.done.then(() => {
       if (reply.finished) this.#finishReply(reply);
       this.#updateSpeaking();
+    }).catch((error) => {
+      // Never an unhandled rejection (it would end the process): log it, the call goes on.
+      this.#ctx.log.error("TURN", "reply bookkeeping failed", { error: String(error) });
     });
   }
 
@@ -160,7 +172,7 @@ class Conversation implements CallAgent {
     this.#ctx.out.clear();
     if (this.#greetingPlaying) {
       this.#greetingPlaying = false;
-      this.#recordGreeting(true);
+      this.#recordGreeting({ heard: false, cut: true });
     }
     const latency = this.#clock.now() - at;
     this.#ctx.log.info("BARGE_IN", "", { cause, clear_after_ms: latency });
@@ -181,23 +193,24 @@ class Conversation implements CallAgent {
   }
 
   /**
-   * Records the greeting as the first agent turn. Cut by barge-in: its only mark never came back
-   * as played, so by the marks rule nothing of it counts as heard and it leaves the history.
+   * Records the greeting as the first agent turn, once. Not heard (barge-in, or the call ended
+   * first): its only mark never came back as played, so by the marks rule nothing of it counts as
+   * heard and it leaves the history.
    */
-  #recordGreeting(cut: boolean): void {
+  #recordGreeting(how: { heard: boolean; cut: boolean }): void {
     const greeting = this.#greeting;
     if (greeting === null) return;
     this.#greeting = null;
-    if (cut) {
+    if (!how.heard) {
       const at = this.#history.findIndex((m) => m.role === "assistant");
       if (at >= 0) this.#history.splice(at, 1);
     }
     this.#ctx.store.turnCompleted(this.#ctx.callSid, {
       index: this.#turnIndex++,
       speaker: "agent",
-      text: cut ? "" : greeting.text,
-      generated: cut ? greeting.text : null,
-      cut,
+      text: how.heard ? greeting.text : "",
+      generated: how.heard ? null : greeting.text,
+      cut: how.cut,
       startedAt: greeting.startedAt,
       endedAt: Date.now(),
       timings: null,

@@ -23,6 +23,7 @@ import {
   closeCapped,
   consumeSpeech,
   counters,
+  followingLogger,
   isDtmfDigit,
   logTelemetry,
   recordEvent,
@@ -65,6 +66,8 @@ export class CallSession {
   #earlyFailureTimer: ReturnType<typeof setTimeout> | undefined;
   #windowIn = 0;
   readonly #stall = new StallWatch();
+  /** For the workers and the speech session: logs as `call=<connection id>`, then `<CallSid>`. */
+  readonly #followingLog: Logger = followingLogger(() => this.#log);
   /** Lets escaped errors find this call (see `_session_escape.ts`). */
   readonly #scope: CallScope = {
     sid: () => this.callSid ?? this.connectionId,
@@ -174,7 +177,7 @@ export class CallSession {
       socket: this.#socket,
       scheduler: deps.scheduler,
       marks: this.#marks,
-      log: this.#log,
+      log: this.#followingLog,
       queueFrames: deps.audio.tx_queue_frames,
       leadMs: deps.audio.tx_lead_ms,
       maxBufferedBytes: deps.audio.tx_max_buffered_bytes,
@@ -186,7 +189,7 @@ export class CallSession {
     const speech = deps.stt.open({
       language: deps.language,
       signal: this.#controller.signal,
-      log: this.#log,
+      log: this.#followingLog,
     });
     this.#speech = speech;
     this.#rx.attach(speech);
@@ -268,6 +271,7 @@ export class CallSession {
     this.#start = start;
     this.#log = this.#deps.log.child({ call: start.callSid });
     if (this.#earlyFailure !== null) {
+      this.#log.error("CALL", "call failed before start", { error: this.#earlyFailure });
       recordStart(start, this.#deps);
       this.end("error", this.#earlyFailure);
       return;

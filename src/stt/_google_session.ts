@@ -20,6 +20,9 @@ import { Timers } from "./_timers.ts";
 import type { SttTuning } from "./_tuning.ts";
 import type { SpeechSession, SttEvent } from "./types.ts";
 
+/** Trailing silence replayed after a restart in a quiet moment: 200 ms of μ-law. */
+const QUIET_REPLAY_BYTES = 1600;
+
 /** google-gax's bidi stream (a Duplex with `cancel()`). */
 export type Stream = ReturnType<v1.SpeechClient["_streamingRecognize"]>;
 type Response = protos.google.cloud.speech.v1.IStreamingRecognizeResponse;
@@ -313,6 +316,12 @@ export class GoogleSpeechSession implements SpeechSession {
     if (age < restartAfterMs) return;
     const quiet = !this.#partialPending && this.#quiet.trailingSilenceMs >= tuning.quietRestartMs;
     if (afterFinal || quiet || age >= restartAfterMs + tuning.forceRestartSlackMs) {
+      if (quiet && !afterFinal) {
+        // The caller has been silent for quietRestartMs and no partial is pending: the audio since
+        // the last final holds nothing left to recognize. Replaying it all would make the new
+        // stream as old as this one (replayed audio counts) and restart it again at once.
+        this.#ring.trimTo(this.#ring.end - QUIET_REPLAY_BYTES);
+      }
       this.#replace("age");
     }
   }

@@ -5,7 +5,13 @@
  * the call record once the call has ended.
  */
 import alawmulaw from "alawmulaw";
-import { FRAME_BYTES, FRAME_MS, frameAt, frameCount, MULAW_SILENCE } from "../../src/audio/frames.ts";
+import {
+  FRAME_BYTES,
+  FRAME_MS,
+  frameAt,
+  frameCount,
+  MULAW_SILENCE,
+} from "../../src/audio/frames.ts";
 import { frameDbfs } from "../../src/audio/mulaw.ts";
 import { sharedScheduler, sleepUntil } from "../../src/call/scheduler.ts";
 import { type CallDetail, openCallReader } from "../../src/store/read.ts";
@@ -118,7 +124,9 @@ export class CallerLine {
 
   /** Queues `ms` of silence and waits until it has been sent (the line keeps running after). */
   pause(ms: number): Promise<number[]> {
-    return this.say(new Uint8Array(Math.max(1, Math.round(ms / FRAME_MS)) * FRAME_BYTES).fill(MULAW_SILENCE));
+    return this.say(
+      new Uint8Array(Math.max(1, Math.round(ms / FRAME_MS)) * FRAME_BYTES).fill(MULAW_SILENCE),
+    );
   }
 
   /** Everything sent, in order. */
