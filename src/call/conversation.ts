@@ -3,6 +3,14 @@
  * sentences, TTS per sentence into the paced TX queue, a mark after each sentence, barge-in, and
  * the cached apology when a provider fails. It implements `CallAgent`, so the call core stays the
  * only owner of the socket and the speech session.
+ *
+ * The history sent to the LLM, and the agent turns stored, hold what the caller heard: a sentence
+ * counts once its mark came back as played (a mark pending when `clear` went out counts as not
+ * heard, since Twilio's echo looks the same either way). So the greeting leaves the history when
+ * the caller barges into it, a cut answer keeps its played sentences, and a call that ends
+ * mid-answer records the sentences heard so far. A new caller turn supersedes an answer still in
+ * flight (cleared if it had started playing); an answer that never spoke leaves no turn. Each
+ * agent answer logs one `[TURN]` line with its latencies (never its text).
  */
 import type { CallConfig, LogConfig, SttConfig } from "../config/types.ts";
 import { ProviderError } from "../errors.ts";

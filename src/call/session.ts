@@ -123,19 +123,16 @@ export class CallSession {
     return this.#malformed;
   }
 
-  /** Bytes the socket holds unsent (`bufferedAmount`); TX pauses above `audio.tx_max_buffered_bytes`. */
-  get bufferedBytes(): number {
-    return this.#socket.bufferedAmount;
-  }
-
-  /** Frames waiting in the TX queue (bounded by `audio.tx_queue_frames`). */
-  get txQueuedFrames(): number {
-    return this.#tx?.queue.size ?? 0;
-  }
-
-  /** TX ticks skipped because the socket was stalled. */
-  get txPausedTicks(): number {
-    return this.#tx?.pausedTicks ?? 0;
+  /**
+   * The outbound backlog: bytes the socket holds unsent (TX pauses above
+   * `audio.tx_max_buffered_bytes`), frames in the TX queue, TX ticks skipped on a stalled socket.
+   */
+  get txBacklog(): { bufferedBytes: number; queuedFrames: number; pausedTicks: number } {
+    return {
+      bufferedBytes: this.#socket.bufferedAmount,
+      queuedFrames: this.#tx?.queue.size ?? 0,
+      pausedTicks: this.#tx?.pausedTicks ?? 0,
+    };
   }
 
   /**
@@ -220,7 +217,8 @@ export class CallSession {
           return;
         case "start":
           if (this.#start !== null) {
-            return this.#reject("duplicate_start", `Cannot start again as "${msg.streamSid}"`);
+            const sid = msg.streamSid.slice(0, 64);
+            return this.#reject("duplicate_start", `Cannot start again as "${sid}"`);
           }
           return this.#onStart(msg);
         case "media":
