@@ -22,8 +22,8 @@ export interface SpeechSink {
  * Reads `speech.results()` until it ends: logs `[PARTIAL]`/`[FINAL]` (text only when
  * `log.transcripts`), records restarts and provider errors, and hands every event to the agent.
  */
-export function consumeSpeech(speech: SpeechSession, sink: SpeechSink): void {
-  (async () => {
+export function consumeSpeech(speech: SpeechSession, sink: SpeechSink): Promise<void> {
+  return (async () => {
     for await (const event of speech.results()) {
       const log = sink.log();
       switch (event.type) {

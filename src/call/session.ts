@@ -11,6 +11,7 @@ import type { CallEnded, CallOutcome } from "../store/types.ts";
 import type { SpeechSession } from "../stt/types.ts";
 import type { MalformedReason, MediaMessage, StartMessage } from "../twilio/protocol.ts";
 import type { CallAgent } from "./agent.ts";
+import { settlesWithin } from "./_cap.ts";
 import { recordStart, type SessionDeps, startStream } from "./_session_start.ts";
 import { type CallScope, inCallScope } from "./_session_escape.ts";
 import { CallLimits, StallWatch, Telemetry, TX_STALL_CLOSE_S } from "./_session_timers.ts";
@@ -20,6 +21,7 @@ import { RxQueue } from "./rx_queue.ts";
 import { RxWorker } from "./rx_worker.ts";
 import { TxWorker } from "./tx_worker.ts";
 import {
+  CLOSE_STEP_CAP_MS,
   closeCapped,
   consumeSpeech,
   counters,
@@ -53,6 +55,8 @@ export class CallSession {
   #resolveDone!: (ended: CallEnded) => void;
   #log: Logger;
   #speech: SpeechSession | null = null;
+  /** Settles once every speech result was handed to the agent. */
+  #speechConsumed: Promise<void> = Promise.resolve();
   #rx: RxWorker | null = null;
   #tx: TxWorker | null = null;
   #outbound: QueueOutbound | null = null;
@@ -195,7 +199,7 @@ export class CallSession {
     speech.ready.then(() => {
       if (!this.#ending) this.#log.info("CALL", "STT_SESSION ready");
     }, fail);
-    consumeSpeech(speech, {
+    this.#speechConsumed = consumeSpeech(speech, {
       log: () => this.#log,
       transcripts: deps.transcripts,
       event: (kind, detail) => this.#event(kind, detail),
@@ -368,14 +372,22 @@ export class CallSession {
 
   async #shutdown(outcome: CallOutcome, reason: string): Promise<void> {
     clearTimeout(this.#earlyFailureTimer);
-    this.#controller.abort(new Error(`Call ended: ${reason}`));
     this.#limits.stop();
     this.#telemetry.stop();
-    this.#rx?.stop({ flush: outcome === "completed" });
     this.#tx?.stop();
+    const speech = this.#speech;
+    if (outcome === "completed" && speech !== null) {
+      // The caller hung up: STT gets the audio still queued and ends its stream cleanly, so the
+      // caller's last words are transcribed and reach the agent (and the record) before it closes.
+      this.#rx?.stop({ flush: true });
+      await closeCapped("speech", () => speech.close(), this.#log);
+      await settlesWithin(this.#speechConsumed, CLOSE_STEP_CAP_MS);
+    } else {
+      this.#rx?.stop({ flush: false });
+    }
+    this.#controller.abort(new Error(`Call ended: ${reason}`));
     const agent = this.#agent;
     if (agent !== null) await closeCapped("agent", () => agent.close(), this.#log);
-    const speech = this.#speech;
     if (speech !== null) await closeCapped("speech", () => speech.close(), this.#log);
     if (this.#socket.readyState <= WebSocket.OPEN) {
       try {
