@@ -49,3 +49,45 @@ export function silence(ms: number): Uint8Array {
     MULAW_SILENCE,
   );
 }
+
+/** Base64 characters of one 160-byte frame (53 full groups and one padded group). */
+export const FRAME_BASE64_CHARS = 216;
+
+/**
+ * A call's inbound frame memory: `slots` frames of 160 bytes in one buffer, handed out round-robin,
+ * so decoding 50 frames a second allocates nothing. A frame stays valid until `slots` more frames
+ * have been decoded: size it above everything that may hold frames at once (the RX queue's media
+ * capacity) and copy what must live longer.
+ */
+export class FrameSlab {
+  readonly #views: Uint8Array[];
+  #next = 0;
+
+  constructor(slots: number) {
+    if (!Number.isInteger(slots) || slots < 2) {
+      throw new RangeError(`Cannot create a frame slab of "${slots}" slots`);
+    }
+    const memory = new Uint8Array(slots * FRAME_BYTES);
+    this.#views = Array.from(
+      { length: slots },
+      (_, i) => memory.subarray(i * FRAME_BYTES, (i + 1) * FRAME_BYTES),
+    );
+  }
+
+  get slots(): number {
+    return this.#views.length;
+  }
+
+  /**
+   * Decodes `base64` into the next slot when it is exactly one frame; null otherwise (the caller
+   * allocates). Throws SyntaxError when it is not base64 (the slot is not handed out then).
+   */
+  decodeBase64(base64: string): Uint8Array | null {
+    if (base64.length !== FRAME_BASE64_CHARS) return null;
+    const view = this.#views[this.#next];
+    const { read, written } = view.setFromBase64(base64);
+    if (read !== base64.length || written !== FRAME_BYTES) return null;
+    this.#next = this.#next + 1 === this.#views.length ? 0 : this.#next + 1;
+    return view;
+  }
+}

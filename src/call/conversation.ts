@@ -107,8 +107,9 @@ class Conversation implements CallAgent {
   }
 
   onDtmf(digit: string): void {
-    // The session already recorded the dtmf event; recording it here too stored it twice.
-    this.#ctx.log.info("DTMF", "", { digit });
+    // The session records the event (the store keeps the digit). Digits can be personal data
+    // (card or ID numbers), so the log carries them only where transcripts are logged.
+    this.#ctx.log.info("DTMF", "", this.#deps.log.transcripts ? { digit } : {});
   }
 
   async close(): Promise<void> {
