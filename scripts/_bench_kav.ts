@@ -47,7 +47,9 @@ if (import.meta.main) {
     const probe = setInterval(() => {
       const now = performance.now();
       if (now - expected > 20) {
-        console.error(`${new Date().toISOString()} [LAG] stalled_ms=${(now - expected).toFixed(1)}`);
+        console.error(
+          `${new Date().toISOString()} [LAG] stalled_ms=${(now - expected).toFixed(1)}`,
+        );
       }
       expected = now + 5;
     }, 5);

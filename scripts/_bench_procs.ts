@@ -248,7 +248,9 @@ export function startGenerator(options: {
     }
     const status = await child.status;
     placed.resolve();
-    if (result === null) throw new Error(`Cannot read a load report: generator exited ${status.code}`);
+    if (result === null) {
+      throw new Error(`Cannot read a load report: generator exited ${status.code}`);
+    }
     return result;
   })();
   report.catch(() => placed.resolve());

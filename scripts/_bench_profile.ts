@@ -91,6 +91,8 @@ if (import.meta.main) {
   await Deno.writeTextFile(out, JSON.stringify(profile));
   console.log(`wrote ${out}`);
   for (const f of topFunctions(profile, 40)) {
-    console.log(`${String(f.pct).padStart(5)}%  ${String(f.selfMs).padStart(8)} ms  ${f.name}  ${f.where}`);
+    console.log(
+      `${String(f.pct).padStart(5)}%  ${String(f.selfMs).padStart(8)} ms  ${f.name}  ${f.where}`,
+    );
   }
 }

@@ -81,7 +81,9 @@ export function stepExtras(
   return steps.map((s, i) => {
     const prev = i > 0 ? steps[i - 1] : null;
     return {
-      addedCpuPct: prev === null ? null : round2((s.kav.cpuPct - prev.kav.cpuPct) / (s.calls - prev.calls)),
+      addedCpuPct: prev === null
+        ? null
+        : round2((s.kav.cpuPct - prev.kav.cpuPct) / (s.calls - prev.calls)),
       rssPerCallMiB: round2((s.kav.rssMiB - idleRssMiB) / s.calls),
       server: server.get(s) ?? null,
     };
@@ -96,7 +98,9 @@ export function formatSteps(steps: readonly StepResult[], extras: readonly StepE
   );
   const notes = steps.flatMap((s) =>
     s.failures.map((f) => `  ${s.label} ${s.calls}: ${f}`).concat(
-      s.outcome.errorKinds.slice(0, 3).map((k) => `  ${s.label} ${s.calls}: x${k.count} ${k.message}`),
+      s.outcome.errorKinds.slice(0, 3).map((k) =>
+        `  ${s.label} ${s.calls}: x${k.count} ${k.message}`
+      ),
     )
   );
   return [header, ...rows, ...notes].join("\n");

@@ -3,12 +3,7 @@
  * window while all of them are up, then checked against SPEC section 5's invariants.
  */
 import type { LoadReport } from "./_bench_load.ts";
-import {
-  coreBusyPct,
-  coreTicks,
-  processCpuSeconds,
-  processRssMiB,
-} from "./_bench_proc.ts";
+import { coreBusyPct, coreTicks, processCpuSeconds, processRssMiB } from "./_bench_proc.ts";
 import {
   type KavCounters,
   type KavProcess,
@@ -24,7 +19,7 @@ import type { WebhookWindow } from "./_bench_webhook.ts";
 export const TX_P99_RANGE_MS = [17, 23] as const;
 export const WEBHOOK_P99_LIMIT_MS = 5;
 /** Calls per generator process (one process cannot drive 800 calls on a shared core). */
-export const CALLS_PER_GENERATOR = 200;
+export const CALLS_PER_GENERATOR = Number(Deno.env.get("KAV_BENCH_CALLS_PER_GENERATOR") ?? 200);
 
 export interface StepOptions {
   readonly label: string;
@@ -52,6 +47,8 @@ export interface StepResult {
   readonly calls: number;
   /** All invariants held. */
   readonly held: boolean;
+  /** Calls failed or frames were lost (not just a timing invariant missed). */
+  readonly hardFailure: boolean;
   readonly failures: readonly string[];
   /** Epoch ms of the step's start and end (to find its turns in the store). */
   readonly startedAt: number;
@@ -75,7 +72,11 @@ export interface StepResult {
   readonly webhook: WebhookWindow;
   readonly greetingFirstFrameMs: Spread;
   readonly answerMs: Spread;
-  readonly inbound: { readonly sent: number; readonly kavReceived: number; readonly dropped: number };
+  readonly inbound: {
+    readonly sent: number;
+    readonly kavReceived: number;
+    readonly dropped: number;
+  };
   readonly agent: { readonly kavSent: number; readonly received: number; readonly dropped: number };
   readonly outcome: {
     readonly ok: number;
@@ -194,19 +195,26 @@ export async function runStep(
   const failures: string[] = [];
   if (ok !== o.calls) failures.push(`${o.calls - ok} of ${o.calls} calls incomplete`);
   if (inbound.dropped !== 0 || inbound.kavReceived !== inbound.sent) {
-    failures.push(`inbound: ${inbound.sent} sent, ${inbound.kavReceived} received, ${inbound.dropped} dropped`);
+    failures.push(
+      `inbound: ${inbound.sent} sent, ${inbound.kavReceived} received, ${inbound.dropped} dropped`,
+    );
   }
-  if (agent.dropped !== 0) failures.push(`agent frames: ${agent.kavSent} sent, ${received} received`);
+  if (agent.dropped !== 0) {
+    failures.push(`agent frames: ${agent.kavSent} sent, ${received} received`);
+  }
   if (!(tx.p99 >= TX_P99_RANGE_MS[0] && tx.p99 <= TX_P99_RANGE_MS[1])) {
     failures.push(`TX p99 ${tx.p99} ms outside ${TX_P99_RANGE_MS.join("-")} ms`);
   }
   if (!(webhook.p99 < WEBHOOK_P99_LIMIT_MS) || webhook.errors > 0) {
     failures.push(`status callback p99 ${webhook.p99} ms, ${webhook.errors} errors`);
   }
+  const hardFailure = ok !== o.calls || inbound.dropped !== 0 ||
+    inbound.kavReceived !== inbound.sent || agent.dropped !== 0;
   return {
     label: o.label,
     calls: o.calls,
     held: failures.length === 0,
+    hardFailure,
     failures,
     startedAt,
     endedAt,

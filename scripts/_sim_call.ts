@@ -183,7 +183,10 @@ function parseOutbound(raw: string, streamSid: string): Outbound {
         const payload = data.media.payload;
         return {
           event: "media",
-          bytes: base64Bytes(payload.length, payload.endsWith("==") ? 2 : payload.endsWith("=") ? 1 : 0),
+          bytes: base64Bytes(
+            payload.length,
+            payload.endsWith("==") ? 2 : payload.endsWith("=") ? 1 : 0,
+          ),
         };
       }
       return { event: "invalid", why: "bad media shape" };
@@ -292,7 +295,9 @@ class SimCall {
         this.#turns.every((t) => t.answered),
       greeting: {
         received: greetingOk,
-        firstFrameMs: Number.isNaN(this.#firstFrameAt) ? null : this.#firstFrameAt - this.#startSentAt,
+        firstFrameMs: Number.isNaN(this.#firstFrameAt)
+          ? null
+          : this.#firstFrameAt - this.#startSentAt,
         frames: this.#greetingFrames,
       },
       turns: this.#turns,
@@ -330,11 +335,15 @@ class SimCall {
     const opened = Promise.withResolvers<void>();
     socket.addEventListener("open", () => opened.resolve(), { once: true });
     socket.addEventListener("error", () => {
-      opened.reject(new Error(`Cannot open WebSocket for stream ${JSON.stringify(twiml.streamUrl)}`));
+      opened.reject(
+        new Error(`Cannot open WebSocket for stream ${JSON.stringify(twiml.streamUrl)}`),
+      );
     }, { once: true });
     socket.addEventListener("close", (event) => {
       if (!this.#closedByUs && this.#phase !== "done") {
-        this.#error(`Kav closed the socket (code ${event.code}${event.reason ? ` ${event.reason}` : ""})`);
+        this.#error(
+          `Kav closed the socket (code ${event.code}${event.reason ? ` ${event.reason}` : ""})`,
+        );
       }
       this.#finished.resolve();
     });
@@ -451,7 +460,9 @@ class SimCall {
       line: line.name,
       text: line.text,
       answered,
-      answerLatencyMs: Number.isNaN(this.#answerFirstAt) ? null : this.#answerFirstAt - this.#lineEndAt,
+      answerLatencyMs: Number.isNaN(this.#answerFirstAt)
+        ? null
+        : this.#answerFirstAt - this.#lineEndAt,
       answerFrames: this.#answerFrames,
       marks: this.#answerMarks,
     });

@@ -6,7 +6,13 @@ import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { frameAt, frameCount } from "../src/audio/frames.ts";
 import { RealtimeScheduler } from "../src/call/scheduler.ts";
-import { type CallerLine, type CallResult, newTotals, runCall, type SimTotals } from "./_sim_call.ts";
+import {
+  type CallerLine,
+  type CallResult,
+  newTotals,
+  runCall,
+  type SimTotals,
+} from "./_sim_call.ts";
 import { type IntervalSummary, MsHistogram, quantile, round1 } from "./_sim_stats.ts";
 import type { KavTarget } from "./_sim_twilio.ts";
 

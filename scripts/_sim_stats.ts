@@ -4,8 +4,8 @@
  * for arrays of figures.
  */
 
-/** Bin width, ms. */
-const BIN_MS = 0.1;
+/** Bins per millisecond (0.1 ms bins; edges computed as i / 10 to stay exact in decimal). */
+const PER_MS = 10;
 
 /** Counts millisecond samples in 0.1 ms bins up to `maxMs`; larger samples share one top bin. */
 export class MsHistogram {
@@ -17,7 +17,7 @@ export class MsHistogram {
 
   /** `maxMs`: the exact range (default 250 ms, 10 KB of bins). */
   constructor(maxMs = 250) {
-    this.#bins = new Uint32Array(Math.ceil(maxMs / BIN_MS) + 1);
+    this.#bins = new Uint32Array(Math.ceil(maxMs * PER_MS) + 1);
   }
 
   get count(): number {
@@ -36,7 +36,7 @@ export class MsHistogram {
 
   add(ms: number): void {
     const top = this.#bins.length - 1;
-    let bin = Math.floor(ms / BIN_MS);
+    let bin = Math.floor(ms * PER_MS);
     if (bin < 0) bin = 0;
     else if (bin > top) bin = top;
     this.#bins[bin]++;
@@ -50,7 +50,9 @@ export class MsHistogram {
   merge(other: MsHistogram): void {
     const bins = other.#bins;
     if (bins.length !== this.#bins.length) {
-      throw new RangeError(`Cannot merge histograms of ${bins.length} and ${this.#bins.length} bins`);
+      throw new RangeError(
+        `Cannot merge histograms of ${bins.length} and ${this.#bins.length} bins`,
+      );
     }
     for (let i = 0; i < bins.length; i++) this.#bins[i] += bins[i];
     this.#count += other.#count;
@@ -70,7 +72,7 @@ export class MsHistogram {
     const top = this.#bins.length - 1;
     for (let i = 0; i <= top; i++) {
       seen += this.#bins[i];
-      if (seen >= rank) return i === top ? this.#max : Math.min((i + 1) * BIN_MS, this.#max);
+      if (seen >= rank) return i === top ? this.#max : Math.min((i + 1) / PER_MS, this.#max);
     }
     return this.#max;
   }
@@ -78,7 +80,7 @@ export class MsHistogram {
   /** Samples above `ms` (bin resolution). */
   countAbove(ms: number): number {
     let n = 0;
-    for (let i = Math.floor(ms / BIN_MS) + 1; i < this.#bins.length; i++) n += this.#bins[i];
+    for (let i = Math.floor(ms * PER_MS) + 1; i < this.#bins.length; i++) n += this.#bins[i];
     return n;
   }
 
@@ -86,7 +88,7 @@ export class MsHistogram {
   shareBelow(ms: number): number {
     if (this.#count === 0) return NaN;
     let n = 0;
-    const last = Math.min(this.#bins.length - 1, Math.floor(ms / BIN_MS));
+    const last = Math.min(this.#bins.length - 1, Math.floor(ms * PER_MS));
     for (let i = 0; i <= last; i++) n += this.#bins[i];
     return n / this.#count;
   }
@@ -94,7 +96,9 @@ export class MsHistogram {
   /** A compact JSON form (non-empty bins only), for sending between processes. */
   toJSON(): HistogramJson {
     const bins: [number, number][] = [];
-    for (let i = 0; i < this.#bins.length; i++) if (this.#bins[i] > 0) bins.push([i, this.#bins[i]]);
+    for (let i = 0; i < this.#bins.length; i++) {
+      if (this.#bins[i] > 0) bins.push([i, this.#bins[i]]);
+    }
     return {
       size: this.#bins.length,
       bins,
@@ -107,7 +111,7 @@ export class MsHistogram {
 
   /** Rebuilds a histogram from `toJSON()`. */
   static fromJSON(json: HistogramJson): MsHistogram {
-    const h = new MsHistogram((json.size - 1) * BIN_MS);
+    const h = new MsHistogram((json.size - 1) / PER_MS);
     for (const [i, n] of json.bins) h.#bins[i] = n;
     h.#count = json.count;
     h.#sum = json.sum;

@@ -156,7 +156,9 @@ export function callerLines(audioPath: string | null): CallerLine[] {
   const bytes = Deno.readFileSync(audioPath);
   const isWav = bytes.length >= 12 && new TextDecoder().decode(bytes.subarray(0, 4)) === "RIFF";
   const mulaw = isWav ? parseWav(bytes).mulaw : bytes;
-  if (mulaw.length === 0) throw new RangeError(`Cannot play ${JSON.stringify(audioPath)}: no audio`);
+  if (mulaw.length === 0) {
+    throw new RangeError(`Cannot play ${JSON.stringify(audioPath)}: no audio`);
+  }
   return [encodeLine(basename(audioPath), "", mulaw)];
 }
 

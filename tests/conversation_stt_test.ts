@@ -99,7 +99,10 @@ Deno.test("conversation: refused streaming falls back to Recognize with the medi
       // Primary refused 3 times, then the fallback endpoint 3 times, then Recognize did the work.
       assert.equal(speech.stats.refused, 3);
       assert.equal(fallback.stats.refused, 3);
-      assert.equal(speech.stats.streams.length + fallback.stats.streams.length, 6);
+      // Then at most one streaming retry, after the utterance was recognized (stt_recovery_test.ts).
+      const opened = [...speech.stats.streams, ...fallback.stats.streams];
+      assert.equal(opened.filter((s) => s.status === "refused").length, 6);
+      assert.ok(opened.length <= 7, `${opened.length} streams`);
       const recognized = [...speech.stats.recognizeCalls, ...fallback.stats.recognizeCalls]
         .flatMap((c) => c.texts);
       assert.deepEqual(recognized, [hours.text]);

@@ -188,3 +188,54 @@ Deno.test("parseInbound() round-trips any media payload", () => {
     }),
   );
 });
+
+Deno.test("parseInbound() gives the same result on its media fast path as on the JSON path", () => {
+  // Pretty-printing the same JSON forces the general path (the fast path needs Twilio's exact
+  // layout, no whitespace), so it is the reference for any text.
+  const reference = (text: string) => {
+    let value: unknown;
+    try {
+      value = JSON.parse(text);
+    } catch {
+      return { ok: false, reason: "invalid_json" };
+    }
+    const result = parseInbound(JSON.stringify(value, null, 1));
+    return result.ok ? result : { ok: false, reason: result.reason };
+  };
+  const outcome = (text: string) => {
+    const result = parseInbound(text);
+    return result.ok ? result : { ok: false, reason: result.reason };
+  };
+  const counter = fc.oneof(
+    fc.nat({ max: 1e6 }).map(String),
+    fc.constantFrom("", "007", "1e3", "-1", "1.5", " 1", "9999999999999999"),
+    fc.string({ maxLength: 4 }),
+  );
+  const text = fc.oneof(fc.constantFrom(SID, "inbound", ""), fc.string({ maxLength: 12 }));
+  const payload = fc.oneof(
+    fc.uint8Array({ maxLength: 200 }).map((b) => b.toBase64()),
+    fc.constantFrom("@@", "AA\nAA", "AA AA", "AAA=", "=", 'A"A'),
+    fc.string({ maxLength: 8 }),
+  );
+  const escaped = (s: string) => JSON.stringify(s).slice(1, -1);
+  fc.assert(
+    fc.property(
+      counter,
+      text,
+      text,
+      counter,
+      counter,
+      payload,
+      fc.boolean(),
+      (seq, sid, track, chunk, ts, b64, raw) => {
+        // `raw` inserts values unescaped (invalid JSON when they hold quotes or controls).
+        const v = raw ? (s: string) => s : escaped;
+        const message = `{"event":"media","sequenceNumber":"${v(seq)}","streamSid":"${v(sid)}",` +
+          `"media":{"track":"${v(track)}","chunk":"${v(chunk)}","timestamp":"${v(ts)}",` +
+          `"payload":"${v(b64)}"}}`;
+        assert.deepEqual(outcome(message), reference(message));
+      },
+    ),
+    { numRuns: 2000 },
+  );
+});

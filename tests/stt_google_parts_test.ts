@@ -10,7 +10,10 @@ import { AudioRing } from "../src/stt/_audio_ring.ts";
 import { EventQueue } from "../src/stt/_event_queue.ts";
 import { GrpcCode, parseEndpoint, toProviderError } from "../src/stt/_grpc.ts";
 import { durationMs, readResponse } from "../src/stt/_response.ts";
+import { createLogger } from "../src/observe/log.ts";
+import { RecognizeWorker } from "../src/stt/_recognize_worker.ts";
 import { levelDbfs, Segmenter } from "../src/stt/_segmenter.ts";
+import type { SttEvent } from "../src/stt/types.ts";
 import { ClipMatcher, findClips } from "./support/_clip_matcher.ts";
 import { type Clip, loadClips } from "./support/_protos.ts";
 
@@ -85,6 +88,124 @@ Deno.test("Segmenter ignores clicks, cuts overlong speech and flushes the last u
   const last = open.flush();
   assert.ok(last !== null && contains(last, CLIPS[0].audio));
   assert.ok(levelDbfs(silence(20)) <= -119 && levelDbfs(CLIPS[0].audio) > -40);
+});
+
+/** Loud pseudo-random μ-law bytes (a burst of "speech") from a seed. */
+function noise(ms: number, seed: number): Uint8Array {
+  const out = new Uint8Array(ms * 8);
+  let x = seed >>> 0 || 1;
+  for (let i = 0; i < out.length; i++) {
+    x = (Math.imul(x, 1664525) + 1013904223) >>> 0;
+    out[i] = (x >>> 24) & 0x7f ^ 0x40; // never a near-silent code
+  }
+  return out;
+}
+
+function indexOfBytes(haystack: Uint8Array, needle: Uint8Array, from: number): number {
+  const found = findClips([{ name: "n", text: "n", audio: needle }], haystack.subarray(from));
+  return found.length === 0 ? -1 : from + found[0].end - needle.length;
+}
+
+Deno.test("Segmenter.openFrom marks where the audio not yet in an utterance begins", () => {
+  const part = fc.oneof(
+    fc.record({ kind: fc.constant("silence"), ms: fc.integer({ min: 0, max: 1500 }) }),
+    fc.record({ kind: fc.constant("speech"), ms: fc.integer({ min: 120, max: 900 }) }),
+  );
+  fc.assert(
+    fc.property(
+      fc.array(part, { minLength: 1, maxLength: 8 }),
+      fc.array(fc.integer({ min: 1, max: 700 }), { minLength: 1, maxLength: 8 }),
+      fc.integer({ min: 0, max: 100 }),
+      (parts, sizes, cutPercent) => {
+        const speech: [number, number][] = [];
+        const pieces: Uint8Array[] = [];
+        let length = 0;
+        parts.forEach((p, i) => {
+          const bytes = p.kind === "silence" ? silence(p.ms) : noise(p.ms, i + 1);
+          if (p.kind === "speech") speech.push([length, length + bytes.length]);
+          pieces.push(bytes);
+          length += bytes.length;
+        });
+        const audio = concat(...pieces);
+        const cut = Math.floor(audio.length * cutPercent / 100);
+        const segmenter = new Segmenter();
+        const covered: [number, number][] = [];
+        let pushed = 0;
+        let previous = 0;
+        for (let k = 0; pushed < cut; k++) {
+          const n = Math.min(sizes[k % sizes.length], cut - pushed);
+          const before = segmenter.openFrom;
+          const wasInSpeech = segmenter.inSpeech;
+          const utterances = segmenter.push(audio.subarray(pushed, pushed + n));
+          pushed += n;
+          const after = segmenter.openFrom;
+          assert.ok(before >= previous && after >= before && after <= pushed, "monotonic");
+          previous = after;
+          let from = before;
+          utterances.forEach((u, i) => {
+            const at = indexOfBytes(audio, u, from);
+            assert.ok(at >= 0, "an utterance is a slice of the audio");
+            if (i === 0 && wasInSpeech) assert.equal(at, before, "it began at openFrom");
+            assert.ok(at + u.length <= after, "it ends before the new openFrom");
+            covered.push([at, at + u.length]);
+            from = at + u.length;
+          });
+        }
+        // Nothing lost: speech before openFrom is in a returned utterance.
+        const openFrom = segmenter.openFrom;
+        for (const [start, end] of speech) {
+          for (let b = start; b < Math.min(end, openFrom); b += 80) {
+            assert.ok(covered.some(([s, e]) => s <= b && b < e), `speech byte ${b} covered`);
+          }
+        }
+        // Nothing repeated: what is not settled is exactly the utterance in progress.
+        const inSpeech = segmenter.inSpeech;
+        const rest = segmenter.flush();
+        if (inSpeech) {
+          // null: too little speech so far to be an utterance (flush drops it as noise).
+          if (rest !== null) assert.deepEqual(rest, audio.subarray(openFrom, cut));
+        } else {
+          assert.equal(rest, null);
+          assert.ok(cut - openFrom <= 300 * 8 + 160, "only the preroll and a partial window");
+        }
+      },
+    ),
+    { numRuns: 150 },
+  );
+});
+
+Deno.test("RecognizeWorker.retire() forgets the utterance being cut, not the queued ones", async () => {
+  const calls: number[] = [];
+  let release: () => void = () => {};
+  const gate = new Promise<void>((resolve) => release = resolve);
+  const events: SttEvent[] = [];
+  const abort = new AbortController();
+  const worker = new RecognizeWorker({
+    recognize: async (audio) => {
+      calls.push(audio.length);
+      await gate;
+      return [{ text: `utterance ${calls.length}`, confidence: 0.9 }];
+    },
+    emit: (event) => events.push(event),
+    log: createLogger(() => {}),
+    signal: abort.signal,
+    maxPending: 4,
+  });
+  assert.equal(worker.idle, true);
+  worker.push(concat(silence(400), noise(500, 7), silence(700))); // one utterance, queued
+  assert.equal(calls.length, 1);
+  assert.equal(worker.idle, false, "a Recognize call is in flight");
+  worker.push(concat(silence(100), noise(300, 9))); // a second one, being cut
+  // The first utterance ended after its 600 ms hangover (at 1500 ms); the 200 ms of silence since
+  // are the second one's preroll, so it begins there.
+  assert.equal(worker.openFrom, 1500 * 8);
+  worker.retire();
+  worker.push(silence(800)); // ignored: would have ended the second utterance
+  release();
+  await worker.drain(5000);
+  assert.deepEqual(calls.length, 1, "the utterance being cut was never sent");
+  assert.deepEqual(events.map((e) => e.type === "final" ? e.text : e.type), ["utterance 1"]);
+  assert.equal(worker.idle, true);
 });
 
 Deno.test("EventQueue drops the oldest when full and ends after draining", async () => {

@@ -7,137 +7,26 @@
 import assert from "node:assert/strict";
 import * as grpc from "@grpc/grpc-js";
 import { v1 } from "@google-cloud/speech";
-import type { SttConfig } from "../src/config/types.ts";
-import { createLogger } from "../src/observe/log.ts";
-import { createGoogleStt, type GoogleSttOptions } from "../src/stt/google.ts";
 import { gaxClientOptions } from "../src/stt/_grpc.ts";
-import type { SpeechSession, SttEvent, SttProvider } from "../src/stt/types.ts";
-import { type Clip, loadClips } from "./support/_protos.ts";
-import { type SpeechServer, startSpeechServer } from "./support/speech_server.ts";
+import {
+  clip,
+  CLIPS,
+  concat,
+  feed,
+  finals,
+  openSession,
+  silence,
+  sleep,
+  sttConfig,
+  waitFor,
+  withServer,
+} from "./support/stt_harness.ts";
 
-const CLIPS: Clip[] = loadClips(new URL("./fixtures/clips.json", import.meta.url).pathname);
 const [APPOINTMENT, HOURS, GOODBYE, TOMORROW] = ["appointment", "hours", "goodbye", "tomorrow"]
-  .map((name) => CLIPS.find((c) => c.name === name) as Clip);
+  .map(clip);
 const TEST = { sanitizeOps: true, sanitizeResources: true };
-
-function silence(ms: number): Uint8Array {
-  return new Uint8Array(ms * 8).fill(0xff); // μ-law digital silence
-}
-
-function concat(...parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let at = 0;
-  for (const part of parts) {
-    out.set(part, at);
-    at += part.length;
-  }
-  return out;
-}
-
-function sleep(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
-}
-
-function sttConfig(
-  endpoint: string,
-  overrides: Partial<SttConfig["google"]> = {},
-  restartAfterS = 290,
-): SttConfig {
-  return {
-    provider: "google",
-    batch_ms: 40,
-    partial_debounce_ms: 90,
-    timeout_ms: 320,
-    vad_hangover_ms: 180,
-    restart_after_s: restartAfterS,
-    google: {
-      endpoint,
-      fallback_endpoint: null,
-      insecure: true,
-      model: "phone_call",
-      use_enhanced: true,
-      ...overrides,
-    },
-  };
-}
-
-interface Harness {
-  readonly stt: SttProvider;
-  readonly session: SpeechSession;
-  readonly events: SttEvent[];
-  readonly lines: string[];
-  readonly abort: AbortController;
-  /** Closes the session and provider and waits for the results iterator to finish. */
-  finish(): Promise<void>;
-}
-
-function openSession(config: SttConfig, options: GoogleSttOptions = {}): Harness {
-  const lines: string[] = [];
-  const log = createLogger((line) => lines.push(line));
-  const stt = createGoogleStt(config, { log, ...options });
-  const abort = new AbortController();
-  const session = stt.open({
-    language: "he-IL",
-    signal: abort.signal,
-    log: log.child({ call: "CAtest" }),
-  });
-  const events: SttEvent[] = [];
-  const reading = (async () => {
-    for await (const event of session.results()) events.push(event);
-  })();
-  return {
-    stt,
-    session,
-    events,
-    lines,
-    abort,
-    async finish() {
-      await session.close();
-      await reading;
-      await stt.close();
-    },
-  };
-}
-
-/** Writes 20 ms frames, `framesPerTick` every 20 ms (1 = real time), on absolute deadlines. */
-async function feed(session: SpeechSession, audio: Uint8Array, framesPerTick = 1): Promise<void> {
-  let next = performance.now();
-  for (let at = 0; at < audio.length; at += 160 * framesPerTick) {
-    for (let k = 0; k < framesPerTick; k++) {
-      const from = at + k * 160;
-      if (from < audio.length) {
-        session.write(audio.subarray(from, Math.min(from + 160, audio.length)));
-      }
-    }
-    next += 20;
-    const wait = next - performance.now();
-    if (wait > 0) await sleep(wait);
-  }
-}
-
-async function waitFor(what: string, condition: () => boolean, timeoutMs = 15_000): Promise<void> {
-  const deadline = performance.now() + timeoutMs;
-  while (!condition()) {
-    if (performance.now() > deadline) throw new Error(`Timed out waiting for ${what}`);
-    await sleep(20);
-  }
-}
-
-function finals(events: readonly SttEvent[]): string[] {
-  return events.flatMap((e) => e.type === "final" ? [e.text] : []);
-}
-
-async function withServer(
-  options: Parameters<typeof startSpeechServer>[0],
-  fn: (server: SpeechServer) => Promise<void>,
-): Promise<void> {
-  const server = await startSpeechServer(options);
-  try {
-    await fn(server);
-  } finally {
-    await server.close();
-  }
-}
+/** Tests of the first failover keep streaming retries (stt_recovery_test.ts) out of their way. */
+const NO_RESUME = { tuning: { resumeFirstMs: 60_000 } };
 
 Deno.test(
   "open() streams MULAW 8000 Hz he-IL phone_call audio in 40 ms batches, in order",
@@ -347,7 +236,7 @@ Deno.test(
     // Every stream fails (UNAVAILABLE) 100 ms after it starts, before any result.
     const script = { streamLimitMs: 100, streamLimitCode: grpc.status.UNAVAILABLE };
     await withServer({ clips: CLIPS, ...script }, async (server) => {
-      const h = openSession(sttConfig(server.address));
+      const h = openSession(sttConfig(server.address), NO_RESUME);
       await h.session.ready;
       await feed(h.session, silence(1500), 2);
       await waitFor("recognize mode", () => h.lines.some((l) => l.includes("per-utterance")));
@@ -428,7 +317,10 @@ Deno.test(
       await withServer({ clips: CLIPS }, async (fallback) => {
         primary.refuseStreams(100);
         fallback.refuseStreams(100);
-        const h = openSession(sttConfig(primary.address, { fallback_endpoint: fallback.address }));
+        const h = openSession(
+          sttConfig(primary.address, { fallback_endpoint: fallback.address }),
+          NO_RESUME,
+        );
         await h.session.ready;
         const call = concat(
           silence(300),

@@ -4,28 +4,28 @@
  * allows, so `write()` never waits) and the replay buffer: whenever the stream is replaced (age limit
  * at an utterance boundary, server error or end, open retry, fallback endpoint), the new stream starts
  * with the ring's audio, and a final trims the ring at its `resultEndTime`. So no word is lost and
- * none is recognized twice. When no stream can be opened, audio goes to per-utterance `Recognize`.
+ * none is recognized twice. When no stream can be opened, audio goes to per-utterance `Recognize`,
+ * and streaming is tried again from time to time (backing off) while no utterance is in progress;
+ * once a stream answers, the audio not yet in a recognized utterance is replayed into it.
  */
-import type { protos, v1 } from "@google-cloud/speech";
+import type { protos } from "@google-cloud/speech";
 import type { ProviderError } from "../errors.ts";
 import type { Logger } from "../observe/log.ts";
 import * as metrics from "../observe/metrics.ts";
 import { AudioRing } from "./_audio_ring.ts";
 import { EventQueue } from "./_event_queue.ts";
 import { GrpcCode, grpcCode, toProviderError } from "./_grpc.ts";
-import { type RecognizedText, RecognizeWorker } from "./_recognize_worker.ts";
+import { RecognizeMode } from "./_recognize_mode.ts";
+import type { RecognizedText } from "./_recognize_worker.ts";
 import { readResponse } from "./_response.ts";
 import { Segmenter } from "./_segmenter.ts";
+import type { Response, Stream } from "./_stream_probe.ts";
 import { Timers } from "./_timers.ts";
 import type { SttTuning } from "./_tuning.ts";
 import type { SpeechSession, SttEvent } from "./types.ts";
 
 /** Trailing silence replayed after a restart in a quiet moment: 200 ms of μ-law. */
 const QUIET_REPLAY_BYTES = 1600;
-
-/** google-gax's bidi stream (a Duplex with `cancel()`). */
-export type Stream = ReturnType<v1.SpeechClient["_streamingRecognize"]>;
-type Response = protos.google.cloud.speech.v1.IStreamingRecognizeResponse;
 
 export interface GoogleSessionDeps {
   /** Primary endpoint, then the fallback one if configured. */
@@ -48,7 +48,8 @@ export interface GoogleSessionDeps {
 
 /**
  * Modes: "streaming" (one gRPC stream at a time, replaced as needed), "recognize" (no stream could
- * be opened on any endpoint: energy-segmented utterances go to `Recognize`), "closed".
+ * be opened on any endpoint: energy-segmented utterances go to `Recognize`, and streaming is tried
+ * again now and then; see `_recognize_mode.ts`), "closed".
  */
 export class GoogleSpeechSession implements SpeechSession {
   readonly ready: Promise<void>;
@@ -64,6 +65,8 @@ export class GoogleSpeechSession implements SpeechSession {
   #mode: "streaming" | "recognize" | "closed" = "streaming";
   #endpoint = 0;
   #attempts = 0;
+  /** Open streams in a row that failed sooner than `minHealthyStreamMs` after they started. */
+  #youngDeaths = 0;
   #stream: Stream | null = null;
   #generation = 0;
   #opening = false;
@@ -73,10 +76,11 @@ export class GoogleSpeechSession implements SpeechSession {
   #sent = 0;
   #blocked = false;
   #partialPending = false;
-  #worker: RecognizeWorker | null = null;
+  readonly #fallback: RecognizeMode;
   #closing: Promise<void> | null = null;
   #ending = false;
-  #workerAbort: AbortController | null = null;
+  /** Aborts every `Recognize` call at shutdown. */
+  readonly #recognizeAbort = new AbortController();
   #closed: (() => void) | null = null;
   readonly #onAbort = () => this.#shutdown();
 
@@ -86,6 +90,17 @@ export class GoogleSpeechSession implements SpeechSession {
     this.#events = new EventQueue(deps.tuning.eventCapacity);
     this.#batch = new Uint8Array(deps.batchBytes);
     this.ready = new Promise((resolve) => this.#resolveReady = resolve);
+    this.#fallback = new RecognizeMode({
+      ring: this.#ring,
+      recognize: deps.recognize,
+      emit: (event) => this.#events.push(event),
+      probe: deps,
+      onStream: (stream, endpoint, first) => this.#resume(stream, endpoint, first),
+      tuning: deps.tuning,
+      timers: this.#timers,
+      log: deps.log,
+      signal: this.#recognizeAbort.signal,
+    });
     if (deps.signal.aborted) {
       this.#shutdown();
       return;
@@ -127,16 +142,17 @@ export class GoogleSpeechSession implements SpeechSession {
   async #close(): Promise<void> {
     this.#ending = true;
     this.#flushBatch();
-    if (this.#mode === "recognize" && this.#worker) {
-      await this.#worker.drain(this.#deps.tuning.closeTimeoutMs);
-    } else if (this.#mode === "streaming" && (this.#stream || this.#opening)) {
+    const { closeTimeoutMs } = this.#deps.tuning;
+    // Recognize mode's last utterance, and any queued before streaming resumed.
+    const waits = [this.#fallback.drain(closeTimeoutMs)];
+    if (this.#mode === "streaming" && (this.#stream || this.#opening)) {
       // Half-close once the ring is sent, then wait for the last finals (bounded).
       const finished = new Promise<void>((resolve) => this.#closed = resolve);
-      const timer = this.#timers.later(this.#deps.tuning.closeTimeoutMs, () => this.#closed?.());
+      const timer = this.#timers.later(closeTimeoutMs, () => this.#closed?.());
       this.#pump();
-      await finished;
-      this.#timers.cancel(timer);
+      waits.push(finished.then(() => this.#timers.cancel(timer)));
     }
+    await Promise.all(waits);
     this.#shutdown();
   }
 
@@ -146,7 +162,8 @@ export class GoogleSpeechSession implements SpeechSession {
     this.#mode = "closed";
     this.#deps.signal.removeEventListener("abort", this.#onAbort);
     this.#detach();
-    this.#workerAbort?.abort();
+    this.#fallback.stop();
+    this.#recognizeAbort.abort();
     this.#timers.clear();
     this.#closed?.();
     this.#events.end();
@@ -157,11 +174,11 @@ export class GoogleSpeechSession implements SpeechSession {
     if (this.#batchFill === 0) return;
     const chunk = this.#batch.slice(0, this.#batchFill);
     this.#batchFill = 0;
+    this.#ring.append(chunk);
     if (this.#mode === "recognize") {
-      this.#worker?.push(chunk);
+      this.#fallback.push(chunk);
       return;
     }
-    this.#ring.append(chunk);
     this.#pump();
   }
 
@@ -206,7 +223,8 @@ export class GoogleSpeechSession implements SpeechSession {
     });
   }
 
-  #attach(stream: Stream): void {
+  /** `configSent`: a probe already wrote the streaming config. */
+  #attach(stream: Stream, configSent = false): void {
     this.#opening = false;
     this.#stream = stream;
     this.#open = false;
@@ -219,7 +237,7 @@ export class GoogleSpeechSession implements SpeechSession {
     stream.on("data", (response: Response) => this.#onData(stream, response));
     stream.on("error", (error: unknown) => this.#onFailure(stream, error));
     stream.on("end", () => this.#onFailure(stream, null));
-    stream.write({ streamingConfig: this.#deps.streamingConfig });
+    if (!configSent) stream.write({ streamingConfig: this.#deps.streamingConfig });
     this.#pump();
   }
 
@@ -269,12 +287,21 @@ export class GoogleSpeechSession implements SpeechSession {
     }
     const endpoint = this.#deps.endpoints[this.#endpoint];
     const failure = error ?? { code: GrpcCode.UNKNOWN, details: "Stream ended by the server" };
+    const { minHealthyStreamMs } = this.#deps.tuning;
     const providerError = toProviderError("stt", `Cannot stream speech at "${endpoint}"`, failure);
     metrics.providerError("stt", providerError.category);
     // A stream that dies right after opening, with no result, counts as a failed open (backoff,
     // fallback), so a server that keeps refusing mid-stream cannot make us replay in a tight loop.
-    const lived = this.#deps.now() - this.#startedAt;
-    if (!this.#open || (this.#attempts > 0 && lived < this.#deps.tuning.minHealthyStreamMs)) {
+    // Results do not prove much (replayed audio gives some at once): streams that keep dying young
+    // also end in a failed open, with no retry left on this endpoint.
+    const young = this.#deps.now() - this.#startedAt < minHealthyStreamMs;
+    if (this.#open) this.#youngDeaths = young ? this.#youngDeaths + 1 : 0;
+    // A stream that lived proves streaming works: a later recognize period starts its backoff anew.
+    if (this.#open && !young) this.#fallback.resetBackoff();
+    if (this.#open && young && this.#youngDeaths >= this.#deps.tuning.openAttempts) {
+      this.#attempts = this.#deps.tuning.openAttempts;
+      this.#openFailed(providerError);
+    } else if (!this.#open || (this.#attempts > 0 && young)) {
       this.#openFailed(providerError);
     } else if (grpcCode(error) === GrpcCode.OUT_OF_RANGE) {
       this.#replace("duration_limit");
@@ -302,6 +329,7 @@ export class GoogleSpeechSession implements SpeechSession {
     } else if (this.#endpoint + 1 < endpoints.length) {
       this.#endpoint++;
       this.#attempts = 0;
+      this.#youngDeaths = 0;
       this.#events.push({ type: "error", error, fatal: false });
       log.warn("STT", "using fallback endpoint", { endpoint: endpoints[this.#endpoint] });
       this.#startStream();
@@ -337,29 +365,33 @@ export class GoogleSpeechSession implements SpeechSession {
   }
 
   #enterRecognize(error: ProviderError): void {
-    const { log, tuning, recognize } = this.#deps;
     this.#mode = "recognize";
-    this.#workerAbort = new AbortController();
-    this.#events.push({ type: "error", error, fatal: false });
-    log.warn("STT", "streaming unavailable, using per-utterance recognize", {
-      category: error.category,
-    });
-    const worker = new RecognizeWorker({
-      recognize,
-      emit: (event) => this.#events.push(event),
-      log,
-      signal: this.#workerAbort.signal,
-      maxPending: tuning.maxPendingUtterances,
-    });
-    this.#worker = worker;
-    // Audio not yet covered by a final goes first, so nothing said while failing over is lost.
-    for (let at = this.#ring.begin; at < this.#ring.end;) {
-      const chunk = this.#ring.read(at, this.#ring.end - at);
-      worker.push(chunk);
-      at += chunk.length;
-    }
-    this.#ring.trimTo(this.#ring.end);
+    this.#youngDeaths = 0;
+    this.#fallback.enter(error);
     this.#markReady();
+  }
+
+  /**
+   * A streaming retry's stream answered (headers seen, config sent): back to streaming. The ring
+   * holds the audio from where `Recognize` stopped, and is replayed into the stream.
+   */
+  #resume(stream: Stream, endpoint: number, first: Response | null): void {
+    if (this.#mode !== "recognize" || this.#ending) {
+      stream.on("error", () => {});
+      stream.cancel();
+      return;
+    }
+    this.#fallback.leave();
+    this.#mode = "streaming";
+    this.#endpoint = endpoint;
+    // A resumed stream that dies at once counts as a failed open (retries, then recognize again).
+    this.#attempts = 1;
+    metrics.sttRestarted();
+    this.#events.push({ type: "restart", reason: "streaming resumed" });
+    this.#deps.log.info("STT", "streaming resumed", { endpoint: this.#deps.endpoints[endpoint] });
+    this.#attach(stream, true);
+    this.#onOpen(stream);
+    if (first) this.#onData(stream, first);
   }
 
   /** Forgets the current stream; `cancel` false when the call already ended (error or status). */

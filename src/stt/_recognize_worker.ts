@@ -30,10 +30,11 @@ export interface RecognizeWorkerOptions {
 
 export class RecognizeWorker {
   readonly #options: RecognizeWorkerOptions;
-  readonly #segmenter: Segmenter;
+  #segmenter: Segmenter;
   readonly #pending: Uint8Array[] = [];
   #running: Promise<void> | null = null;
   #dropped = 0;
+  #retired = false;
 
   constructor(options: RecognizeWorkerOptions) {
     this.#options = options;
@@ -45,9 +46,32 @@ export class RecognizeWorker {
     return this.#dropped;
   }
 
+  /** No utterance is being segmented, none waits and no `Recognize` call is in flight. */
+  get idle(): boolean {
+    return !this.#segmenter.inSpeech && this.#pending.length === 0 && this.#running === null;
+  }
+
+  /**
+   * Offset (bytes since the first `push`) of the oldest audio not yet in a queued utterance (see
+   * `Segmenter.openFrom`): audio from there on would not be recognized if the worker stopped now.
+   */
+  get openFrom(): number {
+    return this.#segmenter.openFrom;
+  }
+
   /** Feeds audio; completed utterances are queued for recognition. Never waits. */
   push(mulaw: Uint8Array): void {
+    if (this.#retired) return;
     for (const utterance of this.#segmenter.push(mulaw)) this.#enqueue(utterance);
+  }
+
+  /**
+   * Takes no more audio and forgets the utterance being segmented (its audio, from `openFrom`, went
+   * elsewhere); the utterances already queued are still recognized and reported.
+   */
+  retire(): void {
+    this.#retired = true;
+    this.#segmenter = new Segmenter(this.#options.segmenter);
   }
 
   /** Ends the audio and waits (at most `timeoutMs`) for the queued utterances to be recognized. */

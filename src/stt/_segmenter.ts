@@ -64,6 +64,10 @@ export class Segmenter {
   #speechMs = 0;
   #silenceMs = 0;
   #trailingSilenceMs = 0;
+  /** Bytes pushed so far; the segmenter's own offsets count from its first byte. */
+  #pushed = 0;
+  /** Offset of the first byte of the utterance in progress (its preroll included). */
+  #utteranceStart = 0;
 
   constructor(options: Partial<SegmenterOptions> = {}) {
     this.#options = { ...SEGMENTER_DEFAULTS, ...options };
@@ -78,10 +82,21 @@ export class Segmenter {
   get inSpeech(): boolean {
     return this.#utterance !== null;
   }
+  /**
+   * Offset (bytes since the first push) of the oldest audio not settled yet: the start of the
+   * utterance in progress, or, between utterances, of the preroll and the partial window that a
+   * next utterance would begin with. Everything before it is in an utterance already returned,
+   * or was dropped as silence or noise.
+   */
+  get openFrom(): number {
+    if (this.#utterance !== null) return this.#utteranceStart;
+    return this.#pushed - this.#windowFill - this.#prerollFill;
+  }
 
   /** Feeds audio; returns the utterances it completed (copies), oldest first. */
   push(mulaw: Uint8Array): Uint8Array[] {
     const done: Uint8Array[] = [];
+    this.#pushed += mulaw.length;
     let at = 0;
     while (at < mulaw.length) {
       const n = Math.min(WINDOW_BYTES - this.#windowFill, mulaw.length - at);
@@ -90,7 +105,11 @@ export class Segmenter {
       at += n;
       if (this.#windowFill === WINDOW_BYTES) {
         this.#windowFill = 0;
-        const utterance = this.#onWindow(this.#window);
+        // The window just completed began WINDOW_BYTES before the byte at `at`.
+        const utterance = this.#onWindow(
+          this.#window,
+          this.#pushed - (mulaw.length - at) - WINDOW_BYTES,
+        );
         if (utterance) done.push(utterance);
       }
     }
@@ -108,7 +127,8 @@ export class Segmenter {
     return this.#finish();
   }
 
-  #onWindow(window: Uint8Array): Uint8Array | null {
+  /** `offset`: where `window` begins, in bytes since the first push. */
+  #onWindow(window: Uint8Array, offset: number): Uint8Array | null {
     const speech = levelDbfs(window) > this.#options.thresholdDbfs;
     this.#trailingSilenceMs = speech ? 0 : this.#trailingSilenceMs + 20;
     if (!this.#options.collect) return null;
@@ -121,6 +141,7 @@ export class Segmenter {
       this.#utteranceLength = 0;
       this.#speechMs = 0;
       this.#silenceMs = 0;
+      this.#utteranceStart = offset - this.#prerollFill;
       this.#drainPreroll();
     }
     this.#append(window);

@@ -19,8 +19,17 @@ export interface SttTuning {
   readonly quietRestartMs: number;
   /** Past the age limit by this much, restart even mid-speech (Google's hard limit is near) (ms). */
   readonly forceRestartSlackMs: number;
-  /** A stream that fails sooner than this after starting, with no result, is a failed open (ms). */
+  /**
+   * A stream that fails sooner than this after starting, with no result, is a failed open; so are
+   * `openAttempts` such streams in a row, results or not (replayed audio gives results at once) (ms).
+   */
   readonly minHealthyStreamMs: number;
+  /** In recognize mode, streaming is tried again this long after recognize mode began (ms). */
+  readonly resumeFirstMs: number;
+  /** Each failed try doubles the wait before the next, up to this (ms). */
+  readonly resumeMaxMs: number;
+  /** A try whose stream sends no response headers (or error) within this long failed (ms). */
+  readonly resumeOpenTimeoutMs: number;
   readonly eventCapacity: number;
   readonly maxPendingUtterances: number;
 }
@@ -35,6 +44,9 @@ export const STT_TUNING: SttTuning = Object.freeze({
   quietRestartMs: 800,
   forceRestartSlackMs: 8000,
   minHealthyStreamMs: 1000,
+  resumeFirstMs: 2000,
+  resumeMaxMs: 30_000,
+  resumeOpenTimeoutMs: 3000,
   eventCapacity: 256,
   maxPendingUtterances: 8,
 });

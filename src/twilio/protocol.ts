@@ -93,20 +93,6 @@ export type MalformedReason =
   | "duplicate_start"
   | "wrong_stream_sid";
 
-/**
- * Decodes a base64 media payload into memory the caller owns (a call's `FrameSlab`), so the 50
- * frames a second of a call need no new buffer each. Returns null when the payload is not one
- * whole frame (the parser then allocates); throws SyntaxError when it is not base64.
- */
-export interface PayloadDecoder {
-  decodeBase64(base64: string): Uint8Array | null;
-}
-
-export interface ParseOptions {
-  /** Where media payloads are decoded to; default a new `Uint8Array` per message. */
-  readonly payloads?: PayloadDecoder;
-}
-
 export type ParseResult =
   | { readonly ok: true; readonly msg: InboundMessage }
   | { readonly ok: false; readonly reason: MalformedReason; readonly error: string };
@@ -178,9 +164,9 @@ function stringRecord(parent: Json, key: string): Record<string, string> {
   return out;
 }
 
-function decodePayload(media: Json, decoder: PayloadDecoder | undefined): Uint8Array {
+function decodePayload(media: Json): Uint8Array {
   const text = string(media, "payload");
-  const payload = decodeBase64(text, decoder);
+  const payload = decodeBase64(text);
   if (payload === null) {
     throw new Invalid(
       "bad_base64",
@@ -222,7 +208,7 @@ function parseStart(m: Json): StartMessage {
   };
 }
 
-function parseObject(m: Json, decoder: PayloadDecoder | undefined): InboundMessage {
+function parseObject(m: Json): InboundMessage {
   const event = m["event"];
   switch (event) {
     case "connected":
@@ -239,7 +225,7 @@ function parseObject(m: Json, decoder: PayloadDecoder | undefined): InboundMessa
           track: typeof media["track"] === "string" ? media["track"] : "inbound",
           chunk: count(media, "chunk"),
           timestamp: count(media, "timestamp"),
-          payload: decodePayload(media, decoder),
+          payload: decodePayload(media),
         },
       };
     }
@@ -283,8 +269,8 @@ function parseObject(m: Json, decoder: PayloadDecoder | undefined): InboundMessa
  * Parses and validates one inbound text message. Never throws. Media in Twilio's exact layout takes
  * a fast path (`_media_fast.ts`) with the same result.
  */
-export function parseInbound(text: string, options: ParseOptions = {}): ParseResult {
-  const media = parseMediaFast(text, options.payloads);
+export function parseInbound(text: string): ParseResult {
+  const media = parseMediaFast(text);
   if (media !== null) return { ok: true, msg: media };
   let value: unknown;
   try {
@@ -300,7 +286,7 @@ export function parseInbound(text: string, options: ParseOptions = {}): ParseRes
     return { ok: false, reason: "invalid_shape", error: "Expected a JSON object message" };
   }
   try {
-    return { ok: true, msg: parseObject(value, options.payloads) };
+    return { ok: true, msg: parseObject(value) };
   } catch (error) {
     if (error instanceof Invalid) return { ok: false, reason: error.reason, error: error.error };
     throw error;

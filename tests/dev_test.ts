@@ -1,0 +1,168 @@
+import assert from "node:assert/strict";
+import { fileURLToPath } from "node:url";
+import { openCallReader } from "../src/store/read.ts";
+import { devBanner, devToml, parseDevArgs } from "../scripts/dev.ts";
+import { fixtureClips } from "./support/sandbox.ts";
+import type { ProviderServers } from "./support/sandbox.ts";
+
+const DEV = fileURLToPath(new URL("../scripts/dev.ts", import.meta.url));
+const SIMULATE = fileURLToPath(new URL("../scripts/simulate.ts", import.meta.url));
+
+function freePort(): number {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = (listener.addr as Deno.NetAddr).port;
+  listener.close();
+  return port;
+}
+
+/** Reads `stream` line by line into `lines`, resolving `waitFor(pattern)` promises as they match. */
+function collect(stream: ReadableStream<Uint8Array>) {
+  const lines: string[] = [];
+  const waiters: { pattern: RegExp; resolve: () => void }[] = [];
+  const done = (async () => {
+    let buffered = "";
+    for await (const chunk of stream.pipeThrough(new TextDecoderStream())) {
+      buffered += chunk;
+      let newline: number;
+      while ((newline = buffered.indexOf("\n")) >= 0) {
+        const line = buffered.slice(0, newline);
+        buffered = buffered.slice(newline + 1);
+        lines.push(line);
+        for (const w of waiters.filter((w) => w.pattern.test(line))) w.resolve();
+      }
+    }
+  })();
+  return {
+    lines,
+    done,
+    waitFor(pattern: RegExp, timeoutMs: number): Promise<void> {
+      if (lines.some((l) => pattern.test(l))) return Promise.resolve();
+      return new Promise((resolve, reject) => {
+        const timer = setTimeout(
+          () => reject(new Error(`Timed out waiting for ${pattern}: ${lines.join("\n")}`)),
+          timeoutMs,
+        );
+        waiters.push({ pattern, resolve: () => (clearTimeout(timer), resolve()) });
+      });
+    },
+  };
+}
+
+Deno.test("deno task dev runs Kav on sandbox providers that simulate --calls 5 completes", async () => {
+  const cwd = await Deno.makeTempDir({ prefix: "kav-dev-" });
+  const port = freePort();
+  const env = { GOOGLE_APPLICATION_CREDENTIALS: "", OPENAI_API_KEY: "" };
+  const dev = new Deno.Command(Deno.execPath(), {
+    args: ["run", "--allow-all", DEV, "--port", String(port)],
+    cwd,
+    env,
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  const out = collect(dev.stdout);
+  const err = collect(dev.stderr);
+  try {
+    await out.waitFor(/\[DEV\] ready/, 60_000);
+    assert.match(out.lines[0], /\[DEV\] running against sandbox providers/);
+    assert.match(
+      out.lines[0],
+      /GOOGLE_APPLICATION_CREDENTIALS and OPENAI_API_KEY, or pass --config/,
+    );
+
+    const simulate = await new Deno.Command(Deno.execPath(), {
+      args: [
+        "run",
+        "--allow-all",
+        SIMULATE,
+        "--url",
+        `http://127.0.0.1:${port}`,
+        "--calls",
+        "5",
+        "--json",
+        "--quiet",
+      ],
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    const text = new TextDecoder().decode(simulate.stdout);
+    assert.equal(
+      simulate.code,
+      0,
+      `simulate failed:\n${text}\n${new TextDecoder().decode(simulate.stderr)}`,
+    );
+    const report = JSON.parse(text);
+    assert.equal(report.calls.length, 5);
+    for (const call of report.calls) {
+      assert.equal(call.greeting.received, true, `greeting of call ${call.index}`);
+      assert.equal(call.turns.length, 1);
+      assert.equal(call.turns[0].answered, true, `answer of call ${call.index}`);
+      assert.deepEqual(call.errors, []);
+    }
+
+    dev.kill("SIGTERM");
+    assert.equal((await dev.status).code, 0);
+    await Promise.all([out.done, err.done]);
+
+    // Each caller line was transcribed: the store holds it as the caller's turn.
+    const reader = openCallReader(`${cwd}/.kav-dev/kav.db`);
+    try {
+      const calls = reader.listCalls({ sinceMs: 0 });
+      assert.equal(calls.length, 5);
+      const texts = new Set(fixtureClips().map((c) => c.text));
+      for (const call of calls) {
+        const said = reader.turns(call.callSid).filter((t) => t.speaker === "caller");
+        assert.equal(said.length, 1, `caller turns of ${call.callSid}`);
+        assert.ok(texts.has(said[0].text), `transcript ${said[0].text}`);
+      }
+    } finally {
+      reader.close();
+    }
+    assert.match(
+      await Deno.readTextFile(`${cwd}/.kav-dev/kav.toml`),
+      /validate_signatures = false/,
+    );
+  } finally {
+    try {
+      dev.kill("SIGKILL");
+    } catch {
+      // Already exited.
+    }
+    await dev.status;
+    await Promise.all([out.done, err.done]);
+    await Deno.remove(cwd, { recursive: true });
+  }
+});
+
+Deno.test("parseDevArgs() and devBanner() describe what dev runs against", () => {
+  assert.deepEqual(parseDevArgs([]), { port: 8080, configPath: null });
+  assert.deepEqual(parseDevArgs(["--port=9000", "--config", "k.toml"]), {
+    port: 9000,
+    configPath: "k.toml",
+  });
+  assert.equal(parseDevArgs(["-h"]), "help");
+  assert.throws(() => parseDevArgs(["--port", "99999"]), RangeError);
+  assert.throws(() => parseDevArgs(["--nope"]), RangeError);
+  assert.match(devBanner({ google: false, openai: false }, null), /^running against sandbox/);
+  assert.match(devBanner({ google: true, openai: false }, null), /Google Speech .* sandbox LLM/);
+  assert.match(devBanner(null, "/etc/kav/kav.toml"), /running with \/etc\/kav\/kav.toml/);
+});
+
+Deno.test("devToml() points only the providers without credentials at the sandbox", () => {
+  const servers = {
+    speech: { address: "127.0.0.1:1" },
+    tts: { address: "127.0.0.1:2" },
+    llm: { baseUrl: "http://127.0.0.1:3/v1" },
+  } as unknown as ProviderServers;
+  const sandboxed = devToml({
+    port: 8080,
+    dir: "/d",
+    real: { google: false, openai: false },
+    servers,
+  });
+  assert.match(sandboxed, /endpoint = "127.0.0.1:1"/);
+  assert.match(sandboxed, /base_url = "http:\/\/127.0.0.1:3\/v1"/);
+  const google = devToml({ port: 8080, dir: "/d", real: { google: true, openai: false }, servers });
+  assert.doesNotMatch(google, /127.0.0.1:1/);
+  assert.match(google, /base_url = "http:\/\/127.0.0.1:3\/v1"/);
+  assert.match(google, /path = "\/d\/kav.db"/);
+});
