@@ -10,5 +10,8 @@ export interface ChatMessage {
  * arrived within `llm.timeout_ms`, or the stream stalled that long between tokens).
  */
 export interface LlmProvider {
-  stream(messages: readonly ChatMessage[], options: { signal: AbortSignal; log?: Logger }): AsyncIterable<string>;
+  stream(
+    messages: readonly ChatMessage[],
+    options: { signal: AbortSignal; log?: Logger },
+  ): AsyncIterable<string>;
 }
