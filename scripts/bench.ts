@@ -27,7 +27,9 @@
 import { DatabaseSync } from "node:sqlite";
 import {
   fixtureClips,
+  mergeToml,
   type ProviderServers,
+  sandboxToml,
   startProviderServers,
 } from "../tests/support/sandbox.ts";
 import {
@@ -139,28 +141,13 @@ function parseArgs(argv: readonly string[]): BenchArgs {
   return args;
 }
 
+/** The sandbox config with the bench's differences: signed requests, room for 800+ calls. */
 function kavToml(servers: ProviderServers, port: number, dbPath: string): string {
-  return `[server]
-listen = "127.0.0.1:${port}"
-public_url = "http://127.0.0.1:${port}"
-drain_timeout_s = 5
-max_calls = 2000
-[twilio]
-validate_signatures = true
-[stt.google]
-endpoint = "${servers.speech.address}"
-fallback_endpoint = ""
-insecure = true
-[tts.google]
-endpoint = "${servers.tts.address}"
-insecure = true
-[llm]
-base_url = "${servers.llm.baseUrl}"
-model = "sandbox"
-timeout_ms = 8000
-[storage]
-path = "${dbPath}"
-`;
+  const url = `127.0.0.1:${port}`;
+  return mergeToml(
+    sandboxToml(servers, { listen: url, publicUrl: `http://${url}`, storagePath: dbPath }),
+    "[server]\nmax_calls = 2000\n[twilio]\nvalidate_signatures = true\n[llm]\ntimeout_ms = 8000",
+  );
 }
 
 /** `server_latency` (ms) and start time (epoch ms) of every agent turn in Kav's store. */
