@@ -13,7 +13,6 @@
  * agent answer logs one `[TURN]` line with its latencies (never its text).
  */
 import type { CallConfig, LogConfig, SttConfig } from "../config/types.ts";
-import { ProviderError } from "../errors.ts";
 import type { ChatMessage, LlmProvider } from "../llm/types.ts";
 import * as metrics from "../observe/metrics.ts";
 import type { TurnTimings } from "../store/types.ts";
@@ -275,9 +274,4 @@ function latencyFields(timings: TurnTimings): Record<string, number | null> {
     fields[`${name}_ms`] = value === null ? null : Math.round(value * 10) / 10;
   }
   return fields;
-}
-
-/** Whether an error is the expected result of our own cancellation. */
-export function isCancellation(error: unknown, signal: AbortSignal): boolean {
-  return signal.aborted || (error instanceof ProviderError && error.category === "cancelled");
 }
