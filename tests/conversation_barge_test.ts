@@ -66,9 +66,7 @@ Deno.test("conversation: caller speech 500 ms into an answer clears it within 10
       await client.waitForEcho("a2_0", TIMEOUT);
       await line.pause(100);
     } finally {
-      await line.stop();
-      client.sendStop();
-      await client.close();
+      await line.hangUp();
     }
 
     // One clear, within 100 ms of the caller's first voiced frame leaving the client.
@@ -119,9 +117,7 @@ Deno.test("conversation: barging into the greeting cuts it and drops it from the
       await client.waitForEcho("a1_0", TIMEOUT);
       await line.pause(100);
     } finally {
-      await line.stop();
-      client.sendStop();
-      await client.close();
+      await line.hangUp();
     }
     assert.equal(client.clears.length, 1);
     const greetingEcho = client.echoes.find((e) => e.name === "greeting_end");
@@ -168,9 +164,7 @@ Deno.test("conversation: speaking again before the answer is ready supersedes it
       await client.waitForEcho("a2_0", TIMEOUT);
       await line.pause(100);
     } finally {
-      await line.stop();
-      client.sendStop();
-      await client.close();
+      await line.hangUp();
     }
     assert.equal(llm.requests.length, 2);
     await llm.requests[0].settled;

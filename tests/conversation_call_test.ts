@@ -45,9 +45,7 @@ Deno.test("conversation: a full call answers the caller and records what was pla
       await client.waitForEcho("a2_0", TIMEOUT);
       await line.pause(100);
     } finally {
-      await line.stop();
-      client.sendStop();
-      await client.close();
+      await line.hangUp();
     }
 
     // The LLM saw the history the caller heard: greeting, first exchange, then the new question.
@@ -166,9 +164,7 @@ Deno.test("conversation: the first sentence reaches TTS before the LLM stream en
       await request.settled;
       await client.waitForEcho("a1_1", TIMEOUT);
     } finally {
-      await line.stop();
-      client.sendStop();
-      await client.close();
+      await line.hangUp();
     }
     assert.deepEqual(tts.requests.slice(2).map((r) => r.text), [first, rest.join("").trim() + "."]);
   });
@@ -190,9 +186,7 @@ Deno.test("conversation: a call that ends mid-answer records only what was heard
       // Half a second into the long second sentence, the caller hangs up.
       await line.pause(500);
     } finally {
-      await line.stop();
-      client.sendStop();
-      await client.close();
+      await line.hangUp();
     }
     assert.ok(!client.echoes.some((e) => e.name === "a1_1"), "the second sentence never ended");
     const detail = await readEndedCall(sandbox.storagePath, client.callSid);

@@ -55,9 +55,7 @@ Deno.test("conversation: an LLM stall past timeout_ms plays the apology and the 
       await client.waitForEcho("a3_0", TIMEOUT);
       await line.pause(100);
     } finally {
-      await line.stop();
-      client.sendStop();
-      await client.close();
+      await line.hangUp();
     }
     const apology = ttsAudio(DEFAULT_APOLOGY, MS_PER_CHAR);
     // Turn 1: the apology alone; turn 2: the sentence that came, then the apology; turn 3: normal.
@@ -121,9 +119,7 @@ Deno.test("conversation: a TTS error plays the apology after one retry and the c
       await client.waitForEcho("a2_0", TIMEOUT);
       await line.pause(100);
     } finally {
-      await line.stop();
-      client.sendStop();
-      await client.close();
+      await line.hangUp();
     }
     const apology = ttsAudio(DEFAULT_APOLOGY, MS_PER_CHAR);
     assert.deepEqual(

@@ -75,9 +75,7 @@ Deno.test("conversation: a 60 s call across stream restarts loses and repeats no
       await line.pause(1500);
     } finally {
       clearInterval(poll);
-      await line.stop();
-      client.sendStop();
-      await client.close();
+      await line.hangUp();
     }
     const detail = await readEndedCall(sandbox.storagePath, client.callSid);
     const seconds = (detail.call.counters?.rx_frames ?? 0) / 50;

@@ -92,9 +92,7 @@ Deno.test("conversation: refused streaming falls back to Recognize with the medi
         await client.waitForEcho("a1_0", TIMEOUT);
         await line.pause(100);
       } finally {
-        await line.stop();
-        client.sendStop();
-        await client.close();
+        await line.hangUp();
       }
       // Primary refused 3 times, then the fallback endpoint 3 times, then Recognize did the work.
       assert.equal(speech.stats.refused, 3);

@@ -147,6 +147,13 @@ export class CallerLine {
     await this.#running;
   }
 
+  /** Hangs up like Twilio does: the line stops, then `stop`, then the socket closes. */
+  async hangUp(): Promise<void> {
+    await this.stop();
+    this.#client.sendStop();
+    await this.#client.close();
+  }
+
   async #run(): Promise<void> {
     const scheduler = sharedScheduler();
     const socket = this.#client.socket;
