@@ -21,6 +21,7 @@ import { ConfigError, formatProblem } from "../src/errors.ts";
 import { createLogger, type Logger } from "../src/observe/log.ts";
 import { runKav } from "../src/kav.ts";
 import { type ProviderServers, startProviderServers } from "../tests/support/sandbox.ts";
+import { readFlags } from "./_flags.ts";
 
 /** Where the dev sandbox keeps its config and records (relative to the working directory). */
 export const DEV_DIR = ".kav-dev";
@@ -45,13 +46,9 @@ export interface DevArgs {
 export function parseDevArgs(argv: readonly string[]): DevArgs | "help" {
   let port = 8080;
   let configPath: string | null = null;
-  for (let i = 0; i < argv.length; i++) {
-    const [flag, inline] = argv[i].includes("=") ? argv[i].split(/=(.*)/s, 2) : [argv[i], null];
-    const value = (): string => {
-      const v = inline ?? argv[++i];
-      if (v === undefined || v === "") throw new RangeError(`Missing a value after ${flag}`);
-      return v;
-    };
+  for (const arg of readFlags(argv)) {
+    const flag = arg.name;
+    const value = arg.value;
     switch (flag) {
       case "--help":
       case "-h":
@@ -69,7 +66,7 @@ export function parseDevArgs(argv: readonly string[]): DevArgs | "help" {
         configPath = value();
         break;
       default:
-        throw new RangeError(`Unknown option ${JSON.stringify(argv[i])}`);
+        throw new RangeError(`Unknown option ${JSON.stringify(arg.raw)}`);
     }
   }
   return { port, configPath };

@@ -32,6 +32,7 @@ import {
 } from "./_sim_engine.ts";
 import type { CallerLine } from "./_sim_call.ts";
 import { normalizeBaseUrl } from "./_sim_twilio.ts";
+import { readFlags } from "./_flags.ts";
 
 export const USAGE = `Places simultaneous Twilio-like calls against a Kav server and reports them.
 
@@ -94,13 +95,9 @@ export function parseSimulateArgs(
     "--duration": "durationS",
     "--answer-timeout": "answerTimeoutS",
   } as const;
-  for (let i = 0; i < argv.length; i++) {
-    const [flag, inline] = argv[i].includes("=") ? argv[i].split(/=(.*)/s, 2) : [argv[i], null];
-    const value = (): string => {
-      const v = inline ?? argv[++i];
-      if (v === undefined || v === "") throw new RangeError(`Missing a value after ${flag}`);
-      return v;
-    };
+  for (const arg of readFlags(argv)) {
+    const flag = arg.name;
+    const value = arg.value;
     switch (flag) {
       case "--help":
       case "-h":
@@ -141,7 +138,7 @@ export function parseSimulateArgs(
         break;
       }
       default:
-        throw new RangeError(`Unknown option ${JSON.stringify(argv[i])}`);
+        throw new RangeError(`Unknown option ${JSON.stringify(arg.raw)}`);
     }
   }
   if (args.calls < 1) throw new RangeError("Cannot simulate fewer than 1 call");
