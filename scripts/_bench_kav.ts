@@ -12,6 +12,7 @@
 import { loadConfig } from "../src/config/load.ts";
 import type { Config } from "../src/config/types.ts";
 import { runKav } from "../src/kav.ts";
+import { serveFloor } from "./_bench_floor.ts";
 import { createLogger } from "../src/observe/log.ts";
 import type { CallStore } from "../src/store/types.ts";
 
@@ -54,6 +55,15 @@ if (import.meta.main) {
       expected = now + 5;
     }, 5);
     Deno.unrefTimer(probe);
+  }
+  if (args.includes("--floor")) {
+    const server = config.server;
+    await serveFloor({
+      hostname: server.hostname,
+      port: server.port,
+      publicUrl: server.public_url,
+    });
+    await new Promise(() => {}); // serves until the bench stops it
   }
   await runKav({ config, log: createLogger(), store });
   Deno.exit(0);

@@ -14,6 +14,7 @@ import {
 } from "./_bench_procs.ts";
 import { type IntervalSummary, MsHistogram, quantile, round1, round2 } from "./_sim_stats.ts";
 import type { WebhookWindow } from "./_bench_webhook.ts";
+import { startWireCapture, type WireReport } from "./_bench_wire.ts";
 
 /** SPEC 5: TX inter-arrival p99 within 20 ± 3 ms; status-callback p99 under 5 ms. */
 export const TX_P99_RANGE_MS = [17, 23] as const;
@@ -34,6 +35,19 @@ export interface StepOptions {
   readonly loadCore: number | null;
   readonly token: string;
   readonly speakFirst?: boolean;
+  /** Also measure on the wire with `tcpdump` (when it can run). */
+  readonly wire?: boolean;
+}
+
+/** Kav's timing from a loopback capture (`_bench_wire.ts`): no client-side scheduling in it. */
+export interface WireTiming {
+  readonly tx: IntervalSummary & { readonly gapsOver40: number };
+  /** Status callbacks answered within the measurement window, request to response. */
+  readonly webhook: { readonly count: number; readonly p50: number; readonly p99: number };
+  readonly mediaFrames: number;
+  readonly packets: number;
+  readonly kernelDrops: number;
+  readonly brokenFlows: number;
 }
 
 export interface Spread {
@@ -95,6 +109,8 @@ export interface StepResult {
     readonly loadCoreBusyPct: number;
     readonly kavCoreBusyPct: number;
   };
+  /** Measured on the wire; null when `tcpdump` could not run. */
+  readonly wire: WireTiming | null;
   /** The merged agent-frame intervals (not serialized). */
   readonly histogram: MsHistogram;
 }
@@ -122,6 +138,13 @@ export async function runStep(
   cores: { kav: number | null; load: number | null },
 ): Promise<StepResult> {
   const before = await waitIdle(o.kav.baseUrl, 30_000);
+  const capture = o.wire === true
+    ? await startWireCapture(
+      Number(new URL(o.kav.baseUrl).port),
+      await Deno.makeTempFile({ suffix: ".pcap" }),
+      o.loadCore,
+    )
+    : null;
   const startedAt = Date.now();
   const rampMs = Math.min(8000, o.calls * 10);
   const count = Math.ceil(o.calls / CALLS_PER_GENERATOR);
@@ -143,6 +166,7 @@ export async function runStep(
   const cpu0 = processCpuSeconds(o.kav.pid);
   const cores0 = coreTicks();
   await o.prober.window(); // drop what came before the window
+  const windowFrom = Date.now();
   const t0 = performance.now();
   await sleep(o.windowMs);
   const cpu1 = processCpuSeconds(o.kav.pid);
@@ -150,10 +174,12 @@ export async function runStep(
   const seconds = (performance.now() - t0) / 1000;
   const rssMiB = processRssMiB(o.kav.pid);
   const webhook = await o.prober.window();
+  const windowTo = Date.now();
   const active = (await scrapeCounters(o.kav.baseUrl)).activeCalls;
   const reports: LoadReport[] = await Promise.all(generators.map((g) => g.report));
   const after = await waitIdle(o.kav.baseUrl, 30_000);
   const endedAt = Date.now();
+  const wire = capture === null ? null : wireTiming(await capture.stop(), windowFrom, windowTo);
 
   const histogram = new MsHistogram();
   const lag = new MsHistogram();
@@ -254,6 +280,23 @@ export async function runStep(
       loadCoreBusyPct: round1(cores.load === null ? NaN : busy[cores.load]),
       kavCoreBusyPct: round1(cores.kav === null ? NaN : busy[cores.kav]),
     },
+    wire,
     histogram,
+  };
+}
+
+function wireTiming(report: WireReport, from: number, to: number): WireTiming {
+  const latencies = report.webhooks.filter((w) => w.at >= from && w.at <= to).map((w) => w.ms);
+  return {
+    tx: { ...report.tx.summary(), gapsOver40: report.tx.countAbove(40) },
+    webhook: {
+      count: latencies.length,
+      p50: round2(quantile(latencies, 0.5)),
+      p99: round2(quantile(latencies, 0.99)),
+    },
+    mediaFrames: report.mediaFrames,
+    packets: report.packets,
+    kernelDrops: report.kernelDrops,
+    brokenFlows: report.brokenFlows,
   };
 }

@@ -2,6 +2,7 @@
  * `deno task bench`: the numbers of SPEC section 5, measured in one run (about 7 minutes on 2 cores).
  *
  *   deno task bench [-- --steps 25,50,100,200,400,800] [--quick] [--no-pin] [--skip-variants]
+ *                      [--floor] [--no-wire] [--keep-going] [--extra-toml TOML] [--kav-flag FLAG]
  *
  * Kav runs as a subprocess (`_bench_kav.ts`, i.e. `runKav` with a config file) pinned to core 0 with
  * `taskset`; the local provider servers (gRPC Speech and TTS, OpenAI-compatible SSE; answering
@@ -21,6 +22,11 @@
  * 4. Store on vs off at 200 calls (issue 6), alternated twice: TX p99 must not move by more than
  *    1 ms (median of the runs).
  * 5. STT slow to open (2 s) with 50 calls speaking from their first frame: inbound frames lost.
+ *
+ * Timing is measured twice: at the client (the load generators), and on the wire by `tcpdump` on
+ * loopback when it can run (`_bench_wire.ts`: kernel timestamps of Kav's own packets, so the
+ * generators' scheduling is not in them). `--floor` runs the ramp against a minimal Deno server
+ * instead of Kav (`_bench_floor.ts`): what the runtime costs for this traffic with none of Kav's work.
  *
  * Prints tables and writes `bench/results/<timestamp>.json` and `bench/results/latest.json`.
  */
@@ -78,6 +84,12 @@ interface BenchArgs {
   kavFlags: string[];
   /** Kav logs event-loop stalls over 20 ms (`_bench_kav.ts --lag-probe`). */
   lagProbe: boolean;
+  /** TOML merged over Kav's bench config (experiments, e.g. "[stt]\nbatch_ms = 100"). */
+  extraToml: string;
+  /** Run the ramp against the floor server (`_bench_floor.ts`) instead of Kav. */
+  floor: boolean;
+  /** Also time Kav on the wire with `tcpdump` (`_bench_wire.ts`). */
+  wire: boolean;
   out: string;
 }
 
@@ -94,6 +106,9 @@ function parseArgs(argv: readonly string[]): BenchArgs {
     keepGoing: false,
     kavFlags: [],
     lagProbe: false,
+    wire: true,
+    floor: false,
+    extraToml: "",
     out: new URL("../bench/results/", import.meta.url).pathname,
   };
   for (let i = 0; i < argv.length; i++) {
@@ -128,6 +143,15 @@ function parseArgs(argv: readonly string[]): BenchArgs {
       case "--kav-flag":
         args.kavFlags.push(argv[++i] ?? "");
         break;
+      case "--extra-toml":
+        args.extraToml = argv[++i] ?? "";
+        break;
+      case "--floor":
+        args.floor = true;
+        break;
+      case "--no-wire":
+        args.wire = false;
+        break;
       case "--lag-probe":
         args.lagProbe = true;
         break;
@@ -142,11 +166,17 @@ function parseArgs(argv: readonly string[]): BenchArgs {
 }
 
 /** The sandbox config with the bench's differences: signed requests, room for 800+ calls. */
-function kavToml(servers: ProviderServers, port: number, dbPath: string): string {
+function kavToml(
+  servers: ProviderServers,
+  port: number,
+  dbPath: string,
+  extraToml: string,
+): string {
   const url = `127.0.0.1:${port}`;
   return mergeToml(
     sandboxToml(servers, { listen: url, publicUrl: `http://${url}`, storagePath: dbPath }),
-    "[server]\nmax_calls = 2000\n[twilio]\nvalidate_signatures = true\n[llm]\ntimeout_ms = 8000",
+    "[server]\nmax_calls = 2000\n[twilio]\nvalidate_signatures = true\n[llm]\ntimeout_ms = 8000\n" +
+      (Deno.env.get("KAV_BENCH_EXTRA_TOML") ?? ""),
   );
 }
 
@@ -242,6 +272,7 @@ async function main(): Promise<void> {
     settleMs: 2000,
     loadCore: cores.load,
     token,
+    wire: args.wire,
   };
   let kav: KavProcess | null = null;
   let prober: Prober | null = null;
@@ -251,7 +282,7 @@ async function main(): Promise<void> {
     kav = await startKav({
       dir,
       name,
-      toml: kavToml(servers, port, dbPath),
+      toml: kavToml(servers, port, dbPath, args.extraToml),
       port,
       dbPath,
       core: cores.kav,
@@ -293,6 +324,14 @@ async function main(): Promise<void> {
       `  cpu ${result.kav.cpuPct}%, tx p99 ${result.tx.p99} ms, webhook p99 ${result.webhook.p99} ms, ` +
         `${result.outcome.ok}/${calls} ok${result.held ? "" : `: ${result.failures.join("; ")}`}`,
     );
+    if (result.wire !== null) {
+      const w = result.wire;
+      log(
+        `  on the wire: tx p99 ${w.tx.p99} ms (${w.mediaFrames} frames), webhook p99 ` +
+          `${w.webhook.p99} ms (${w.webhook.count}), ${w.kernelDrops} packets dropped by the ` +
+          `kernel, ${w.brokenFlows} connections not followed`,
+      );
+    }
     if (args.lagProbe) {
       const stalls = lagStalls(target.kav.logPath, result.startedAt, result.endedAt);
       log(`  Kav event-loop stalls > 20 ms: ${stalls.count}, worst ${stalls.maxMs} ms`);
@@ -303,7 +342,7 @@ async function main(): Promise<void> {
   try {
     // 1. Ramp. It goes on past a step that missed only a timing invariant (so CPU and memory are
     // measured at every load) and stops at the first step where calls fail or frames are lost.
-    const ramp = await launch("ramp");
+    const ramp = await launch(args.floor ? "floor" : "ramp", args.floor ? ["--floor"] : []);
     await sleep(1000);
     const cpu0 = processCpuSeconds(ramp.kav.pid);
     await sleep(3000);
@@ -319,7 +358,7 @@ async function main(): Promise<void> {
       if (result.hardFailure && !args.keepGoing) break;
     }
     await shutdown();
-    const turns = agentTurns(ramp.kav.dbPath);
+    const turns = args.floor ? [] : agentTurns(ramp.kav.dbPath);
     const server = new Map(steps.map((s) => [s, latencyOf(turns, [s])]));
     // "Max calls": the largest step at which every invariant held (all steps are in the table; on a
     // shared machine a small step can miss a timing invariant that a larger one then meets).
@@ -331,7 +370,7 @@ async function main(): Promise<void> {
     // 2-4. Variants, each on a fresh, warmed-up Kav.
     const variants: StepResult[] = [];
     let sttSlow: Record<string, unknown> | null = null;
-    if (args.variants) {
+    if (args.variants && !args.floor) {
       const off = await launch("pacing_off", ["--tx-lead-ms", "1000000000"]);
       variants.push(await step("pacing_off", off, 100));
       await shutdown();
