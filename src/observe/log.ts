@@ -16,9 +16,62 @@ export interface Logger {
 
 export type LogSink = (line: string, level: "info" | "warn" | "error") => void;
 
+const encoder = new TextEncoder();
+
+function writeAll(stream: { writeSync(p: Uint8Array): number }, text: string): void {
+  let bytes = encoder.encode(text);
+  while (bytes.length > 0) bytes = bytes.subarray(stream.writeSync(bytes));
+}
+
+/**
+ * The process's stdout and stderr. Info lines are batched: one write per event-loop turn instead of
+ * one per line (two telemetry lines a second per call add up to hundreds of writes a second). A
+ * warning or error is written at once, after the info lines before it, so nothing that explains a
+ * failure waits in the buffer; the rest is flushed at exit.
+ */
+class ConsoleSink {
+  #pending = "";
+  #timer: ReturnType<typeof setTimeout> | undefined;
+
+  readonly write: LogSink = (line, level) => {
+    if (level === "info") {
+      this.#pending += line + "\n";
+      if (this.#pending.length >= 65_536) this.flush();
+      else if (this.#timer === undefined) {
+        const timer = setTimeout(this.flush, 0);
+        Deno.unrefTimer(timer);
+        this.#timer = timer;
+      }
+      return;
+    }
+    this.flush();
+    writeAll(Deno.stderr, line + "\n");
+  };
+
+  readonly flush = (): void => {
+    if (this.#timer !== undefined) clearTimeout(this.#timer);
+    this.#timer = undefined;
+    if (this.#pending === "") return;
+    const text = this.#pending;
+    this.#pending = "";
+    writeAll(Deno.stdout, text);
+  };
+}
+
+let consoleSink: ConsoleSink | undefined;
+
 function defaultSink(line: string, level: "info" | "warn" | "error"): void {
-  if (level === "info") console.log(line);
-  else console.error(line);
+  if (consoleSink === undefined) {
+    const sink = new ConsoleSink();
+    globalThis.addEventListener("unload", () => sink.flush());
+    consoleSink = sink;
+  }
+  consoleSink.write(line, level);
+}
+
+/** Writes out buffered log lines now (before `Deno.exit`, which also does it). */
+export function flushLogs(): void {
+  consoleSink?.flush();
 }
 
 function formatValue(value: LogValue): string {

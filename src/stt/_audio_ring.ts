@@ -2,25 +2,30 @@
  * The session's audio since the last final, addressed by absolute byte offset on the session's
  * audio clock (0 = first byte written; μ-law 8000 Hz, so 8 bytes = 1 ms). It is both the send queue
  * (the stream reads from it at its own pace, honouring back-pressure) and the replay buffer (a new
- * stream starts again from `begin`). A fixed ring of chunk slots: nothing is shifted, and memory
- * grows only with audio actually held. Policy when full: drop the oldest chunk and count its bytes.
+ * stream starts again from `begin`).
+ *
+ * One contiguous byte buffer, not a list of chunks: audio held for seconds would otherwise be
+ * thousands of small arrays per call, each surviving young-generation GCs and promoted, which made
+ * GC pauses the main source of event-loop stalls under load. The buffer starts small and doubles up
+ * to its capacity, so memory grows only with audio actually held. Policy when full: drop the
+ * oldest bytes and count them.
  */
 export class AudioRing {
-  readonly #chunks: (Uint8Array | null)[];
-  readonly #starts: Float64Array;
+  readonly #capacity: number;
+  #bytes: Uint8Array;
+  /** Index in `#bytes` of the byte at offset `#begin`. */
   #head = 0;
-  #count = 0;
   #begin = 0;
   #end = 0;
   #droppedBytes = 0;
 
-  /** Holds at most `capacity` chunks (e.g. 750 chunks of 40 ms = 30 s). */
-  constructor(capacity: number) {
-    if (!Number.isInteger(capacity) || capacity < 1) {
-      throw new RangeError(`Cannot create audio ring of capacity "${capacity}"`);
+  /** Holds at most `capacityBytes` (e.g. 240,000 bytes = 30 s). */
+  constructor(capacityBytes: number, initialBytes = 16_384) {
+    if (!Number.isInteger(capacityBytes) || capacityBytes < 1) {
+      throw new RangeError(`Cannot create audio ring of capacity "${capacityBytes}"`);
     }
-    this.#chunks = new Array(capacity).fill(null);
-    this.#starts = new Float64Array(capacity);
+    this.#capacity = capacityBytes;
+    this.#bytes = new Uint8Array(Math.min(capacityBytes, Math.max(1, initialBytes)));
   }
 
   /** Offset of the first byte held. */
@@ -36,59 +41,75 @@ export class AudioRing {
     return this.#droppedBytes;
   }
 
-  /** Appends a chunk the ring now owns (the caller must not reuse it). */
-  append(chunk: Uint8Array): void {
-    if (chunk.length === 0) return;
-    const capacity = this.#chunks.length;
-    if (this.#count === capacity) {
-      const oldest = this.#chunks[this.#head] as Uint8Array;
-      const oldestEnd = this.#starts[this.#head] + oldest.length;
-      this.#droppedBytes += oldestEnd - this.#begin;
-      this.#chunks[this.#head] = null;
-      this.#head = (this.#head + 1) % capacity;
-      this.#count--;
-      this.#begin = oldestEnd;
+  /** Copies `audio` in (the caller may reuse its buffer). */
+  append(audio: Uint8Array): void {
+    let source = audio;
+    if (source.length > this.#capacity) {
+      // Only the newest `capacity` bytes can be held: what was held and the rest are dropped.
+      const skipped = source.length - this.#capacity;
+      this.#droppedBytes += this.#end - this.#begin + skipped;
+      this.#end += skipped;
+      this.#begin = this.#end;
+      this.#head = 0;
+      source = source.subarray(skipped);
     }
-    const slot = (this.#head + this.#count) % capacity;
-    this.#chunks[slot] = chunk;
-    this.#starts[slot] = this.#end;
-    this.#count++;
-    this.#end += chunk.length;
+    const held = this.#end - this.#begin;
+    if (held + source.length > this.#bytes.length) this.#grow(held + source.length);
+    const overflow = held + source.length - this.#bytes.length;
+    if (overflow > 0) {
+      this.#droppedBytes += overflow;
+      this.#skip(overflow);
+    }
+    const size = this.#bytes.length;
+    const tail = (this.#head + this.#end - this.#begin) % size;
+    const first = Math.min(source.length, size - tail);
+    this.#bytes.set(source.subarray(0, first), tail);
+    if (first < source.length) this.#bytes.set(source.subarray(first), 0);
+    this.#end += source.length;
   }
 
   /** Forgets everything before `offset` (clamped to what is held). */
   trimTo(offset: number): void {
     const target = Math.min(Math.max(offset, this.#begin), this.#end);
-    const capacity = this.#chunks.length;
-    while (this.#count > 0) {
-      const chunk = this.#chunks[this.#head] as Uint8Array;
-      if (this.#starts[this.#head] + chunk.length > target) break;
-      this.#chunks[this.#head] = null;
-      this.#head = (this.#head + 1) % capacity;
-      this.#count--;
-    }
-    this.#begin = target;
+    this.#skip(target - this.#begin);
   }
 
   /**
-   * Up to `maxBytes` contiguous bytes starting at `from` (a view, not a copy), never crossing a
-   * chunk; empty when `from` is at or past the end. `from` below `begin` reads from `begin`.
+   * A copy of up to `maxBytes` bytes starting at `from`; empty when `from` is at or past the end.
+   * `from` below `begin` reads from `begin`. A copy, because the bytes may be overwritten once
+   * trimmed while a stream still holds the array.
    */
   read(from: number, maxBytes: number): Uint8Array {
     const at = Math.max(from, this.#begin);
-    if (at >= this.#end || this.#count === 0) return new Uint8Array(0);
-    const capacity = this.#chunks.length;
-    // Binary search for the last chunk starting at or before `at`.
-    let lo = 0;
-    let hi = this.#count - 1;
-    while (lo < hi) {
-      const mid = (lo + hi + 1) >> 1;
-      if (this.#starts[(this.#head + mid) % capacity] <= at) lo = mid;
-      else hi = mid - 1;
-    }
-    const slot = (this.#head + lo) % capacity;
-    const chunk = this.#chunks[slot] as Uint8Array;
-    const offset = at - this.#starts[slot];
-    return chunk.subarray(offset, Math.min(chunk.length, offset + maxBytes));
+    const length = Math.max(0, Math.min(maxBytes, this.#end - at));
+    const out = new Uint8Array(length);
+    if (length === 0) return out;
+    const size = this.#bytes.length;
+    const start = (this.#head + at - this.#begin) % size;
+    const first = Math.min(length, size - start);
+    out.set(this.#bytes.subarray(start, start + first));
+    if (first < length) out.set(this.#bytes.subarray(0, length - first), first);
+    return out;
+  }
+
+  #skip(bytes: number): void {
+    if (bytes <= 0) return;
+    this.#begin += bytes;
+    this.#head = (this.#head + bytes) % this.#bytes.length;
+  }
+
+  /** Doubles the buffer (up to capacity) until `needed` bytes fit, unwrapping what is held. */
+  #grow(needed: number): void {
+    let size = this.#bytes.length;
+    while (size < needed && size < this.#capacity) size = Math.min(this.#capacity, size * 2);
+    if (size === this.#bytes.length) return;
+    const held = this.#end - this.#begin;
+    const next = new Uint8Array(size);
+    const old = this.#bytes;
+    const first = Math.min(held, old.length - this.#head);
+    next.set(old.subarray(this.#head, this.#head + first));
+    if (first < held) next.set(old.subarray(0, held - first), first);
+    this.#bytes = next;
+    this.#head = 0;
   }
 }

@@ -86,7 +86,7 @@ export class GoogleSpeechSession implements SpeechSession {
 
   constructor(deps: GoogleSessionDeps) {
     this.#deps = deps;
-    this.#ring = new AudioRing(deps.tuning.ringChunks);
+    this.#ring = new AudioRing(deps.tuning.ringBytes);
     this.#events = new EventQueue(deps.tuning.eventCapacity);
     this.#batch = new Uint8Array(deps.batchBytes);
     this.ready = new Promise((resolve) => this.#resolveReady = resolve);
@@ -172,11 +172,11 @@ export class GoogleSpeechSession implements SpeechSession {
 
   #flushBatch(): void {
     if (this.#batchFill === 0) return;
-    const chunk = this.#batch.slice(0, this.#batchFill);
+    const batch = this.#batch.subarray(0, this.#batchFill);
+    this.#ring.append(batch);
     this.#batchFill = 0;
-    this.#ring.append(chunk);
     if (this.#mode === "recognize") {
-      this.#fallback.push(chunk);
+      this.#fallback.push(batch.slice()); // the utterance being cut keeps it
       return;
     }
     this.#pump();

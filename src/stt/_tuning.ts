@@ -13,8 +13,8 @@ export interface SttTuning {
   readonly closeTimeoutMs: number;
   /** Deadline of one `Recognize` call (ms). */
   readonly recognizeTimeoutMs: number;
-  /** Replay buffer size, in chunks of `batch_ms` (750 × 40 ms = 30 s). */
-  readonly ringChunks: number;
+  /** Replay buffer size in bytes of μ-law (240,000 = 30 s). */
+  readonly ringBytes: number;
   /** Past the age limit with no final, restart once this much silence ends the audio (ms). */
   readonly quietRestartMs: number;
   /** Past the age limit by this much, restart even mid-speech (Google's hard limit is near) (ms). */
@@ -40,7 +40,7 @@ export const STT_TUNING: SttTuning = Object.freeze({
   readyGraceMs: 3000,
   closeTimeoutMs: 2000,
   recognizeTimeoutMs: 10_000,
-  ringChunks: 750,
+  ringBytes: 240_000,
   quietRestartMs: 800,
   forceRestartSlackMs: 8000,
   minHealthyStreamMs: 1000,
