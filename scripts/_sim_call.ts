@@ -97,7 +97,7 @@ export interface CallResult {
   readonly index: number;
   readonly callSid: string;
   readonly streamSid: string;
-  /** Greeting received, every turn answered, no error. */
+  /** Greeting received (or begun and cut by a caller who speaks first), every turn answered, no error. */
   readonly ok: boolean;
   readonly greeting: {
     /** At least one frame and the `greeting_end` mark arrived. */
@@ -286,7 +286,10 @@ class SimCall {
       totals.active--;
       totals.finished++;
     }
-    const greetingOk = this.#greetingEchoed && this.#greetingFrames > 0;
+    // A caller who speaks first barges in: the greeting starts, then `clear` cuts it before its
+    // mark was sent, as it should.
+    const greetingCut = this.#o.speakFirst === true && this.#clears > 0;
+    const greetingOk = (this.#greetingEchoed || greetingCut) && this.#greetingFrames > 0;
     return {
       index: o.index,
       callSid: this.callSid,

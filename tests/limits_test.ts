@@ -232,6 +232,31 @@ Deno.test("readBody() gives up on a body that stops arriving and cancels it", as
   assert.ok(read.ok);
 });
 
+Deno.test("readBody() reads a declared-length body in one go and still times it out", async () => {
+  const form = "CallSid=CA1&StreamSid=MZ1";
+  const whole = new Request("http://127.0.0.1/", {
+    method: "POST",
+    body: form,
+    headers: { "content-length": String(form.length) },
+  });
+  const read = await readBody(whole, { maxBytes: 1024, timeoutMs: 1000 });
+  assert.ok(read.ok);
+  assert.equal(new TextDecoder().decode(read.bytes), form);
+  const stalled = new Request("http://127.0.0.1/", {
+    method: "POST",
+    body: new ReadableStream<Uint8Array>({
+      start(controller) {
+        controller.enqueue(new TextEncoder().encode("CallSid=CA"));
+      },
+    }),
+    headers: { "content-length": "200" },
+  });
+  assert.deepEqual(await readBody(stalled, { maxBytes: 1024, timeoutMs: 100 }), {
+    ok: false,
+    reason: "timeout",
+  });
+});
+
 Deno.test("a webhook body trickled in (slowloris) gets 408 and Kav keeps serving", async () => {
   const config = parseConfig(
     `[server]\npublic_url = "https://kav.example.com"\n[twilio]\nvalidate_signatures = false\n`,

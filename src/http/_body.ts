@@ -27,6 +27,10 @@ export async function readBody(
     return { ok: false, reason: "too_large" };
   }
   if (req.body === null) return { ok: true, bytes: new Uint8Array(0) };
+  // Twilio always declares the length: then one read of the whole body (one trip through the
+  // event loop instead of one per chunk plus one for the end, which showed in webhook latency
+  // under load), still cut off at the deadline.
+  if (declared !== null) return await readDeclared(req, options.timeoutMs ?? BODY_TIMEOUT_MS);
   const reader = req.body.getReader();
   const chunks: Uint8Array[] = [];
   let total = 0;
@@ -64,4 +68,22 @@ export async function readBody(
     at += chunk.byteLength;
   }
   return { ok: true, bytes };
+}
+
+/** The body of a request whose Content-Length is within the cap, or `timeout`. */
+async function readDeclared(req: Request, timeoutMs: number): Promise<BodyResult> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const deadline = new Promise<typeof TIMED_OUT>((resolve) => {
+    timer = setTimeout(() => resolve(TIMED_OUT), timeoutMs);
+  });
+  const whole = req.bytes();
+  try {
+    const bytes = await Promise.race([whole, deadline]);
+    if (bytes !== TIMED_OUT) return { ok: true, bytes };
+    whole.catch(() => {}); // settles (fails) once the body is cancelled
+    await req.body?.cancel().catch(() => {});
+    return { ok: false, reason: "timeout" };
+  } finally {
+    clearTimeout(timer);
+  }
 }
