@@ -176,7 +176,7 @@ function kavToml(
   return mergeToml(
     sandboxToml(servers, { listen: url, publicUrl: `http://${url}`, storagePath: dbPath }),
     "[server]\nmax_calls = 2000\n[twilio]\nvalidate_signatures = true\n[llm]\ntimeout_ms = 8000\n" +
-      (Deno.env.get("KAV_BENCH_EXTRA_TOML") ?? ""),
+      extraToml,
   );
 }
 

@@ -69,11 +69,6 @@ function defaultSink(line: string, level: "info" | "warn" | "error"): void {
   consoleSink.write(line, level);
 }
 
-/** Writes out buffered log lines now (before `Deno.exit`, which also does it). */
-export function flushLogs(): void {
-  consoleSink?.flush();
-}
-
 function formatValue(value: LogValue): string {
   if (value === null || value === undefined) return "-";
   if (typeof value === "string") {
