@@ -8,29 +8,17 @@
  *   deno run -A scripts/_bench_load.ts --url URL --public-url URL --token T --calls N
  *     --ramp-ms MS --turns N --duration-ms MS [--speak-first]
  */
-import { fixtureLines, simulate } from "./_sim_engine.ts";
+import { type CallCounts, fixtureLines, simulate } from "./_sim_engine.ts";
 import { type HistogramJson, MsHistogram } from "./_sim_stats.ts";
 
 /** What one generator reports (merged by `bench.ts`). */
-export interface LoadReport {
+export interface LoadReport extends CallCounts {
   readonly event: "report";
-  readonly calls: number;
-  readonly ok: number;
-  readonly greetings: number;
-  readonly turnsPlayed: number;
-  readonly turnsAnswered: number;
-  readonly framesSent: number;
-  readonly framesReceived: number;
-  readonly gapsOver40: number;
-  readonly underruns: number;
-  readonly clears: number;
   readonly interArrival: HistogramJson;
   /** `start` → first greeting frame, per call, ms. */
   readonly firstFrameMs: readonly number[];
   /** Caller's line end → first answer frame, per turn, ms. */
   readonly answerMs: readonly number[];
-  readonly errors: number;
-  readonly errorKinds: readonly { message: string; count: number }[];
   /** This process's timer lateness (10 ms probe), ms. */
   readonly lag: HistogramJson;
 }

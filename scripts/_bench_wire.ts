@@ -13,6 +13,7 @@
  * otherwise and the bench reports client-side figures only.
  */
 import { MsHistogram } from "./_sim_stats.ts";
+import { concatBytes } from "../tests/support/bytes.ts";
 
 export interface WireCapture {
   /** Stops the capture and analyses it. */
@@ -208,7 +209,7 @@ export function analyzeCapture(
       }
       continue;
     }
-    flow.pending = concat(flow.pending, data);
+    flow.pending = concatBytes(flow.pending, data);
     mediaFrames += readFrames(flow, timeMs, tx);
   }
   return { tx, webhooks, packets, brokenFlows, mediaFrames };
@@ -229,14 +230,6 @@ function flowOf(flows: Map<number, Flow>, port: number, seq: number): Flow {
   };
   flows.set(port, flow);
   return flow;
-}
-
-function concat(a: Uint8Array, b: Uint8Array): Uint8Array {
-  if (a.length === 0) return b.slice();
-  const joined = new Uint8Array(a.length + b.length);
-  joined.set(a);
-  joined.set(b, a.length);
-  return joined;
 }
 
 /** Parses the complete server-to-client WebSocket frames in `flow.pending` (arrived at `timeMs`). */

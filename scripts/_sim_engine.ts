@@ -58,7 +58,8 @@ export interface CallReport {
   readonly errors: readonly string[];
 }
 
-export interface OverallReport {
+/** The counts every report of many calls carries (a simulation's, a bench generator's). */
+export interface CallCounts {
   readonly calls: number;
   readonly ok: number;
   readonly greetings: number;
@@ -66,17 +67,20 @@ export interface OverallReport {
   readonly turnsAnswered: number;
   readonly framesSent: number;
   readonly framesReceived: number;
-  readonly interArrivalMs: IntervalSummary;
   readonly gapsOver40: number;
   readonly underruns: number;
   readonly clears: number;
+  readonly errors: number;
+  /** Distinct error messages with their counts (first 10). */
+  readonly errorKinds: readonly { message: string; count: number }[];
+}
+
+export interface OverallReport extends CallCounts {
+  readonly interArrivalMs: IntervalSummary;
   /** `start` → first greeting frame, ms. */
   readonly greetingFirstFrameMs: { p50: number; p95: number; max: number };
   /** Caller's last frame → first answer frame, ms (includes STT, LLM and TTS). */
   readonly answerLatencyMs: { p50: number; p95: number; max: number };
-  readonly errors: number;
-  /** Distinct error messages with their counts (first 10). */
-  readonly errorKinds: readonly { message: string; count: number }[];
   readonly wallS: number;
 }
 

@@ -14,6 +14,7 @@ import { type GoogleSessionDeps, GoogleSpeechSession } from "../src/stt/_google_
 import type { Stream } from "../src/stt/_stream_probe.ts";
 import { STT_TUNING } from "../src/stt/_tuning.ts";
 import { loadClips } from "../tests/support/_protos.ts";
+import { concatBytes } from "../tests/support/bytes.ts";
 
 function parseFrames(argv: readonly string[]): number {
   if (argv.length === 0) return 50_000;
@@ -111,8 +112,7 @@ const frames = parseFrames(Deno.args);
 const clips = loadClips(new URL("../tests/fixtures/clips.json", import.meta.url).pathname);
 const gap = new Uint8Array(800 * 8).fill(0xff);
 const parts = clips.flatMap((c) => [c.audio, gap]);
-const audio = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-parts.reduce((offset, p) => (audio.set(p, offset), offset + p.length), 0);
+const audio = concatBytes(...parts);
 
 const results = [];
 for (const state of ["streaming", "recognize", "recognize_retrying"] as const) {

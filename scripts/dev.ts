@@ -20,7 +20,11 @@ import type { Config } from "../src/config/types.ts";
 import { ConfigError, formatProblem } from "../src/errors.ts";
 import { createLogger, type Logger } from "../src/observe/log.ts";
 import { runKav } from "../src/kav.ts";
-import { type ProviderServers, startProviderServers } from "../tests/support/sandbox.ts";
+import {
+  type ProviderServers,
+  sandboxProviderToml,
+  startProviderServers,
+} from "../tests/support/sandbox.ts";
 import { readFlags } from "./_flags.ts";
 
 /** Where the dev sandbox keeps its config and records (relative to the working directory). */
@@ -86,19 +90,6 @@ export function devToml(options: {
   servers: ProviderServers;
 }): string {
   const { port, dir, real, servers } = options;
-  const speech = real.google ? "" : `
-[stt.google]
-endpoint = "${servers.speech.address}"
-fallback_endpoint = ""
-insecure = true
-[tts.google]
-endpoint = "${servers.tts.address}"
-insecure = true`;
-  const llm = real.openai ? "" : `
-[llm]
-base_url = "${servers.llm.baseUrl}"
-model = "sandbox"
-timeout_ms = 3000`;
   return `# Written by \`deno task dev\` on each start; sandbox ports change every run.
 [server]
 listen = "127.0.0.1:${port}"
@@ -108,8 +99,7 @@ drain_timeout_s = 5
 validate_signatures = false
 [storage]
 path = "${dir}/kav.db"
-${speech}
-${llm}
+${sandboxProviderToml(servers, { google: !real.google, openai: !real.openai })}
 `;
 }
 

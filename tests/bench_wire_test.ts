@@ -4,6 +4,7 @@
  */
 import assert from "node:assert/strict";
 import { analyzeCapture } from "../scripts/_bench_wire.ts";
+import { concatBytes } from "./support/bytes.ts";
 
 const PORT = 8080; // Kav
 const T0 = 1_700_000_000; // capture start, epoch seconds
@@ -58,17 +59,7 @@ function frame(json: string): Uint8Array {
   const head = body.length < 126
     ? [0x81, body.length]
     : [0x81, 126, body.length >> 8, body.length & 0xff];
-  return join(Uint8Array.from(head), body);
-}
-
-function join(...parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.length;
-  }
-  return out;
+  return concatBytes(Uint8Array.from(head), body);
 }
 
 /** A 20 ms μ-law chunk is 160 bytes, 216 in base64: a 16-bit frame length, as Kav sends. */
@@ -119,10 +110,10 @@ Deno.test("a split frame counts at its last byte; frames sharing a packet share 
   const c = connection(50001);
   const second = media();
   const packets = [
-    c.out(0, join(UPGRADE, media())), // a frame in the 101 packet itself
+    c.out(0, concatBytes(UPGRADE, media())), // a frame in the 101 packet itself
     c.out(20, second.subarray(0, 3)), // cut inside the 16-bit length
     c.out(23, second.subarray(3)),
-    c.out(43, join(media(), media("AAAA"))), // a 16-bit and a 7-bit length frame
+    c.out(43, concatBytes(media(), media("AAAA"))), // a 16-bit and a 7-bit length frame
   ];
   const report = analyzeCapture(pcap(packets), PORT);
   assert.equal(report.mediaFrames, 4);
@@ -151,7 +142,7 @@ Deno.test("the first media after a mark starts a new sentence: that gap is not c
 Deno.test("retransmissions are ignored, a partial one is trimmed", () => {
   const c = connection(50001);
   const upgrade = c.out(0, UPGRADE), first = c.out(20, media()), second = c.out(40, media());
-  const overlap = join(second.data, media()); // resends `second` and carries one new frame
+  const overlap = concatBytes(second.data, media()); // resends `second` and carries one new frame
   const packets = [
     upgrade,
     first,

@@ -16,21 +16,12 @@ import { levelDbfs, Segmenter } from "../src/stt/_segmenter.ts";
 import type { SttEvent } from "../src/stt/types.ts";
 import { ClipMatcher, findClips } from "./support/_clip_matcher.ts";
 import { type Clip, loadClips } from "./support/_protos.ts";
+import { concatBytes } from "./support/bytes.ts";
 
 const CLIPS: Clip[] = loadClips(new URL("./fixtures/clips.json", import.meta.url).pathname);
 
 function silence(ms: number): Uint8Array {
   return new Uint8Array(ms * 8).fill(0xff);
-}
-
-function concat(...parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let at = 0;
-  for (const part of parts) {
-    out.set(part, at);
-    at += part.length;
-  }
-  return out;
 }
 
 function contains(haystack: Uint8Array, needle: Uint8Array): boolean {
@@ -78,7 +69,7 @@ Deno.test("AudioRing copies what it is given and hands out copies", () => {
 Deno.test("Segmenter cuts speech separated by silence into whole utterances", () => {
   const [a, b] = CLIPS;
   const segmenter = new Segmenter();
-  const audio = concat(silence(500), a.audio, silence(900), b.audio, silence(900));
+  const audio = concatBytes(silence(500), a.audio, silence(900), b.audio, silence(900));
   const utterances: Uint8Array[] = [];
   // Odd-sized writes: windows must be assembled across calls.
   for (let at = 0; at < audio.length; at += 333) {
@@ -95,15 +86,15 @@ Deno.test("Segmenter cuts speech separated by silence into whole utterances", ()
 Deno.test("Segmenter ignores clicks, cuts overlong speech and flushes the last utterance", () => {
   const click = new Uint8Array(160).fill(0x00); // one loud 20 ms window
   const short = new Segmenter();
-  assert.deepEqual(short.push(concat(silence(200), click, silence(1000))), []);
+  assert.deepEqual(short.push(concatBytes(silence(200), click, silence(1000))), []);
 
   const long = new Segmenter({ maxUtteranceMs: 1000 });
-  const tone = concat(...CLIPS.map((c) => c.audio));
+  const tone = concatBytes(...CLIPS.map((c) => c.audio));
   const cut = long.push(tone);
   assert.ok(cut.length >= 1 && cut.every((u) => u.length <= 1000 * 8 + 300 * 8));
 
   const open = new Segmenter();
-  assert.deepEqual(open.push(concat(silence(100), CLIPS[0].audio)), []);
+  assert.deepEqual(open.push(concatBytes(silence(100), CLIPS[0].audio)), []);
   const last = open.flush();
   assert.ok(last !== null && contains(last, CLIPS[0].audio));
   assert.ok(levelDbfs(silence(20)) <= -119 && levelDbfs(CLIPS[0].audio) > -40);
@@ -145,7 +136,7 @@ Deno.test("Segmenter.openFrom marks where the audio not yet in an utterance begi
           pieces.push(bytes);
           length += bytes.length;
         });
-        const audio = concat(...pieces);
+        const audio = concatBytes(...pieces);
         const cut = Math.floor(audio.length * cutPercent / 100);
         const segmenter = new Segmenter();
         const covered: [number, number][] = [];
@@ -211,10 +202,10 @@ Deno.test("RecognizeWorker.retire() forgets the utterance being cut, not the que
     maxPending: 4,
   });
   assert.equal(worker.idle, true);
-  worker.push(concat(silence(400), noise(500, 7), silence(700))); // one utterance, queued
+  worker.push(concatBytes(silence(400), noise(500, 7), silence(700))); // one utterance, queued
   assert.equal(calls.length, 1);
   assert.equal(worker.idle, false, "a Recognize call is in flight");
-  worker.push(concat(silence(100), noise(300, 9))); // a second one, being cut
+  worker.push(concatBytes(silence(100), noise(300, 9))); // a second one, being cut
   // The first utterance ended after its 600 ms hangover (at 1500 ms); the 200 ms of silence since
   // are the second one's preroll, so it begins there.
   assert.equal(worker.openFrom, 1500 * 8);
@@ -315,7 +306,7 @@ Deno.test("parseEndpoint() takes host, host:port and [v6]:port", () => {
 Deno.test("ClipMatcher reports growing partials, one final, and never a clip split across streams", () => {
   const clip = CLIPS[0];
   const matcher = new ClipMatcher(CLIPS);
-  const audio = concat(silence(100), clip.audio, silence(100));
+  const audio = concatBytes(silence(100), clip.audio, silence(100));
   const events = [];
   for (let at = 0; at < audio.length; at += 320) {
     events.push(...matcher.push(audio.subarray(at, at + 320)));
@@ -328,8 +319,12 @@ Deno.test("ClipMatcher reports growing partials, one final, and never a clip spl
 
   fc.assert(
     fc.property(fc.integer({ min: 1, max: clip.audio.length - 1 }), (split) => {
-      const first = new ClipMatcher(CLIPS).push(concat(silence(40), clip.audio.subarray(0, split)));
-      const second = new ClipMatcher(CLIPS).push(concat(clip.audio.subarray(split), silence(40)));
+      const first = new ClipMatcher(CLIPS).push(
+        concatBytes(silence(40), clip.audio.subarray(0, split)),
+      );
+      const second = new ClipMatcher(CLIPS).push(
+        concatBytes(clip.audio.subarray(split), silence(40)),
+      );
       return [...first, ...second].every((e) => e.kind !== "final");
     }),
     { numRuns: 200 },

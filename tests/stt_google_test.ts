@@ -11,7 +11,6 @@ import { gaxClientOptions } from "../src/stt/_grpc.ts";
 import {
   clip,
   CLIPS,
-  concat,
   feed,
   finals,
   openSession,
@@ -21,6 +20,7 @@ import {
   waitFor,
   withServer,
 } from "./support/stt_harness.ts";
+import { concatBytes } from "./support/bytes.ts";
 
 const [APPOINTMENT, HOURS, GOODBYE, TOMORROW] = ["appointment", "hours", "goodbye", "tomorrow"]
   .map(clip);
@@ -35,7 +35,7 @@ Deno.test(
     await withServer({ clips: CLIPS }, async (server) => {
       const h = openSession(sttConfig(server.address));
       await h.session.ready;
-      const audio = concat(silence(200), HOURS.audio, silence(300));
+      const audio = concatBytes(silence(200), HOURS.audio, silence(300));
       await feed(h.session, audio, 5);
       await waitFor("the final", () => finals(h.events).length === 1);
       await h.finish();
@@ -76,7 +76,7 @@ Deno.test(
       let readyAt = 0;
       h.session.ready.then(() => readyAt = performance.now());
       // The caller's RX queue: frames keep arriving in real time; they are written only after ready.
-      const audio = concat(
+      const audio = concatBytes(
         silence(300),
         APPOINTMENT.audio,
         silence(400),
@@ -122,7 +122,7 @@ Deno.test(
       const h = openSession(sttConfig(server.address, {}, 1));
       await h.session.ready;
       const gap = silence(150);
-      const call = concat(
+      const call = concatBytes(
         silence(300),
         APPOINTMENT.audio,
         gap,
@@ -163,7 +163,7 @@ Deno.test(
     await withServer({ clips: CLIPS, streamLimitMs: 1200 }, async (server) => {
       const h = openSession(sttConfig(server.address));
       await h.session.ready;
-      const call = concat(
+      const call = concatBytes(
         silence(300),
         APPOINTMENT.audio,
         silence(500),
@@ -186,13 +186,13 @@ Deno.test("a mid-call stream error reconnects with the buffered audio replayed",
   await withServer({ clips: CLIPS }, async (server) => {
     const h = openSession(sttConfig(server.address));
     await h.session.ready;
-    await feed(h.session, concat(silence(200), HOURS.audio, silence(200)), 4);
+    await feed(h.session, concatBytes(silence(200), HOURS.audio, silence(200)), 4);
     await waitFor("the first final", () => finals(h.events).length === 1);
     const half = Math.floor(APPOINTMENT.audio.length / 2);
-    await feed(h.session, concat(silence(200), APPOINTMENT.audio.subarray(0, half)), 4);
+    await feed(h.session, concatBytes(silence(200), APPOINTMENT.audio.subarray(0, half)), 4);
     await waitFor("the half clip to reach the server", () => server.bytesReceived() >= 3200 + half);
     assert.equal(server.failActiveStreams(grpc.status.INTERNAL, "Internal error encountered."), 1);
-    await feed(h.session, concat(APPOINTMENT.audio.subarray(half), silence(300)), 4);
+    await feed(h.session, concatBytes(APPOINTMENT.audio.subarray(half), silence(300)), 4);
     await waitFor("the second final", () => finals(h.events).length === 2);
     await h.finish();
 
@@ -213,10 +213,10 @@ Deno.test("a killed and restarted server mid-clip loses no words", TEST, async (
     const h = openSession(sttConfig(server.address));
     await h.session.ready;
     const half = Math.floor(GOODBYE.audio.length / 2);
-    await feed(h.session, concat(silence(200), GOODBYE.audio.subarray(0, half)), 4);
+    await feed(h.session, concatBytes(silence(200), GOODBYE.audio.subarray(0, half)), 4);
     await waitFor("audio at the server", () => server.bytesReceived() >= 1600 + half - 320);
     await server.kill();
-    const during = feed(h.session, concat(GOODBYE.audio.subarray(half), silence(300)), 1);
+    const during = feed(h.session, concatBytes(GOODBYE.audio.subarray(half), silence(300)), 1);
     await sleep(100);
     await server.restart();
     await during;
@@ -240,7 +240,7 @@ Deno.test(
       await h.session.ready;
       await feed(h.session, silence(1500), 2);
       await waitFor("recognize mode", () => h.lines.some((l) => l.includes("per-utterance")));
-      await feed(h.session, concat(silence(200), TOMORROW.audio, silence(900)), 4);
+      await feed(h.session, concatBytes(silence(200), TOMORROW.audio, silence(900)), 4);
       await waitFor("the final", () => finals(h.events).length === 1);
       await h.finish();
 
@@ -255,7 +255,7 @@ Deno.test("two refused opens are retried on the primary", TEST, async () => {
     primary.refuseStreams(2);
     const h = openSession(sttConfig(primary.address, { fallback_endpoint: "127.0.0.1:1" }));
     await h.session.ready;
-    await feed(h.session, concat(silence(100), TOMORROW.audio, silence(200)), 5);
+    await feed(h.session, concatBytes(silence(100), TOMORROW.audio, silence(200)), 5);
     await waitFor("the final", () => finals(h.events).length === 1);
     await h.finish();
     assert.equal(primary.stats.refused, 2);
@@ -273,7 +273,7 @@ Deno.test(
         primary.refuseStreams(3); // refused 3 times (SPEC: then the fallback)
         const h = openSession(sttConfig(primary.address, { fallback_endpoint: fallback.address }));
         await h.session.ready;
-        await feed(h.session, concat(silence(100), HOURS.audio, silence(200)), 5);
+        await feed(h.session, concatBytes(silence(100), HOURS.audio, silence(200)), 5);
         await waitFor("the final", () => finals(h.events).length === 1);
         await h.finish();
 
@@ -295,7 +295,7 @@ Deno.test("a primary that refuses the language goes straight to the fallback", T
     await withServer({ clips: CLIPS }, async (fallback) => {
       const h = openSession(sttConfig(primary.address, { fallback_endpoint: fallback.address }));
       await h.session.ready;
-      await feed(h.session, concat(silence(100), GOODBYE.audio, silence(200)), 5);
+      await feed(h.session, concatBytes(silence(100), GOODBYE.audio, silence(200)), 5);
       await waitFor("the final", () => finals(h.events).length === 1);
       await h.finish();
 
@@ -322,7 +322,7 @@ Deno.test(
           NO_RESUME,
         );
         await h.session.ready;
-        const call = concat(
+        const call = concatBytes(
           silence(300),
           APPOINTMENT.audio,
           silence(900),
@@ -356,7 +356,13 @@ Deno.test("recognize falls back to the second endpoint and reports failures", TE
       fallback.failRecognize(1, grpc.status.RESOURCE_EXHAUSTED, "Quota exceeded");
       const h = openSession(sttConfig(primary.address, { fallback_endpoint: fallback.address }));
       await h.session.ready;
-      const call = concat(silence(300), HOURS.audio, silence(900), GOODBYE.audio, silence(900));
+      const call = concatBytes(
+        silence(300),
+        HOURS.audio,
+        silence(900),
+        GOODBYE.audio,
+        silence(900),
+      );
       await feed(h.session, call, 4);
       await waitFor("one final and one error", () =>
         finals(h.events).length === 1 &&
@@ -401,7 +407,7 @@ Deno.test("insecure mode never asks google-auth-library for credentials", TEST, 
     await withServer({ clips: CLIPS }, async (server) => {
       const h = openSession(sttConfig(server.address));
       await h.session.ready;
-      await feed(h.session, concat(TOMORROW.audio, silence(200)), 5);
+      await feed(h.session, concatBytes(TOMORROW.audio, silence(200)), 5);
       await waitFor("the final", () => finals(h.events).length === 1);
       await h.finish();
       assert.deepEqual(calls, [], "no credential lookup in insecure mode");

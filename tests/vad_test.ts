@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { decodeMulaw, encodeMulaw, frameDbfs } from "../src/audio/mulaw.ts";
 import { createVad, Vad, type VadTransition } from "../src/audio/vad.ts";
+import { concatBytes } from "./support/bytes.ts";
 
 /**
  * Real Hebrew speech: the shared clips (espeak-ng he → 8000 Hz μ-law, trimmed) and our own
@@ -69,16 +70,6 @@ function mix(a: Uint8Array, b: Uint8Array): Uint8Array {
   return encodeMulaw(Int16Array.from(x, (s, i) => Math.max(-32768, Math.min(32767, s + y[i]))));
 }
 
-function concat(...parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let at = 0;
-  for (const part of parts) {
-    out.set(part, at);
-    at += part.length;
-  }
-  return out;
-}
-
 interface Seen {
   readonly transition: VadTransition;
   /** End of the frame whose push returned it: when Kav knows. */
@@ -113,7 +104,7 @@ for (const path of FIXTURES) {
     const clip = Deno.readFileSync(path);
     // An odd lead so speech starts mid-frame, as it does on a real call.
     const leadBytes = 4100;
-    const audio = concat(silence(leadBytes), clip, silence(8000));
+    const audio = concatBytes(silence(leadBytes), clip, silence(8000));
     const span = voicedSpan(clip);
     const truthStart = leadBytes / 8 + span.first;
     const truthEnd = leadBytes / 8 + span.lastEnd;
@@ -153,7 +144,7 @@ Deno.test("Vad stays silent on phone-line noise", () => {
 });
 
 Deno.test("Vad ignores a one-frame click", () => {
-  const audio = concat(silence(8000), tone(20, -6), silence(8000));
+  const audio = concatBytes(silence(8000), tone(20, -6), silence(8000));
   assert.deepEqual(run(new Vad({ hangoverMs: HANGOVER_MS }), audio), []);
 });
 
@@ -161,7 +152,11 @@ Deno.test("Vad absorbs steady loud noise into its floor and still hears speech o
   const clip = Deno.readFileSync(FIXTURES[0]);
   const lead = 8000 * 4;
   const background = noise(lead + clip.length + 8000, -40);
-  const speech = concat(new Uint8Array(lead).fill(0xff), clip, new Uint8Array(8000).fill(0xff));
+  const speech = concatBytes(
+    new Uint8Array(lead).fill(0xff),
+    clip,
+    new Uint8Array(8000).fill(0xff),
+  );
   const vad = new Vad({ hangoverMs: HANGOVER_MS });
   const seen = run(vad, mix(background, speech));
   // The first 2 s may count as speech while the floor window fills; after that, only the clip.
@@ -179,7 +174,7 @@ Deno.test("Vad absorbs steady loud noise into its floor and still hears speech o
 });
 
 Deno.test("Vad reports the end at the last voiced frame and bridges gaps shorter than the hangover", () => {
-  const audio = concat(
+  const audio = concatBytes(
     silence(4000),
     tone(300, -20),
     silence(160 * 8), // 160 ms < hangover: same utterance
@@ -200,7 +195,7 @@ Deno.test("Vad reports the end at the last voiced frame and bridges gaps shorter
 });
 
 Deno.test("createVad() takes the hangover from the STT settings", () => {
-  const audio = concat(silence(4000), tone(300, -20), silence(8000));
+  const audio = concatBytes(silence(4000), tone(300, -20), silence(8000));
   const short = run(createVad({ vad_hangover_ms: 100 }), audio);
   const long = run(createVad({ vad_hangover_ms: 400 }), audio);
   assert.equal(short[1].transition.atMs, 800);
@@ -211,7 +206,7 @@ Deno.test("createVad() takes the hangover from the STT settings", () => {
 
 Deno.test("Vad.reset() forgets speech in progress", () => {
   const vad = new Vad({ hangoverMs: HANGOVER_MS });
-  run(vad, concat(silence(4000), tone(200, -20)));
+  run(vad, concatBytes(silence(4000), tone(200, -20)));
   assert.equal(vad.speaking, true);
   vad.reset();
   assert.equal(vad.speaking, false);

@@ -10,6 +10,7 @@ import {
   MULAW_TO_PCM,
 } from "../src/audio/mulaw.ts";
 import { parseWav, writeWav } from "../src/audio/wav.ts";
+import { concatBytes } from "./support/bytes.ts";
 
 /** Every μ-law byte once, then a ramp: covers the whole table. */
 const ALL_BYTES = Uint8Array.from({ length: 512 }, (_, i) => i & 0xff);
@@ -37,16 +38,6 @@ function chunk(id: string, body: Uint8Array, declared = body.length): Uint8Array
   return out;
 }
 
-function concat(...parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let at = 0;
-  for (const part of parts) {
-    out.set(part, at);
-    at += part.length;
-  }
-  return out;
-}
-
 /** Builds a WAV by hand, independently of `writeWav`. */
 function buildWav(spec: WavSpec): Uint8Array {
   const channels = spec.channels ?? 1;
@@ -64,13 +55,13 @@ function buildWav(spec: WavSpec): Uint8Array {
     view.setUint16(18, spec.bits, true);
     view.setUint16(24, spec.format, true);
   }
-  const body = concat(
+  const body = concatBytes(
     new TextEncoder().encode("WAVE"),
     ...(spec.before ?? []),
     chunk("fmt ", fmt),
     chunk("data", spec.data, spec.declaredData),
   );
-  return concat(chunk("RIFF", body));
+  return concatBytes(chunk("RIFF", body));
 }
 
 function pcmBytes(samples: Int16Array): Uint8Array {
@@ -162,12 +153,12 @@ Deno.test("parseWav() rejects files that are not complete WAVs", () => {
   const wav = buildWav({ format: 7, bits: 8, data: ALL_BYTES });
   assert.throws(() => parseWav(wav.subarray(0, 30)), { message: /fmt chunk .* truncated/ });
   assert.throws(() => parseWav(wav.subarray(0, 44 - 8)), { message: /no data chunk/ });
-  const noFmt = concat(
-    chunk("RIFF", concat(new TextEncoder().encode("WAVE"), chunk("data", ALL_BYTES))),
+  const noFmt = concatBytes(
+    chunk("RIFF", concatBytes(new TextEncoder().encode("WAVE"), chunk("data", ALL_BYTES))),
   );
   assert.throws(() => parseWav(noFmt), { message: /data chunk comes before fmt/ });
-  const shortFmt = concat(
-    chunk("RIFF", concat(new TextEncoder().encode("WAVE"), chunk("fmt ", new Uint8Array(10)))),
+  const shortFmt = concatBytes(
+    chunk("RIFF", concatBytes(new TextEncoder().encode("WAVE"), chunk("fmt ", new Uint8Array(10)))),
   );
   assert.throws(() => parseWav(shortFmt), { message: /"10" bytes is too short/ });
 });

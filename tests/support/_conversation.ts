@@ -19,6 +19,7 @@ import type { Clip } from "./_protos.ts";
 import { fixtureClips, type Sandbox, type SandboxOptions, startSandbox } from "./sandbox.ts";
 import { synthWaveform } from "./tts_server.ts";
 import type { TwilioClient } from "./twilio_client.ts";
+import { concatBytes } from "./bytes.ts";
 
 const SILENT_FRAME = new Uint8Array(FRAME_BYTES).fill(MULAW_SILENCE);
 
@@ -242,11 +243,5 @@ export function audioSince(client: TwilioClient, from: number): Uint8Array {
     const media = received[i].data["media"] as { payload: string };
     chunks.push(Uint8Array.fromBase64(media.payload));
   }
-  const out = new Uint8Array(chunks.reduce((n, c) => n + c.length, 0));
-  let offset = 0;
-  for (const c of chunks) {
-    out.set(c, offset);
-    offset += c.length;
-  }
-  return out;
+  return concatBytes(...chunks);
 }

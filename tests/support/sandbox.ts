@@ -57,6 +57,30 @@ export async function startProviderServers(
   };
 }
 
+/**
+ * The provider tables pointing at the local servers (plaintext gRPC, no credentials): Speech and
+ * TTS unless `google` is false, the LLM unless `openai` is false.
+ */
+export function sandboxProviderToml(
+  servers: ProviderServers,
+  use: { google: boolean; openai: boolean } = { google: true, openai: true },
+): string {
+  const google = `
+[stt.google]
+endpoint = "${servers.speech.address}"
+fallback_endpoint = ""
+insecure = true
+[tts.google]
+endpoint = "${servers.tts.address}"
+insecure = true`;
+  const llm = `
+[llm]
+base_url = "${servers.llm.baseUrl}"
+model = "sandbox"
+timeout_ms = 3000`;
+  return (use.google ? google : "") + (use.openai ? llm : "");
+}
+
 /** A config TOML pointing at the local servers (plaintext gRPC, no credentials). */
 export function sandboxToml(
   servers: ProviderServers,
@@ -70,18 +94,7 @@ listen = "${listen}"
 public_url = "${publicUrl}"
 drain_timeout_s = 5
 [twilio]
-validate_signatures = false
-[stt.google]
-endpoint = "${servers.speech.address}"
-fallback_endpoint = ""
-insecure = true
-[tts.google]
-endpoint = "${servers.tts.address}"
-insecure = true
-[llm]
-base_url = "${servers.llm.baseUrl}"
-model = "sandbox"
-timeout_ms = 3000
+validate_signatures = false${sandboxProviderToml(servers)}
 [storage]
 path = "${options.storagePath}"
 ${options.extra ?? ""}

@@ -9,6 +9,7 @@ import { createGoogleStt, type GoogleSttOptions } from "../../src/stt/google.ts"
 import type { SpeechSession, SttEvent, SttProvider } from "../../src/stt/types.ts";
 import { type Clip, loadClips } from "./_protos.ts";
 import { type SpeechServer, startSpeechServer } from "./speech_server.ts";
+import { concatBytes } from "./bytes.ts";
 
 export const CLIPS: readonly Clip[] = loadClips(
   new URL("../fixtures/clips.json", import.meta.url).pathname,
@@ -24,16 +25,6 @@ export function clip(name: string): Clip {
 /** μ-law digital silence. */
 export function silence(ms: number): Uint8Array {
   return new Uint8Array(ms * 8).fill(0xff);
-}
-
-export function concat(...parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let at = 0;
-  for (const part of parts) {
-    out.set(part, at);
-    at += part.length;
-  }
-  return out;
 }
 
 export function sleep(ms: number): Promise<void> {
@@ -167,7 +158,7 @@ export class CallerLine {
 
   /** Every byte written so far. */
   get written(): Uint8Array {
-    return concat(...this.#written);
+    return concatBytes(...this.#written);
   }
 
   start(): void {
