@@ -12,6 +12,7 @@ import { createOpenAiLlm } from "./llm/openai.ts";
 import type { LlmProvider } from "./llm/types.ts";
 import type { Logger } from "./observe/log.ts";
 import { sdNotifierFromEnv } from "./observe/sd_notify.ts";
+import { lowerHelperThreads } from "./runtime/helper_threads.ts";
 import { openCallStore } from "./store/sqlite.ts";
 import type { CallEventKind, CallStore } from "./store/types.ts";
 import { createGoogleStt } from "./stt/google.ts";
@@ -59,6 +60,7 @@ export interface RunKavOptions {
  */
 export async function runKav(options: RunKavOptions): Promise<void> {
   const { config, log } = options;
+  lowerHelperThreadsOnce(config.server.helper_thread_nice, log);
   const notifier = sdNotifierFromEnv({ log });
   const providers = options.providers ?? createProviders(config, log);
   const store: CallStore = options.store ?? await openCallStore({
@@ -199,4 +201,18 @@ function recordStatus(
   const kind: CallEventKind = "stream_status";
   const detail = [webhook, params.StreamEvent, params.StreamError].filter(Boolean).join(" ");
   store.event(callSid, { kind, at: Date.now(), detail });
+}
+
+let helperThreadsLowered = false;
+
+/** Lowers V8's helper threads the first time Kav runs in this process (a priority is per thread). */
+function lowerHelperThreadsOnce(increment: number, log: Logger): void {
+  if (helperThreadsLowered) return;
+  helperThreadsLowered = true;
+  const result = lowerHelperThreads(increment);
+  if (result.ok) {
+    log.info("KAV", "V8 helper threads lowered", { threads: result.threads, nice: result.nice });
+  } else {
+    log.info("KAV", "V8 helper threads left as they are", { reason: result.reason });
+  }
 }

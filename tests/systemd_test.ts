@@ -185,3 +185,66 @@ Deno.test("systemd-analyze security rates kav.service OK and prints its exposure
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+/** The shell script of `ExecStartPost=-/bin/sh -c '…'`, with systemd's `$$` escapes undone. */
+function execStartPostScript(): string {
+  const value = one("ExecStartPost");
+  const match = /^-\/bin\/sh -c '(.*)'$/.exec(value);
+  assert.ok(match, `Cannot read ExecStartPost ${JSON.stringify(value)}`);
+  assert.doesNotMatch(match[1].replaceAll("$$", ""), /\$/, "every $ is escaped for systemd");
+  return match[1].replaceAll("$$", "$");
+}
+
+function niceOf(pid: number, tid: string): number {
+  const stat = Deno.readTextFileSync(`/proc/${pid}/task/${tid}/stat`);
+  return Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[16]);
+}
+
+Deno.test("kav.service lowers V8's helper threads like server.helper_thread_nice's default", async () => {
+  const script = execStartPostScript();
+  const increment = /renice -n (\d+) /.exec(script)?.[1];
+  assert.equal(increment, await exampleValue("helper_thread_nice", "missing"));
+});
+
+Deno.test({
+  name: "kav.service's ExecStartPost renices a running Deno's V8 helpers, nothing else",
+  ignore: Deno.build.os !== "linux",
+  async fn() {
+    const child = new Deno.Command(Deno.execPath(), {
+      args: ["eval", "--no-config", "console.log('up'); setTimeout(() => {}, 60_000);"],
+      stdout: "piped",
+      stderr: "null",
+    }).spawn();
+    try {
+      const reader = child.stdout.getReader();
+      await reader.read(); // "up": V8 and its helper threads are running
+      reader.releaseLock();
+      const pid = child.pid;
+      const before = new Map(
+        [...Deno.readDirSync(`/proc/${pid}/task`)].map((e) => [e.name, niceOf(pid, e.name)]),
+      );
+      const run = await new Deno.Command("/bin/sh", {
+        args: ["-c", execStartPostScript()],
+        env: { MAINPID: String(pid) },
+        stdout: "piped",
+        stderr: "piped",
+      }).output();
+      assert.equal(run.code, 0, decoder.decode(run.stderr));
+      let helpers = 0;
+      for (const [tid, nice] of before) {
+        const name = Deno.readTextFileSync(`/proc/${pid}/task/${tid}/comm`).trim();
+        if (name.startsWith("V8 ")) {
+          helpers++;
+          assert.equal(niceOf(pid, tid), 10, `${name} ${tid}`);
+        } else {
+          assert.equal(niceOf(pid, tid), nice, `${name} ${tid} keeps its priority`);
+        }
+      }
+      assert.ok(helpers > 0, "a Deno process has V8 helper threads");
+    } finally {
+      child.kill();
+      await child.status;
+      await child.stdout.cancel().catch(() => {});
+    }
+  },
+});

@@ -112,6 +112,7 @@ export const SCHEMA: ReadonlyMap<string, Rule> = new Map<string, Rule>([
   ["server.idle_media_timeout_s", num(15, 0.1, 3600)],
   ["server.max_call_duration_s", num(3600, 1, 86_400)],
   ["server.bad_signature_per_ip_per_min", int(30, 1, 1_000_000)],
+  ["server.helper_thread_nice", int(10, 0, 19)],
   ["twilio.validate_signatures", bool(true)],
   ["call.language", str("he-IL", checkLanguage)],
   ["call.greeting", str(DEFAULT_GREETING, checkNonEmpty)],

@@ -161,6 +161,7 @@ function buildConfig(
       idle_media_timeout_s: num("server.idle_media_timeout_s"),
       max_call_duration_s: num("server.max_call_duration_s"),
       bad_signature_per_ip_per_min: num("server.bad_signature_per_ip_per_min"),
+      helper_thread_nice: num("server.helper_thread_nice"),
     },
     twilio: {
       validate_signatures: bool("twilio.validate_signatures"),

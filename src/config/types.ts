@@ -26,6 +26,11 @@ export interface ServerConfig {
   readonly max_call_duration_s: number;
   /** Requests with bad signatures allowed per remote IP per minute before 429. */
   readonly bad_signature_per_ip_per_min: number;
+  /**
+   * Nice increment for V8's GC and compiler helper threads relative to the event loop (0 leaves
+   * them alone): on a shared core they wait instead of taking turns with frames and webhooks.
+   */
+  readonly helper_thread_nice: number;
 }
 
 export interface TwilioConfig {

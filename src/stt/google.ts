@@ -3,7 +3,9 @@
  * (channel) per endpoint, shared by all calls; one streaming session per call (see
  * `_google_session.ts` for restarts, replay and the fallbacks).
  */
-import { v1 } from "@google-cloud/speech";
+// The v1 client alone: the package index also loads v1p1beta1, v2 and 5 MB of generated
+// protobuf code, ~7 MB of heap that every major GC would mark again.
+import * as v1 from "@google-cloud/speech/v1";
 import type { protos } from "@google-cloud/speech";
 import type { SttConfig } from "../config/types.ts";
 import { createLogger, type Logger } from "../observe/log.ts";

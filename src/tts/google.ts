@@ -5,7 +5,9 @@
  * cloud_tts.proto), which is parsed chunk by chunk and removed. One attempt per call: retries and the
  * cached apology belong to the caller.
  */
-import { v1 } from "@google-cloud/text-to-speech";
+// The v1 client alone: the package index also loads v1p1beta1, v2 and 5 MB of generated
+// protobuf code, ~7 MB of heap that every major GC would mark again.
+import * as v1 from "@google-cloud/text-to-speech/v1";
 import type { TtsConfig } from "../config/types.ts";
 import { ProviderError } from "../errors.ts";
 import * as metrics from "../observe/metrics.ts";
