@@ -3,8 +3,8 @@
  * priority than the event loop. Where they share a core with it (a one-core VM, a busy host, the
  * SPEC's pinned benchmark), the kernel otherwise splits the core evenly between them in 4 ms
  * slices while a GC cycle marks, and every frame and webhook answer waits behind those slices
- * (measured at 100 calls on one core: status-callback p99 6-13 ms, 4-5 ms lowered). With a core to
- * spare the priority changes nothing. The helpers are not starved: at +10 they still get about a
+ * (measured at 100 calls on one core, three runs each: status-callback p99 4.3-15 ms, 7.6-8.8 ms
+ * lowered by 10). With a core to spare the priority changes nothing. The helpers are not starved: at +10 they still get about a
  * tenth of a busy core, and all of an idle one. Linux only (`/proc/self/task`, per-thread nice).
  */
 import { getPriority, setPriority } from "node:os";
@@ -20,6 +20,7 @@ export interface ThreadSystem {
   threadIds(): number[];
   /** The thread's name, or null when it has gone. */
   threadName(tid: number): string | null;
+  /** The thread's nice value; `tid` 0 is the calling thread. */
   getNice(tid: number): number;
   setNice(tid: number, nice: number): void;
 }
