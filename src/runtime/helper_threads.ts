@@ -4,8 +4,9 @@
  * SPEC's pinned benchmark), the kernel otherwise splits the core evenly between them in 4 ms
  * slices while a GC cycle marks, and every frame and webhook answer waits behind those slices
  * (measured at 100 calls on one core, three runs each: status-callback p99 4.3-15 ms, 7.6-8.8 ms
- * lowered by 10). With a core to spare the priority changes nothing. The helpers are not starved: at +10 they still get about a
- * tenth of a busy core, and all of an idle one. Linux only (`/proc/self/task`, per-thread nice).
+ * lowered by 10). With a core to spare the priority changes nothing. The helpers are not starved:
+ * at +10 they still get about a tenth of a busy core, and all of an idle one. Linux only
+ * (`/proc/self/task`, per-thread nice).
  */
 import { getPriority, setPriority } from "node:os";
 
