@@ -110,6 +110,88 @@ Deno.test("TxQueue push() waits when full and resumes in order (back-pressure)",
   assert.equal(wakes, 2, "onItem fires for direct pushes; waiters enter on take()");
 });
 
+Deno.test("TxQueue counts a run of frames in frames and gives it back one view at a time", async () => {
+  const q = new TxQueue(4);
+  const run = new Uint8Array(160 * 3).map((_, i) => Math.floor(i / 160));
+  assert.equal(q.tryPush(run), true);
+  assert.equal(q.size, 3, "a 3-frame run takes 3 slots");
+  assert.equal(q.tryPush(new Uint8Array(320)), false, "2 more frames do not fit in 4");
+  const waiting = q.push(new Uint8Array(320).fill(7));
+  assert.equal(q.tryPush("m"), false, "no cutting in front of a waiter");
+  const first = q.take() as Uint8Array;
+  assert.equal(first.length, 160);
+  assert.equal(first.buffer, run.buffer, "a view, not a copy");
+  assert.equal(first[0], 0);
+  assert.equal(q.waiting, 0, "the freed slot plus the free one let the 2-frame run in");
+  assert.equal(q.size, 4);
+  assert.equal(await waiting, true);
+  const rest: number[] = [];
+  for (let item = q.take(); item !== undefined; item = q.take()) {
+    assert.ok(item instanceof Uint8Array && item.length === 160);
+    rest.push(item[0]);
+  }
+  assert.deepEqual(rest, [1, 2, 7, 7]);
+  assert.equal(q.size, 0);
+});
+
+Deno.test("TxQueue takes a run larger than itself only when empty, and clear() drops a half-sent run", async () => {
+  const q = new TxQueue(2);
+  q.tryPush("m0");
+  const big = q.push(new Uint8Array(160 * 5));
+  assert.equal(q.waiting, 1);
+  assert.equal(q.take(), "m0");
+  assert.equal(await big, true, "an empty queue takes any run (no deadlock)");
+  assert.equal(q.size, 5);
+  q.take();
+  assert.equal(q.clear(), 4, "clear() reports the slots it dropped");
+  assert.equal(q.size, 0);
+  assert.equal(q.take(), undefined);
+  q.tryPush(new Uint8Array([9]));
+  assert.deepEqual(q.take(), new Uint8Array([9]), "the next item starts at its first byte");
+});
+
+Deno.test("TxQueue gives back every frame and mark in order, whatever the run sizes", async () => {
+  await fc.assert(
+    fc.asyncProperty(
+      fc.integer({ min: 1, max: 6 }),
+      fc.array(fc.oneof(fc.integer({ min: 1, max: 9 }), fc.constant(0)), { maxLength: 20 }),
+      async (capacity, items) => {
+        const q = new TxQueue(capacity);
+        let next = 0;
+        const expected: (number | string)[] = [];
+        const runs = items.map((frames, k): string | Uint8Array => {
+          if (frames === 0) {
+            expected.push(`m${k}`);
+            return `m${k}`;
+          }
+          const run = new Uint8Array(160 * frames);
+          for (let f = 0; f < frames; f++) {
+            run[f * 160] = next & 0xff;
+            expected.push(next++ & 0xff);
+          }
+          return run;
+        });
+        // One producer, as in a call: each push waits for room before the next.
+        const pushed = (async () => {
+          const results: boolean[] = [];
+          for (const run of runs) results.push(await q.push(run));
+          return results;
+        })();
+        const got: (number | string)[] = [];
+        for (let spins = 0; got.length < expected.length && spins < 10_000; spins++) {
+          assert.ok(q.size <= Math.max(capacity, 9));
+          const item = q.take();
+          if (item === undefined) await Promise.resolve();
+          else got.push(typeof item === "string" ? item : (item as Uint8Array)[0]);
+        }
+        assert.deepEqual(await pushed, runs.map(() => true));
+        assert.deepEqual(got, expected);
+        assert.equal(q.size, 0);
+      },
+    ),
+  );
+});
+
 Deno.test("TxQueue clear() discards waiters and old-epoch pushes without error", async () => {
   const q = new TxQueue(1);
   await q.push("m0");

@@ -1,10 +1,12 @@
 /** The `Outbound` given to agents (and used for the greeting): a thin layer over the TX queue. */
-import { frameAt, frameCount } from "../audio/frames.ts";
+import { FRAME_BYTES, frameAt, frameCount } from "../audio/frames.ts";
 import type { Outbound, PlayOptions } from "./agent.ts";
 import type { MarkTracker } from "./marks.ts";
 import type { TxWorker } from "./tx_worker.ts";
 
 const IDLE: Promise<unknown> = Promise.resolve();
+/** Frames per queued run (0.5 s): few objects per sentence, and room frees up in small steps. */
+const RUN_FRAMES = 25;
 
 /**
  * Calls are serialized: a `play` or `mark` starts queueing only when the previous call has queued
@@ -53,18 +55,27 @@ export class QueueOutbound implements Outbound {
     const { signal, onFirstFrameSent } = options;
     signal.throwIfAborted();
     const queue = this.#tx.queue;
-    const n = frameCount(mulaw.length);
-    for (let i = 0; i < n; i++) {
-      const frame = frameAt(mulaw, i);
-      if (!queue.tryPush(frame, epoch) && !(await queue.push(frame, { signal, epoch }))) {
+    const whole = Math.floor(mulaw.length / FRAME_BYTES);
+    // Runs of whole frames (views), never more than the queue holds, then the padded tail. With a
+    // first-frame notification the first run is one frame, so it fires right after that frame.
+    const runFrames = Math.max(1, Math.min(RUN_FRAMES, queue.capacity));
+    let frame = 0;
+    while (frame < frameCount(mulaw.length)) {
+      const limit = frame === 0 && onFirstFrameSent !== undefined ? 1 : runFrames;
+      const frames = Math.min(limit, whole - frame);
+      const item = frames > 0
+        ? mulaw.subarray(frame * FRAME_BYTES, (frame + frames) * FRAME_BYTES)
+        : frameAt(mulaw, frame);
+      if (!queue.tryPush(item, epoch) && !(await queue.push(item, { signal, epoch }))) {
         return false;
       }
-      if (i === 0 && onFirstFrameSent !== undefined) {
+      if (frame === 0 && onFirstFrameSent !== undefined) {
         // Queued right behind the first frame: the TX worker calls it once that frame is sent.
         if (!queue.tryPush(onFirstFrameSent, epoch)) {
           if (!(await queue.push(onFirstFrameSent, { signal, epoch }))) return false;
         }
       }
+      frame += Math.max(frames, 1);
     }
     return true;
   }

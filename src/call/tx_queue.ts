@@ -1,19 +1,33 @@
 /**
  * The outbound queue between producers (greeting, agent) and the TX worker (SPEC 2, `tx_q`).
  *
- * Policy: back-pressure, never drop. A push waits while the queue is full (or while earlier pushes
- * wait, to keep order). `clear()` (barge-in) empties the queue and starts a new *epoch*: waiting
+ * Capacity and size count 20 ms frames (a mark or notification takes one slot). Audio goes in as
+ * *runs* of whole frames (one view for many frames) and comes out a frame at a time: a sentence
+ * queued as 144 frame views kept 144 small objects alive for up to 3 s, and at a hundred calls those
+ * were most of what every scavenge had to copy and then promote.
+ *
+ * Policy: back-pressure, never drop. A push waits while the queue lacks room for the item (or while
+ * earlier pushes wait, to keep order); an item larger than the whole queue enters an empty queue. `clear()` (barge-in) empties the queue and starts a new *epoch*: waiting
  * pushes resolve `false` and their items are discarded, and so is any later push that still
  * carries the old epoch, so a cleared utterance's remaining frames are simply not queued. None of
  * this is an error. An aborted push rejects with `signal.reason`.
  */
+import { FRAME_BYTES } from "../audio/frames.ts";
 import { Ring } from "./ring.ts";
 
 /**
- * A 20 ms μ-law frame (160 bytes) to send as `media`; a string: the name of a mark to send; a
- * function: a notification the TX worker calls when it reaches it (right after the frame before).
+ * μ-law audio to send as `media`: one frame (at most 160 bytes, sent as it is) or a run of whole
+ * 160-byte frames; a string: the name of a mark to send; a function: a notification the TX worker
+ * calls when it reaches it (right after the frame before).
  */
 export type TxItem = Uint8Array | string | (() => void);
+
+/** Slots `item` takes: its frames, or one. */
+function slotsOf(item: TxItem): number {
+  return item instanceof Uint8Array && item.length > FRAME_BYTES
+    ? Math.ceil(item.length / FRAME_BYTES)
+    : 1;
+}
 
 interface Waiter {
   readonly item: TxItem;
@@ -36,6 +50,11 @@ export class TxQueue {
   readonly #ring: Ring<TxItem>;
   readonly #waiters: Ring<Waiter>;
   readonly #onItem: () => void;
+  readonly #capacity: number;
+  /** Slots used: frames queued (the head run's sent frames excluded) plus control items. */
+  #used = 0;
+  /** Bytes of the head run already taken. */
+  #headOffset = 0;
   #epoch = 0;
 
   /**
@@ -43,19 +62,21 @@ export class TxQueue {
    * `onItem`: called after an item is queued (the TX worker's wake-up; must be cheap).
    */
   constructor(capacity: number, onItem: () => void = () => {}) {
+    // Every item takes at least one slot, so the ring never holds more items than slots.
     this.#ring = new Ring<TxItem>(capacity);
     // Producers per call are few (greeting, agent); more waiters than items would be a bug.
     this.#waiters = new Ring<Waiter>(capacity);
+    this.#capacity = capacity;
     this.#onItem = onItem;
   }
 
   get capacity(): number {
-    return this.#ring.capacity;
+    return this.#capacity;
   }
 
-  /** Items queued. */
+  /** Slots used: frames queued plus marks and notifications. */
   get size(): number {
-    return this.#ring.size;
+    return this.#used;
   }
 
   /** Pushes waiting for room. */
@@ -70,8 +91,17 @@ export class TxQueue {
 
   /** Queues `item` now if there is room and nobody waits; never waits. */
   tryPush(item: TxItem, epoch: number = this.#epoch): boolean {
-    if (epoch !== this.#epoch || this.#waiters.size > 0 || !this.#ring.push(item)) return false;
+    if (epoch !== this.#epoch || this.#waiters.size > 0 || !this.#enter(item)) return false;
     this.#onItem();
+    return true;
+  }
+
+  /** Queues `item` if it fits (or the queue is empty). */
+  #enter(item: TxItem): boolean {
+    const slots = slotsOf(item);
+    if (this.#used > 0 && this.#used + slots > this.#capacity) return false;
+    if (!this.#ring.push(item)) return false;
+    this.#used += slots;
     return true;
   }
 
@@ -99,18 +129,37 @@ export class TxQueue {
     });
   }
 
-  /** The oldest item, or undefined. */
+  /** The oldest item (a run stays whole until its last frame is taken), or undefined. */
   peek(): TxItem | undefined {
     return this.#ring.peek();
   }
 
-  /** Removes and returns the oldest item; the first waiting push takes the freed slot. */
+  /**
+   * Removes and returns the oldest frame or control item: a run gives one 160-byte view per call.
+   * Waiting pushes enter, in order, as soon as the freed slots hold them.
+   */
   take(): TxItem | undefined {
-    const item = this.#ring.take();
-    if (item !== undefined && this.#waiters.size > 0) {
+    const head = this.#ring.peek();
+    if (head === undefined) return undefined;
+    let item: TxItem;
+    if (head instanceof Uint8Array && head.length > FRAME_BYTES) {
+      const from = this.#headOffset;
+      const to = from + FRAME_BYTES;
+      item = head.subarray(from, to);
+      if (to < head.length) {
+        this.#headOffset = to;
+      } else {
+        this.#headOffset = 0;
+        this.#ring.take();
+      }
+    } else {
+      item = head;
+      this.#ring.take();
+    }
+    this.#used--;
+    while (this.#waiters.size > 0 && this.#enter((this.#waiters.peek() as Waiter).item)) {
       const waiter = this.#waiters.take() as Waiter;
       waiter.signal?.removeEventListener("abort", waiter.onAbort);
-      this.#ring.push(waiter.item);
       waiter.resolve(true);
     }
     return item;
@@ -118,11 +167,14 @@ export class TxQueue {
 
   /**
    * Empties the queue, discards waiting pushes (they resolve `false`) and starts a new epoch.
-   * Returns how many queued items were discarded (waiters' items not included).
+   * Returns how many slots were discarded (waiters' items not included).
    */
   clear(): number {
     this.#epoch++;
-    const removed = this.#ring.clear();
+    const removed = this.#used;
+    this.#ring.clear();
+    this.#used = 0;
+    this.#headOffset = 0;
     while (this.#waiters.size > 0) {
       const waiter = this.#waiters.take() as Waiter;
       waiter.signal?.removeEventListener("abort", waiter.onAbort);
