@@ -7,6 +7,8 @@ import {
   OutboundEncoder,
   parseInbound,
 } from "../src/twilio/protocol.ts";
+import { decodeBase64 } from "../src/twilio/_media_fast.ts";
+import { PayloadSlab } from "../src/twilio/payload_slab.ts";
 
 const SID = "MZ18ad3ab5a668481ce02b83e7395059f0";
 const START = {
@@ -237,5 +239,67 @@ Deno.test("parseInbound() gives the same result on its media fast path as on the
       },
     ),
     { numRuns: 2000 },
+  );
+});
+
+function mediaText(payload: string): string {
+  return JSON.stringify({
+    event: "media",
+    sequenceNumber: "4",
+    streamSid: SID,
+    media: { track: "inbound", chunk: "2", timestamp: "20", payload },
+  });
+}
+
+Deno.test("PayloadSlab decodes exactly as decodeBase64, whatever the text", () => {
+  const slab = new PayloadSlab(4);
+  const frame = fc.uint8Array({ minLength: 160, maxLength: 160 }).map((b) => b.toBase64());
+  // 216 characters is a frame's length: every variant of that length must still decode exactly.
+  const sameLength = fc.tuple(frame, fc.nat(215), fc.constantFrom("=", " ", "@", "\n", "A", "/"))
+    .map(([b64, at, c]) => b64.slice(0, at) + c + b64.slice(at + 1));
+  const unpadded = fc.uint8Array({ minLength: 162, maxLength: 162 }).map((b) => b.toBase64());
+  const any = fc.oneof(
+    frame,
+    sameLength,
+    unpadded,
+    fc.uint8Array({ maxLength: 200 }).map((b) => b.toBase64()),
+    fc.string({ maxLength: 220 }),
+  );
+  fc.assert(
+    fc.property(any, (b64) => {
+      const expected = decodeBase64(b64);
+      const got = slab.decode(b64);
+      if (expected === null) assert.equal(got, null);
+      else assert.deepEqual(got === null ? null : Array.from(got), Array.from(expected));
+    }),
+    { numRuns: 3000 },
+  );
+});
+
+Deno.test("PayloadSlab reuses a frame only after `slots` later frames", () => {
+  const slab = new PayloadSlab(3);
+  const frameOf = (n: number) => new Uint8Array(160).fill(n).toBase64();
+  const decoded = [1, 2, 3].map((n) => slab.decode(frameOf(n)) as Uint8Array);
+  assert.deepEqual(decoded.map((f) => f[0]), [1, 2, 3], "3 frames live at once stay intact");
+  assert.equal(new Set(decoded.map((f) => f.buffer)).size, 1, "all in one buffer");
+  const fourth = slab.decode(frameOf(4)) as Uint8Array;
+  assert.equal(fourth, decoded[0], "the 4th decode takes the 1st slot");
+  assert.equal(decoded[1][0], 2);
+  const odd = slab.decode(new Uint8Array(80).fill(9).toBase64()) as Uint8Array;
+  assert.equal(odd.length, 80, "another size gets its own array");
+  assert.notEqual(odd.buffer, fourth.buffer);
+  assert.equal(slab.decode("@".repeat(216)), null);
+  assert.equal((slab.decode(frameOf(5)) as Uint8Array)[0], 5);
+  assert.equal(decoded[1][0], 5, "a bad or odd payload takes no slot");
+  assert.throws(() => new PayloadSlab(1), /payload slab of "1" slots/);
+});
+
+Deno.test("parseInbound() with a PayloadSlab gives what it gives without one", () => {
+  const slab = new PayloadSlab(8);
+  fc.assert(
+    fc.property(fc.uint8Array({ minLength: 1, maxLength: 480 }), (audio) => {
+      const text = mediaText(audio.toBase64());
+      assert.deepEqual(parseInbound(text, slab.decode), parseInbound(text));
+    }),
   );
 });

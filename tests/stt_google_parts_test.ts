@@ -28,23 +28,35 @@ function contains(haystack: Uint8Array, needle: Uint8Array): boolean {
   return findClips([{ name: "x", text: "x", audio: needle }], haystack).length > 0;
 }
 
+/** The bytes of `view` as a plain Uint8Array (`AudioRing.read` hands out pooled Buffers). */
+function bytesOf(view: Uint8Array): Uint8Array {
+  return new Uint8Array(view);
+}
+
 Deno.test("AudioRing reads by absolute offset, trims at a final and drops the oldest when full", () => {
   const ring = new AudioRing(12, 4); // starts at 4 bytes and grows to 12
   for (let i = 0; i < 3; i++) ring.append(new Uint8Array(4).fill(i));
   assert.equal(ring.begin, 0);
   assert.equal(ring.end, 12);
-  assert.deepEqual(ring.read(2, 4), new Uint8Array([0, 0, 1, 1]), "reads across appends");
-  assert.deepEqual(ring.read(5, 2), new Uint8Array([1, 1]));
+  assert.deepEqual(bytesOf(ring.read(2, 4)), new Uint8Array([0, 0, 1, 1]), "reads across appends");
+  assert.deepEqual(bytesOf(ring.read(5, 2)), new Uint8Array([1, 1]));
   ring.trimTo(6);
   assert.equal(ring.begin, 6);
-  assert.deepEqual(ring.read(0, 3), new Uint8Array([1, 1, 2]), "reads below begin start at begin");
+  assert.deepEqual(
+    bytesOf(ring.read(0, 3)),
+    new Uint8Array([1, 1, 2]),
+    "reads below begin start at begin",
+  );
   ring.append(new Uint8Array(4).fill(3)); // 6 bytes were trimmed, so no drop (wraps around)
   assert.equal(ring.droppedBytes, 0);
-  assert.deepEqual(ring.read(6, 100), new Uint8Array([1, 1, 2, 2, 2, 2, 3, 3, 3, 3]));
+  assert.deepEqual(bytesOf(ring.read(6, 100)), new Uint8Array([1, 1, 2, 2, 2, 2, 3, 3, 3, 3]));
   ring.append(new Uint8Array(4).fill(4)); // full: drops the 2 oldest bytes
   assert.equal(ring.droppedBytes, 2);
   assert.equal(ring.begin, 8);
-  assert.deepEqual(ring.read(8, 100), new Uint8Array([2, 2, 2, 2, 3, 3, 3, 3, 4, 4, 4, 4]));
+  assert.deepEqual(
+    bytesOf(ring.read(8, 100)),
+    new Uint8Array([2, 2, 2, 2, 3, 3, 3, 3, 4, 4, 4, 4]),
+  );
   assert.equal(ring.read(ring.end, 4).length, 0);
   assert.throws(() => new AudioRing(0), RangeError);
 });
@@ -55,15 +67,19 @@ Deno.test("AudioRing copies what it is given and hands out copies", () => {
   ring.append(batch);
   batch.fill(9); // the session reuses its batch buffer
   const read = ring.read(0, 3);
-  assert.deepEqual(read, new Uint8Array([1, 2, 3]));
+  assert.deepEqual(bytesOf(read), new Uint8Array([1, 2, 3]));
   ring.trimTo(3);
   ring.append(new Uint8Array(8).fill(7)); // overwrites the trimmed bytes
-  assert.deepEqual(read, new Uint8Array([1, 2, 3]), "an array already handed out never changes");
+  assert.deepEqual(
+    bytesOf(read),
+    new Uint8Array([1, 2, 3]),
+    "an array already handed out never changes",
+  );
   ring.append(new Uint8Array(20).fill(5)); // larger than the ring: only the newest 8 bytes stay
   assert.equal(ring.end, 31);
   assert.equal(ring.begin, 23);
   assert.equal(ring.droppedBytes, 20);
-  assert.deepEqual(ring.read(0, 100), new Uint8Array(8).fill(5));
+  assert.deepEqual(bytesOf(ring.read(0, 100)), new Uint8Array(8).fill(5));
 });
 
 Deno.test("Segmenter cuts speech separated by silence into whole utterances", () => {

@@ -104,9 +104,13 @@ export async function closeCapped(
 
 /**
  * Rejects binary frames and messages over `maxBytes` (UTF-8) before parsing the rest. The exact
- * byte count is only computed when the character count leaves doubt.
+ * byte count is only computed when the character count leaves doubt. `decode` as `parseInbound`.
  */
-export function screenInbound(data: unknown, maxBytes: number): ParseResult {
+export function screenInbound(
+  data: unknown,
+  maxBytes: number,
+  decode?: (b64: string) => Uint8Array | null,
+): ParseResult {
   if (typeof data !== "string") {
     return { ok: false, reason: "binary", error: "Cannot handle a binary frame" };
   }
@@ -120,7 +124,7 @@ export function screenInbound(data: unknown, maxBytes: number): ParseResult {
       error: `Cannot handle a message over ${maxBytes} bytes`,
     };
   }
-  return parseInbound(data);
+  return parseInbound(data, decode);
 }
 
 /** The per-second `[RX]` and `[TX]` lines (SPEC 2 telemetry). */

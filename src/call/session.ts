@@ -17,6 +17,7 @@ import { type CallScope, inCallScope } from "./_session_escape.ts";
 import { CallLimits, StallWatch, Telemetry, TX_STALL_CLOSE_S } from "./_session_timers.ts";
 import { MarkTracker } from "./marks.ts";
 import { QueueOutbound } from "./outbound.ts";
+import { PayloadSlab } from "../twilio/payload_slab.ts";
 import { RxQueue } from "./rx_queue.ts";
 import { RxWorker } from "./rx_worker.ts";
 import { TxWorker } from "./tx_worker.ts";
@@ -53,6 +54,7 @@ export class CallSession {
   readonly #controller = new AbortController();
   readonly #marks = new MarkTracker();
   readonly #rxQueue: RxQueue<Uint8Array>;
+  readonly #payloads: PayloadSlab;
   readonly #limits: CallLimits;
   readonly #telemetry: Telemetry;
   #resolveDone!: (ended: CallEnded) => void;
@@ -91,6 +93,9 @@ export class CallSession {
       this.#resolveDone = resolve;
     });
     this.#rxQueue = new RxQueue<Uint8Array>(deps.audio.rx_queue_frames, isMedia);
+    // A decoded frame lives in rx_q at most (everything else copies it), so queue capacity + 2
+    // slots are never overwritten while in use.
+    this.#payloads = new PayloadSlab(deps.audio.rx_queue_frames + 2);
     const fail = (error: unknown) => this.#fail(error);
     this.#limits = new CallLimits(deps.scheduler, deps.server, (outcome, reason) => {
       this.#event("limit", reason);
@@ -221,7 +226,11 @@ export class CallSession {
   #onMessage = (event: MessageEvent): void => {
     if (this.#ending) return;
     try {
-      const parsed = screenInbound(event.data, this.#deps.server.max_ws_message_bytes);
+      const parsed = screenInbound(
+        event.data,
+        this.#deps.server.max_ws_message_bytes,
+        this.#payloads.decode,
+      );
       if (!parsed.ok) return this.#reject(parsed.reason, parsed.error);
       const msg = parsed.msg;
       switch (msg.event) {

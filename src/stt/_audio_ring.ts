@@ -10,6 +10,7 @@
  * to its capacity, so memory grows only with audio actually held. Policy when full: drop the
  * oldest bytes and count them.
  */
+import { Buffer } from "node:buffer";
 export class AudioRing {
   readonly #capacity: number;
   #bytes: Uint8Array;
@@ -77,12 +78,14 @@ export class AudioRing {
   /**
    * A copy of up to `maxBytes` bytes starting at `from`; empty when `from` is at or past the end.
    * `from` below `begin` reads from `begin`. A copy, because the bytes may be overwritten once
-   * trimmed while a stream still holds the array.
+   * trimmed while a stream still holds the array. Copied into a pooled `Buffer` (a slice of a
+   * shared 8 KB block): a new `Uint8Array` per read was an `ArrayBuffer` per gRPC write, each one
+   * more backing store for the next scavenge to sweep (~7x the time, measured).
    */
   read(from: number, maxBytes: number): Uint8Array {
     const at = Math.max(from, this.#begin);
     const length = Math.max(0, Math.min(maxBytes, this.#end - at));
-    const out = new Uint8Array(length);
+    const out = Buffer.allocUnsafe(length);
     if (length === 0) return out;
     const size = this.#bytes.length;
     const start = (this.#head + at - this.#begin) % size;

@@ -100,7 +100,7 @@ export class Segmenter {
     let at = 0;
     while (at < mulaw.length) {
       const n = Math.min(WINDOW_BYTES - this.#windowFill, mulaw.length - at);
-      this.#window.set(mulaw.subarray(at, at + n), this.#windowFill);
+      this.#window.set(n === mulaw.length ? mulaw : mulaw.subarray(at, at + n), this.#windowFill);
       this.#windowFill += n;
       at += n;
       if (this.#windowFill === WINDOW_BYTES) {

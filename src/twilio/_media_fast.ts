@@ -56,8 +56,14 @@ export function decodeBase64(b64: string): Uint8Array | null {
   }
 }
 
-/** The media message in `text` when it has Twilio's exact layout, else null (see above). */
-export function parseMediaFast(text: string): MediaMessage | null {
+/**
+ * The media message in `text` when it has Twilio's exact layout, else null (see above).
+ * `decode` turns the payload into bytes (a `PayloadSlab` reuses its frames).
+ */
+export function parseMediaFast(
+  text: string,
+  decode: (b64: string) => Uint8Array | null = decodeBase64,
+): MediaMessage | null {
   if (!text.startsWith(HEAD) || !text.endsWith(TAIL)) return null;
   const end = { at: 0 };
   const seqEnd = text.indexOf('"', HEAD.length);
@@ -80,7 +86,7 @@ export function parseMediaFast(text: string): MediaMessage | null {
   if (payloadEnd < payloadFrom) return null;
   const b64 = text.slice(payloadFrom, payloadEnd);
   if (NOT_PLAIN.test(b64)) return null;
-  const payload = decodeBase64(b64);
+  const payload = decode(b64);
   if (payload === null) return null;
   return {
     event: "media",

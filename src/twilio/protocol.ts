@@ -269,8 +269,11 @@ function parseObject(m: Json): InboundMessage {
  * Parses and validates one inbound text message. Never throws. Media in Twilio's exact layout takes
  * a fast path (`_media_fast.ts`) with the same result.
  */
-export function parseInbound(text: string): ParseResult {
-  const media = parseMediaFast(text);
+export function parseInbound(
+  text: string,
+  decode: (b64: string) => Uint8Array | null = decodeBase64,
+): ParseResult {
+  const media = parseMediaFast(text, decode);
   if (media !== null) return { ok: true, msg: media };
   let value: unknown;
   try {
