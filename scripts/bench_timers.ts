@@ -1,13 +1,19 @@
 /**
- * Micro-benchmark of the shared scheduler's wake-up accuracy: `tasks` paced loops re-arming every
- * 20 ms (spread evenly over the period, like calls' TX ticks) for `seconds`, on the current
- * `RealtimeScheduler` (one chained `setTimeout` per pass, 1 ms slack) and on an alternative (a
- * shared 1 ms `setInterval` tick while a deadline is near).
+ * Micro-benchmark of the shared scheduler's wake-up accuracy: `tasks` paced loops of 10 µs work
+ * re-arming every 20 ms for `seconds`, on the current `RealtimeScheduler` (one chained `setTimeout`
+ * per pass, 1 ms slack) with the loops' phases spread evenly over the period or on the workers'
+ * 4 ms phase grid, and on an alternative (a shared 1 ms `setInterval` tick while a deadline is
+ * near).
  * Reports each run's lateness (wall clock at the callback minus its deadline; negative = early) and
  * the process CPU. Usage: `deno run -A scripts/bench_timers.ts [--tasks 1,100,400] [--seconds 5]`.
  * Prints a table, then JSON.
  */
-import { HeapScheduler, RealtimeScheduler, type Scheduler } from "../src/call/scheduler.ts";
+import {
+  HeapScheduler,
+  PHASE_GRID_MS,
+  RealtimeScheduler,
+  type Scheduler,
+} from "../src/call/scheduler.ts";
 
 const SLACK_MS = 0.5;
 const NEAR_MS = 2;
@@ -92,17 +98,33 @@ function quantile(sorted: number[], q: number): number {
   return sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))];
 }
 
-async function measure(name: string, scheduler: Scheduler, tasks: number, seconds: number) {
+/** Busy work per run, µs (a call's tick is ~10-20 µs), so a pass of many tasks takes time. */
+const WORK_US = 10;
+
+/**
+ * `grid`: 0 spreads the loops' phases evenly over 20 ms; otherwise each phase is rounded up to a
+ * multiple of `grid` ms, as the workers do with `PHASE_GRID_MS`.
+ */
+async function measure(
+  name: string,
+  scheduler: Scheduler,
+  tasks: number,
+  seconds: number,
+  grid = 0,
+) {
   const late: number[] = [];
   const intervalDev: number[] = [];
   const endAt = scheduler.now() + seconds * 1000;
-  const start = scheduler.now() + 50;
+  const start = Math.ceil((scheduler.now() + 50) / 20) * 20;
   let live = tasks;
   const done = Promise.withResolvers<void>();
   for (let i = 0; i < tasks; i++) {
-    let deadline = start + (20 * i) / tasks;
+    const phase = (20 * i) / tasks;
+    let deadline = start + (grid > 0 ? Math.ceil(phase / grid) * grid : phase);
     let last = NaN;
     const task = scheduler.task(() => {
+      const began = performance.now();
+      while (performance.now() - began < WORK_US / 1000) { /* the task's work */ }
       const wall = performance.now();
       late.push(wall - deadline);
       if (!Number.isNaN(last)) intervalDev.push(Math.abs(wall - last - 20));
@@ -144,6 +166,15 @@ if (import.meta.main) {
   const rows: Row[] = [];
   for (const tasks of counts) {
     rows.push(await measure("RealtimeScheduler", new RealtimeScheduler(), tasks, seconds));
+    rows.push(
+      await measure(
+        `RealtimeScheduler, ${PHASE_GRID_MS} ms phase grid`,
+        new RealtimeScheduler(),
+        tasks,
+        seconds,
+        PHASE_GRID_MS,
+      ),
+    );
     rows.push(await measure("1 ms interval tick", new IntervalTickScheduler(), tasks, seconds));
   }
   console.log(

@@ -78,10 +78,10 @@ Deno.test("rxWorker() keeps an absolute 20 ms cadence and resyncs after a tick >
   clock.advance(10);
   assert.deepEqual(speech.writes.slice(3).map((w) => w.at), [90, 100]);
   assert.equal(rx.lateTicks, 0);
-  clock.jump(75); // now 175, due at 120: 55 ms late ⇒ resync to now + 20
+  clock.jump(75); // now 175, due at 120: 55 ms late ⇒ resync to now + 20, on the 4 ms grid
   assert.equal(rx.lateTicks, 1);
-  clock.advance(40);
-  assert.deepEqual(speech.writes.slice(5).map((w) => w.at), [175, 195, 215]);
+  clock.advance(41);
+  assert.deepEqual(speech.writes.slice(5).map((w) => w.at), [175, 196, 216]);
   rx.stop({ flush: false });
 });
 
@@ -160,6 +160,18 @@ Deno.test("txWorker() sends the lead at once, then one frame per 20 ms", async (
   const times = socket.media().map((s) => s.at);
   assert.deepEqual(times.slice(4), [1020, 1040, 1060, 1080, 1100, 1120]);
   assert.deepEqual(socket.media().map((s) => s.first), [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
+});
+
+Deno.test("txWorker() starts new audio at once, then sends on the 4 ms phase grid", async () => {
+  const { clock, socket, out } = txSetup();
+  clock.jump(7); // idle at 1007, off the grid
+  assert.equal(await out.play(new Uint8Array(160 * 8), { signal }), true);
+  clock.advance(0);
+  assert.deepEqual(socket.media().map((s) => s.at), [1007, 1007, 1007, 1007], "the lead, now");
+  clock.advance(100);
+  // Playhead 1087 after the burst: the next frame may go from 1087 - 60 = 1027, on the grid 1024.
+  assert.deepEqual(socket.media().slice(4).map((s) => s.at), [1024, 1044, 1064, 1084]);
+  assert.ok(socket.media().every((s, i) => i < 4 || s.at % 4 === 0));
 });
 
 Deno.test("txWorker() resyncs after a late tick instead of bursting", async () => {

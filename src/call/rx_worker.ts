@@ -7,7 +7,7 @@
 import { FRAME_MS } from "../audio/frames.ts";
 import type { SpeechSession } from "../stt/types.ts";
 import type { RxQueue } from "./rx_queue.ts";
-import type { Scheduler, Task } from "./scheduler.ts";
+import { onPhaseGrid, type Scheduler, type Task } from "./scheduler.ts";
 
 /** Lateness beyond which the RX clock resyncs instead of keeping its absolute cadence, ms. */
 export const RX_RESYNC_MS = 40;
@@ -80,7 +80,7 @@ export class RxWorker {
   start(): void {
     if (this.#running) return;
     this.#running = true;
-    this.#next = this.#scheduler.now() + FRAME_MS;
+    this.#next = onPhaseGrid(this.#scheduler.now() + FRAME_MS);
     this.#task.at(this.#next);
   }
 
@@ -116,7 +116,7 @@ export class RxWorker {
     const late = now - this.#next;
     if (late > this.#windowLateMs) this.#windowLateMs = late;
     if (late > RX_RESYNC_MS) {
-      this.#next = now + FRAME_MS;
+      this.#next = onPhaseGrid(now + FRAME_MS);
       this.#lateTicks++;
     } else {
       this.#next += FRAME_MS;

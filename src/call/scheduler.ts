@@ -92,6 +92,25 @@ export abstract class HeapScheduler implements Scheduler {
 }
 
 /**
+ * The paced loops' phase grid, ms. Every call's RX deadlines and TX sends fall on multiples of it,
+ * so all calls share 5 phases per 20 ms: each pass then runs tasks that are exactly due, in the
+ * same groups every period, instead of tasks up to 1 ms early or late. `scripts/bench_timers.ts`
+ * (loops of 10 µs work, one core), |interval - 20| p99 on the grid against phases spread evenly:
+ * 1.03 ms against 2.02 at 50 loops, 0.98 against 2.01 at 200, 1.86 against 1.95 at 800.
+ */
+export const PHASE_GRID_MS = 4;
+
+/** The first grid point at or after `time` (see `PHASE_GRID_MS`). */
+export function onPhaseGrid(time: number): number {
+  return Math.ceil(time / PHASE_GRID_MS) * PHASE_GRID_MS;
+}
+
+/** The last grid point at or before `time` (see `PHASE_GRID_MS`). */
+export function onPhaseGridBefore(time: number): number {
+  return Math.floor(time / PHASE_GRID_MS) * PHASE_GRID_MS;
+}
+
+/**
  * A task due at most this far ahead runs in the current pass (a run at most this early counts as on
  * time). Measured on Deno 2.9: a `setTimeout` armed from a timer callback fires no sooner than
  * ~2.1 ms (delays 0-2 all give ~2.1 ms; larger ones fire ~0.1 ms late), so a pass cannot wake

@@ -2,8 +2,10 @@
  * The TX worker: the only writer to a call's WebSocket (media, mark, clear; SPEC 2).
  *
  * Pacing keeps a *playhead*: the clock time at which the audio sent so far finishes playing at
- * Twilio. A frame is sent while `playhead - now <= lead`, then `playhead += 20`, so the worker runs
- * on an absolute 20 ms cadence up to `lead` ms ahead. When idle it resyncs `playhead = now`; when a
+ * Twilio. A frame is sent while `playhead - now < lead + 4`, then `playhead += 20`, so the worker
+ * runs on an absolute 20 ms cadence `lead` to `lead` + 4 ms ahead: after the first burst its ticks
+ * fall on the shared 4 ms phase grid (`PHASE_GRID_MS`), with every other call's. When idle it
+ * resyncs `playhead = now` and sends at once; when a
  * tick is so late that the playhead fell more than a frame behind, it counts a late tick and
  * resyncs too (never a catch-up burst). Marks go out right after the media before them. `clear()`
  * is a control lane: queue emptied, `clear` sent at once, clock reset. While the socket's
@@ -15,7 +17,7 @@ import type { Logger } from "../observe/log.ts";
 import { txFrameSent, txLateTick } from "../observe/metrics.ts";
 import type { OutboundEncoder } from "../twilio/protocol.ts";
 import type { MarkTracker } from "./marks.ts";
-import type { Scheduler, Task } from "./scheduler.ts";
+import { onPhaseGridBefore, PHASE_GRID_MS, type Scheduler, type Task } from "./scheduler.ts";
 import { type TxItem, TxQueue } from "./tx_queue.ts";
 
 /** The part of a WebSocket the worker uses (Deno's server socket supports `bufferedAmount`). */
@@ -140,7 +142,11 @@ export class TxWorker {
   }
 
   #wake = (): void => {
-    if (this.#running && !this.#task.scheduled) this.#schedule(this.#scheduler.now());
+    if (!this.#running || this.#task.scheduled) return;
+    // New audio starts now (its lead goes at once); only the cadence after it is on the grid.
+    const now = this.#scheduler.now();
+    this.#lastDeadline = now;
+    this.#task.at(now);
   };
 
   #tick = (now: number): void => {
@@ -181,7 +187,8 @@ export class TxWorker {
     }
     const queue = this.queue;
     const lead = this.#lead;
-    while (queue.size > 0 && this.#playhead - now <= lead) {
+    // Ticks fall on the phase grid at or before `playhead - lead`, so allow one grid step more.
+    while (queue.size > 0 && this.#playhead - now < lead + PHASE_GRID_MS) {
       const item = queue.take() as TxItem;
       if (!(item instanceof Uint8Array)) {
         this.#control(encoder, item);
@@ -201,9 +208,15 @@ export class TxWorker {
     if (this.#backlogScheduled) this.#schedule(this.#playhead - lead);
   };
 
+  /**
+   * Runs the tick at the last phase-grid point before `time`: up to 4 ms early, which the send
+   * condition allows (the lead is `lead` to `lead` + 4 ms), never late. Rounding up instead would
+   * make the first interval after each burst up to 24 ms.
+   */
   #schedule(time: number): void {
-    this.#lastDeadline = time;
-    this.#task.at(time);
+    const at = onPhaseGridBefore(time);
+    this.#lastDeadline = at;
+    this.#task.at(at);
   }
 
   #control(encoder: OutboundEncoder, item: string | (() => void)): void {
