@@ -7,10 +7,11 @@
  * were most of what every scavenge had to copy and then promote.
  *
  * Policy: back-pressure, never drop. A push waits while the queue lacks room for the item (or while
- * earlier pushes wait, to keep order); an item larger than the whole queue enters an empty queue. `clear()` (barge-in) empties the queue and starts a new *epoch*: waiting
- * pushes resolve `false` and their items are discarded, and so is any later push that still
- * carries the old epoch, so a cleared utterance's remaining frames are simply not queued. None of
- * this is an error. An aborted push rejects with `signal.reason`.
+ * earlier pushes wait, to keep order); an item larger than the whole queue enters an empty queue.
+ * `clear()` (barge-in) empties the queue and starts a new *epoch*: waiting pushes resolve `false`
+ * and their items are discarded, and so is any later push that still carries the old epoch, so a
+ * cleared utterance's remaining frames are simply not queued. None of this is an error. An aborted
+ * push rejects with `signal.reason`.
  */
 import { FRAME_BYTES } from "../audio/frames.ts";
 import { Ring } from "./ring.ts";

@@ -5,9 +5,8 @@
  * Twilio. A frame is sent while `playhead - now < lead + 4`, then `playhead += 20`, so the worker
  * runs on an absolute 20 ms cadence `lead` to `lead` + 4 ms ahead: after the first burst its ticks
  * fall on the shared 4 ms phase grid (`PHASE_GRID_MS`), with every other call's. When idle it
- * resyncs `playhead = now` and sends at once; when a
- * tick is so late that the playhead fell more than a frame behind, it counts a late tick and
- * resyncs too (never a catch-up burst). Marks go out right after the media before them. `clear()`
+ * resyncs `playhead = now` and sends at once; when a tick is so late that the playhead fell more
+ * than a frame behind, it counts a late tick and resyncs too (never a catch-up burst). Marks go out right after the media before them. `clear()`
  * is a control lane: queue emptied, `clear` sent at once, clock reset. While the socket's
  * `bufferedAmount` is above the limit the worker pauses (polling each 20 ms) instead of growing
  * memory.
