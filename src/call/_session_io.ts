@@ -1,6 +1,6 @@
 /** Helpers of `CallSession`: speech results, store events, counters. */
 import type { Logger } from "../observe/log.ts";
-import { parseInbound, type ParseResult } from "../twilio/protocol.ts";
+import { parseInbound, type ParseResult, type PayloadDecoder } from "../twilio/protocol.ts";
 import { settlesWithin } from "./_cap.ts";
 import type { RxWorker } from "./rx_worker.ts";
 import type { CallCounters, CallEventKind, CallStore } from "../store/types.ts";
@@ -109,7 +109,7 @@ export async function closeCapped(
 export function screenInbound(
   data: unknown,
   maxBytes: number,
-  decode?: (b64: string) => Uint8Array | null,
+  decode?: PayloadDecoder,
 ): ParseResult {
   if (typeof data !== "string") {
     return { ok: false, reason: "binary", error: "Cannot handle a binary frame" };

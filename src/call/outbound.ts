@@ -55,12 +55,13 @@ export class QueueOutbound implements Outbound {
     const { signal, onFirstFrameSent } = options;
     signal.throwIfAborted();
     const queue = this.#tx.queue;
+    const total = frameCount(mulaw.length);
     const whole = Math.floor(mulaw.length / FRAME_BYTES);
     // Runs of whole frames (views), never more than the queue holds, then the padded tail. With a
     // first-frame notification the first run is one frame, so it fires right after that frame.
     const runFrames = Math.max(1, Math.min(RUN_FRAMES, queue.capacity));
     let frame = 0;
-    while (frame < frameCount(mulaw.length)) {
+    while (frame < total) {
       const limit = frame === 0 && onFirstFrameSent !== undefined ? 1 : runFrames;
       const frames = Math.min(limit, whole - frame);
       const item = frames > 0

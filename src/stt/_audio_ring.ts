@@ -1,3 +1,5 @@
+import { Buffer } from "node:buffer";
+
 /**
  * The session's audio since the last final, addressed by absolute byte offset on the session's
  * audio clock (0 = first byte written; μ-law 8000 Hz, so 8 bytes = 1 ms). It is both the send queue
@@ -10,7 +12,6 @@
  * to its capacity, so memory grows only with audio actually held. Policy when full: drop the
  * oldest bytes and count them.
  */
-import { Buffer } from "node:buffer";
 export class AudioRing {
   readonly #capacity: number;
   #bytes: Uint8Array;

@@ -47,6 +47,9 @@ function plain(text: string, from: number, end: { at: number }): string | null {
   return value;
 }
 
+/** Turns a base64 payload into bytes; null when it is not base64. */
+export type PayloadDecoder = (b64: string) => Uint8Array | null;
+
 /** Decodes a base64 payload; null when it is not base64. */
 export function decodeBase64(b64: string): Uint8Array | null {
   try {
@@ -62,7 +65,7 @@ export function decodeBase64(b64: string): Uint8Array | null {
  */
 export function parseMediaFast(
   text: string,
-  decode: (b64: string) => Uint8Array | null = decodeBase64,
+  decode: PayloadDecoder = decodeBase64,
 ): MediaMessage | null {
   if (!text.startsWith(HEAD) || !text.endsWith(TAIL)) return null;
   const end = { at: 0 };

@@ -8,7 +8,7 @@
  * `slots` = queue capacity + 2 is enough. A payload of another size is decoded into a new array.
  */
 import { FRAME_BYTES } from "../audio/frames.ts";
-import { decodeBase64 } from "./_media_fast.ts";
+import { decodeBase64, type PayloadDecoder } from "./_media_fast.ts";
 
 /** Base64 length of one 160-byte frame (53 whole groups plus one padded group). */
 const FRAME_BASE64_CHARS = Math.ceil(FRAME_BYTES / 3) * 4;
@@ -28,12 +28,8 @@ export class PayloadSlab {
     );
   }
 
-  get slots(): number {
-    return this.#frames.length;
-  }
-
   /** The bytes of `b64`, or null when it is not base64 (exactly as `decodeBase64`). */
-  decode = (b64: string): Uint8Array | null => {
+  decode: PayloadDecoder = (b64) => {
     if (b64.length !== FRAME_BASE64_CHARS) return decodeBase64(b64);
     const frame = this.#frames[this.#next];
     let result: { read: number; written: number };

@@ -4,7 +4,8 @@
  * Shapes: twilio-media-streams.md sections 1-2.
  */
 
-import { decodeBase64, parseMediaFast } from "./_media_fast.ts";
+import { decodeBase64, parseMediaFast, type PayloadDecoder } from "./_media_fast.ts";
+export type { PayloadDecoder } from "./_media_fast.ts";
 
 export interface ConnectedMessage {
   readonly event: "connected";
@@ -271,7 +272,7 @@ function parseObject(m: Json): InboundMessage {
  */
 export function parseInbound(
   text: string,
-  decode: (b64: string) => Uint8Array | null = decodeBase64,
+  decode: PayloadDecoder = decodeBase64,
 ): ParseResult {
   const media = parseMediaFast(text, decode);
   if (media !== null) return { ok: true, msg: media };
