@@ -111,3 +111,28 @@ export function pinPrefix(core: number | null): string[] {
   const nice = niceness === null ? [] : ["nice", "-n", String(niceness)];
   return [...nice, ...(core === null ? [] : ["taskset", "-c", String(core)])];
 }
+
+/** Fixed integer work, timed 5 times; prints the median in ms. */
+const SPEED_PROBE = `
+const times = [];
+let x = 1;
+for (let r = 0; r < 5; r++) {
+  const t = performance.now();
+  for (let i = 0; i < 2e7; i++) x = (Math.imul(x, 1664525) + 1013904223) | 0;
+  times.push(performance.now() - t);
+}
+times.sort((a, b) => a - b);
+console.log(String(times[2] + (x === 0.5 ? 1 : 0)));
+`;
+
+/**
+ * How fast `core` is right now: the median time (ms) of a fixed loop, run on it in a fresh Deno.
+ * On a shared VM the same loop was seen taking 150 ms and 380 ms minutes apart, so each step
+ * records one before and one after; a step whose figures moved with it is the machine, not Kav.
+ */
+export async function probeCoreMs(core: number | null): Promise<number> {
+  const argv = [...pinPrefix(core), Deno.execPath(), "eval", SPEED_PROBE];
+  const out = await new Deno.Command(argv[0], { args: argv.slice(1), stderr: "null" }).output();
+  const ms = Number(new TextDecoder().decode(out.stdout).trim());
+  return out.success && Number.isFinite(ms) ? Math.round(ms * 10) / 10 : NaN;
+}

@@ -3,7 +3,13 @@
  * window while all of them are up, then checked against SPEC section 5's invariants.
  */
 import type { LoadReport } from "./_bench_load.ts";
-import { coreBusyPct, coreTicks, processCpuSeconds, processRssMiB } from "./_bench_proc.ts";
+import {
+  coreBusyPct,
+  coreTicks,
+  probeCoreMs,
+  processCpuSeconds,
+  processRssMiB,
+} from "./_bench_proc.ts";
 import {
   type KavCounters,
   type KavProcess,
@@ -111,6 +117,11 @@ export interface StepResult {
   };
   /** Measured on the wire; null when `tcpdump` could not run. */
   readonly wire: WireTiming | null;
+  /**
+   * A fixed loop's time on Kav's core (ms, `probeCoreMs`) just before and just after the step:
+   * the machine's speed, which moves on a shared VM.
+   */
+  readonly coreProbeMs: { readonly before: number; readonly after: number };
   /** The merged agent-frame intervals (not serialized). */
   readonly histogram: MsHistogram;
 }
@@ -138,6 +149,7 @@ export async function runStep(
   cores: { kav: number | null; load: number | null },
 ): Promise<StepResult> {
   const before = await waitIdle(o.kav.baseUrl, 30_000);
+  const probeBefore = await probeCoreMs(cores.kav);
   const capture = o.wire === true
     ? await startWireCapture(
       Number(new URL(o.kav.baseUrl).port),
@@ -179,6 +191,7 @@ export async function runStep(
   const reports: LoadReport[] = await Promise.all(generators.map((g) => g.report));
   const after = await waitIdle(o.kav.baseUrl, 30_000);
   const endedAt = Date.now();
+  const probeAfter = await probeCoreMs(cores.kav);
   const wire = capture === null ? null : wireTiming(await capture.stop(), windowFrom, windowTo);
 
   const histogram = new MsHistogram();
@@ -281,6 +294,7 @@ export async function runStep(
       kavCoreBusyPct: round1(cores.kav === null ? NaN : busy[cores.kav]),
     },
     wire,
+    coreProbeMs: { before: probeBefore, after: probeAfter },
     histogram,
   };
 }
