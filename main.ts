@@ -50,6 +50,8 @@ export function parseArgs(args: readonly string[]): Command {
   for (let i = 0; i < args.length; i++) {
     const arg = args[i];
     if (arg === "--help" || arg === "-h") return { kind: "help" };
+    // `deno task calls -- --config FILE` hands the separator on; it is not an argument.
+    if (arg === "--") continue;
     if (arg === "--config" || arg === "-c") {
       const value = args[i + 1];
       if (value === undefined || value === "") {

@@ -93,6 +93,12 @@ interface BenchArgs {
   out: string;
 }
 
+/** How this run was started, for the JSON (the `--` that `deno task` passes on is not repeated). */
+function benchCommand(argv: readonly string[]): string {
+  const flags = argv.filter((a) => a !== "--");
+  return `deno task bench${flags.length > 0 ? ` -- ${flags.join(" ")}` : ""}`;
+}
+
 function parseArgs(argv: readonly string[]): BenchArgs {
   const args: BenchArgs = {
     steps: [25, 50, 100, 200, 400, 800],
@@ -113,6 +119,8 @@ function parseArgs(argv: readonly string[]): BenchArgs {
   };
   for (let i = 0; i < argv.length; i++) {
     switch (argv[i]) {
+      case "--": // `deno task bench -- ARGS` passes the separator on
+        break;
       case "--steps":
         args.steps = (argv[++i] ?? "").split(",").map(Number);
         if (args.steps.some((n) => !Number.isInteger(n) || n < 1)) {
@@ -449,7 +457,7 @@ async function main(): Promise<void> {
     const result = {
       meta: {
         date: new Date().toISOString(),
-        command: `deno task bench${Deno.args.length > 0 ? ` -- ${Deno.args.join(" ")}` : ""}`,
+        command: benchCommand(Deno.args),
         deno: Deno.version.deno,
         v8: Deno.version.v8,
         cpus: navigator.hardwareConcurrency,

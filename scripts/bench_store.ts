@@ -18,8 +18,9 @@ interface Args {
   seconds: number;
 }
 
-function parseArgs(argv: readonly string[]): Args {
+function parseArgs(all: readonly string[]): Args {
   const args: Args = { calls: 200, seconds: 10 };
+  const argv = all.filter((a) => a !== "--"); // `deno task NAME -- ARGS` passes the `--` on
   for (let i = 0; i < argv.length; i += 2) {
     const key = argv[i].replace(/^--/, "");
     const value = Number(argv[i + 1]);

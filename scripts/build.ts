@@ -345,7 +345,8 @@ export async function bundle(options: BuildOptions & { libDir: string }): Promis
 
 async function cli(args: string[]): Promise<number> {
   const { values, positionals } = parseArgs({
-    args,
+    // `deno task compile -- FLAGS` hands the `--` on; here it would end the options early.
+    args: args.filter((arg) => arg !== "--"),
     allowPositionals: true,
     options: {
       entry: { type: "string", default: "main.ts" },

@@ -6,7 +6,8 @@ import { fixtureClips } from "./support/sandbox.ts";
 import type { ProviderServers } from "./support/sandbox.ts";
 
 const DEV = fileURLToPath(new URL("../scripts/dev.ts", import.meta.url));
-const SIMULATE = fileURLToPath(new URL("../scripts/simulate.ts", import.meta.url));
+/** The repository root, where `deno task` finds deno.json. */
+const REPO = fileURLToPath(new URL("..", import.meta.url));
 
 function freePort(): number {
   const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
@@ -69,11 +70,12 @@ Deno.test("deno task dev runs Kav on sandbox providers that simulate --calls 5 c
       /GOOGLE_APPLICATION_CREDENTIALS and OPENAI_API_KEY, or pass --config/,
     );
 
+    // Exactly as the README says, through the task and its `--`.
     const simulate = await new Deno.Command(Deno.execPath(), {
       args: [
-        "run",
-        "--allow-all",
-        SIMULATE,
+        "task",
+        "simulate",
+        "--",
         "--url",
         `http://127.0.0.1:${port}`,
         "--calls",
@@ -81,6 +83,8 @@ Deno.test("deno task dev runs Kav on sandbox providers that simulate --calls 5 c
         "--json",
         "--quiet",
       ],
+      cwd: REPO,
+      env: { NO_COLOR: "1" },
       stdout: "piped",
       stderr: "piped",
     }).output();
@@ -139,6 +143,8 @@ Deno.test("parseDevArgs() and devBanner() describe what dev runs against", () =>
     port: 9000,
     configPath: "k.toml",
   });
+  // `deno task dev -- --port 9000` hands the `--` to the script.
+  assert.deepEqual(parseDevArgs(["--", "--port", "9000"]), { port: 9000, configPath: null });
   assert.equal(parseDevArgs(["-h"]), "help");
   assert.throws(() => parseDevArgs(["--port", "99999"]), RangeError);
   assert.throws(() => parseDevArgs(["--nope"]), RangeError);

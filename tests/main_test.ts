@@ -13,6 +13,17 @@ Deno.test("parseArgs() reads the server, help, check-config and records commands
   assert.deepEqual(parseArgs([]), { kind: "serve", configPath: DEFAULT_CONFIG_PATH });
   assert.deepEqual(parseArgs(["--config", "/x.toml"]), { kind: "serve", configPath: "/x.toml" });
   assert.deepEqual(parseArgs(["--config=/y.toml"]), { kind: "serve", configPath: "/y.toml" });
+  // `deno task calls -- --config FILE ARGS` passes the separator on to main.ts.
+  assert.deepEqual(parseArgs(["--", "--config", "/x.toml"]), {
+    kind: "serve",
+    configPath: "/x.toml",
+  });
+  assert.deepEqual(parseArgs(["calls", "--", "--config", "/x.toml", "--since", "1h"]), {
+    kind: "records",
+    name: "calls",
+    configPath: "/x.toml",
+    args: ["--since", "1h"],
+  });
   assert.deepEqual(parseArgs(["-c", "/z.toml", "serve"]), { kind: "serve", configPath: "/z.toml" });
   assert.deepEqual(parseArgs(["--help"]), { kind: "help" });
   assert.deepEqual(parseArgs(["check-config", "a.toml", "-h"]), { kind: "help" });
