@@ -127,7 +127,7 @@ console.log(String(times[2] + (x === 0.5 ? 1 : 0)));
 
 /**
  * How fast `core` is right now: the median time (ms) of a fixed loop, run on it in a fresh Deno.
- * On a shared VM the same loop was seen taking 150 ms and 380 ms minutes apart, so each step
+ * On a shared VM the same loop was seen taking 150 ms and 380 ms seconds apart, so each step
  * records one before and one after; a step whose figures moved with it is the machine, not Kav.
  */
 export async function probeCoreMs(core: number | null): Promise<number> {

@@ -9,14 +9,16 @@ export interface Flag {
   value(): string;
 }
 
-/**
- * Yields each flag; calling `value()` on one consumes the argument after it when needed. A bare
- * `--` is skipped: `deno task NAME -- ARGS` hands it to the script along with the flags.
- */
-export function* readFlags(argv: readonly string[]): Generator<Flag> {
+/** `argv` without the bare `--` that `deno task NAME -- ARGS` hands to the script. */
+export function taskArgs(argv: readonly string[]): string[] {
+  return argv.filter((arg) => arg !== "--");
+}
+
+/** Yields each flag; calling `value()` on one consumes the argument after it when needed. */
+export function* readFlags(all: readonly string[]): Generator<Flag> {
+  const argv = taskArgs(all);
   for (let i = 0; i < argv.length; i++) {
     const raw = argv[i];
-    if (raw === "--") continue;
     const eq = raw.indexOf("=");
     const name = eq < 0 ? raw : raw.slice(0, eq);
     const inline = eq < 0 ? null : raw.slice(eq + 1);

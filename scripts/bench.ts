@@ -63,6 +63,7 @@ import {
 } from "./_bench_report.ts";
 import { runStep, type StepOptions, type StepResult } from "./_bench_step.ts";
 import { round2 } from "./_sim_stats.ts";
+import { taskArgs } from "./_flags.ts";
 
 /** Calls of the unmeasured warm-up each fresh Kav gets. */
 const WARMUP_CALLS = 20;
@@ -93,13 +94,14 @@ interface BenchArgs {
   out: string;
 }
 
-/** How this run was started, for the JSON (the `--` that `deno task` passes on is not repeated). */
+/** How this run was started, for the JSON. */
 function benchCommand(argv: readonly string[]): string {
-  const flags = argv.filter((a) => a !== "--");
+  const flags = taskArgs(argv);
   return `deno task bench${flags.length > 0 ? ` -- ${flags.join(" ")}` : ""}`;
 }
 
-function parseArgs(argv: readonly string[]): BenchArgs {
+function parseArgs(all: readonly string[]): BenchArgs {
+  const argv = taskArgs(all);
   const args: BenchArgs = {
     steps: [25, 50, 100, 200, 400, 800],
     durationMs: 22_000,
@@ -119,8 +121,6 @@ function parseArgs(argv: readonly string[]): BenchArgs {
   };
   for (let i = 0; i < argv.length; i++) {
     switch (argv[i]) {
-      case "--": // `deno task bench -- ARGS` passes the separator on
-        break;
       case "--steps":
         args.steps = (argv[++i] ?? "").split(",").map(Number);
         if (args.steps.some((n) => !Number.isInteger(n) || n < 1)) {

@@ -12,6 +12,7 @@
 import { createLogger } from "../src/observe/log.ts";
 import { openCallStore, type SqliteCallStore } from "../src/store/sqlite.ts";
 import type { TurnRecord } from "../src/store/types.ts";
+import { taskArgs } from "./_flags.ts";
 
 interface Args {
   calls: number;
@@ -20,7 +21,7 @@ interface Args {
 
 function parseArgs(all: readonly string[]): Args {
   const args: Args = { calls: 200, seconds: 10 };
-  const argv = all.filter((a) => a !== "--"); // `deno task NAME -- ARGS` passes the `--` on
+  const argv = taskArgs(all);
   for (let i = 0; i < argv.length; i += 2) {
     const key = argv[i].replace(/^--/, "");
     const value = Number(argv[i + 1]);

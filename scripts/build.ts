@@ -17,6 +17,7 @@
 import { parseArgs } from "node:util";
 import { Buffer } from "node:buffer";
 import { dirname, join, resolve } from "node:path";
+import { taskArgs } from "./_flags.ts";
 
 /** The directories Kav may touch at run time; the defaults match systemd/kav.service. */
 export interface RuntimePaths {
@@ -345,8 +346,8 @@ export async function bundle(options: BuildOptions & { libDir: string }): Promis
 
 async function cli(args: string[]): Promise<number> {
   const { values, positionals } = parseArgs({
-    // `deno task compile -- FLAGS` hands the `--` on; here it would end the options early.
-    args: args.filter((arg) => arg !== "--"),
+    // Here the `--` of `deno task compile -- FLAGS` would end the options early.
+    args: taskArgs(args),
     allowPositionals: true,
     options: {
       entry: { type: "string", default: "main.ts" },
