@@ -17,6 +17,7 @@ export interface LoadReport extends CallCounts {
   readonly interArrival: HistogramJson;
   /** `start` → first greeting frame, per call, ms. */
   readonly firstFrameMs: readonly number[];
+  readonly upgradeMs: readonly number[];
   /** Caller's line end → first answer frame, per turn, ms. */
   readonly answerMs: readonly number[];
   /** This process's timer lateness (10 ms probe), ms. */
@@ -62,9 +63,11 @@ if (import.meta.main) {
   clearInterval(probe);
   const o = report.overall;
   const firstFrameMs: number[] = [];
+  const upgradeMs: number[] = [];
   const answerMs: number[] = [];
   for (const call of report.calls) {
     if (call.greeting.firstFrameMs !== null) firstFrameMs.push(call.greeting.firstFrameMs);
+    if (call.upgradeMs !== null) upgradeMs.push(call.upgradeMs);
     for (const turn of call.turns) {
       if (turn.answerLatencyMs !== null) answerMs.push(turn.answerLatencyMs);
     }
@@ -83,6 +86,7 @@ if (import.meta.main) {
     clears: o.clears,
     interArrival: report.histogram.toJSON(),
     firstFrameMs,
+    upgradeMs,
     answerMs,
     errors: o.errors,
     errorKinds: o.errorKinds,

@@ -58,6 +58,7 @@ const COLUMNS: readonly [string, number, (s: StepResult, x: StepExtras) => unkno
   ["wh_p50", 6, (s) => s.webhook.p50],
   ["wh_p99", 6, (s) => s.webhook.p99],
   ["greet_p95", 9, (s) => s.greetingFirstFrameMs.p95],
+  ["upg_p99", 7, (s) => s.upgradeMs?.p99 ?? null],
   ["srv_p95", 7, (_, x) => x.server?.p95 ?? null],
   ["rx_drop", 7, (s) => s.inbound.dropped],
   ["tx_drop", 7, (s) => s.agent.dropped],

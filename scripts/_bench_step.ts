@@ -59,6 +59,7 @@ export interface WireTiming {
 export interface Spread {
   readonly p50: number;
   readonly p95: number;
+  readonly p99: number;
   readonly max: number;
 }
 
@@ -91,6 +92,8 @@ export interface StepResult {
   };
   readonly webhook: WebhookWindow;
   readonly greetingFirstFrameMs: Spread;
+  /** WebSocket upgrade request → open at the client (SPEC: no slower than status callbacks). */
+  readonly upgradeMs: Spread;
   readonly answerMs: Spread;
   readonly inbound: {
     readonly sent: number;
@@ -130,6 +133,7 @@ function spread(values: number[]): Spread {
   return {
     p50: round1(quantile(values, 0.5)),
     p95: round1(quantile(values, 0.95)),
+    p99: round1(quantile(values, 0.99)),
     max: round1(values.length === 0 ? NaN : Math.max(...values)),
   };
 }
@@ -197,6 +201,7 @@ export async function runStep(
   const histogram = new MsHistogram();
   const lag = new MsHistogram();
   const firstFrames: number[] = [];
+  const upgrades: number[] = [];
   const answers: number[] = [];
   const kinds = new Map<string, number>();
   let sent = 0, received = 0, gaps = 0, underruns = 0, ok = 0, greetings = 0, played = 0;
@@ -205,6 +210,7 @@ export async function runStep(
     histogram.merge(MsHistogram.fromJSON(r.interArrival));
     lag.merge(MsHistogram.fromJSON(r.lag));
     firstFrames.push(...r.firstFrameMs);
+    upgrades.push(...r.upgradeMs);
     answers.push(...r.answerMs);
     for (const k of r.errorKinds) kinds.set(k.message, (kinds.get(k.message) ?? 0) + k.count);
     sent += r.framesSent;
@@ -272,6 +278,7 @@ export async function runStep(
     },
     webhook,
     greetingFirstFrameMs: spread(firstFrames),
+    upgradeMs: spread(upgrades),
     answerMs: spread(answers),
     inbound,
     agent,

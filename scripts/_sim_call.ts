@@ -106,6 +106,8 @@ export interface CallResult {
     readonly firstFrameMs: number | null;
     readonly frames: number;
   };
+  /** WebSocket upgrade request → socket open, ms (null if it never opened). */
+  readonly upgradeMs: number | null;
   readonly turns: readonly TurnResult[];
   readonly framesSent: number;
   readonly framesReceived: number;
@@ -240,6 +242,7 @@ class SimCall {
   #markSinceMedia = true;
   #playoutEnd = -Infinity;
   #firstFrameAt = NaN;
+  #upgradeMs: number | null = null;
   #greetingFrames = 0;
   #greetingMarked = false;
   #greetingEchoed = false;
@@ -303,6 +306,7 @@ class SimCall {
           : this.#firstFrameAt - this.#startSentAt,
         frames: this.#greetingFrames,
       },
+      upgradeMs: this.#upgradeMs,
       turns: this.#turns,
       framesSent: this.#framesSent,
       framesReceived: this.#framesReceived,
@@ -335,6 +339,7 @@ class SimCall {
       headers: signatureHeaders(o.target, twiml.streamUrl),
     });
     this.#socket = socket;
+    const upgradeStartedAt = performance.now();
     const opened = Promise.withResolvers<void>();
     socket.addEventListener("open", () => opened.resolve(), { once: true });
     socket.addEventListener("error", () => {
@@ -351,6 +356,7 @@ class SimCall {
       this.#finished.resolve();
     });
     await opened.promise;
+    this.#upgradeMs = performance.now() - upgradeStartedAt;
     socket.addEventListener("message", (event) => this.#receive(event.data));
     // Interrupted (Ctrl-C): hang up like a caller, with `stop`.
     o.signal.addEventListener("abort", this.#onAbort, { once: true });

@@ -46,6 +46,7 @@ export interface CallReport {
   readonly callSid: string;
   readonly ok: boolean;
   readonly greeting: CallResult["greeting"];
+  readonly upgradeMs: number | null;
   readonly turns: CallResult["turns"];
   readonly framesSent: number;
   readonly framesReceived: number;
@@ -79,6 +80,8 @@ export interface OverallReport extends CallCounts {
   readonly interArrivalMs: IntervalSummary;
   /** `start` → first greeting frame, ms. */
   readonly greetingFirstFrameMs: { p50: number; p95: number; max: number };
+  /** WebSocket upgrade request → open, ms. */
+  readonly upgradeMs: { p50: number; p95: number; max: number };
   /** Caller's last frame → first answer frame, ms (includes STT, LLM and TTS). */
   readonly answerLatencyMs: { p50: number; p95: number; max: number };
   readonly wallS: number;
@@ -163,6 +166,7 @@ export async function simulate(options: SimulationOptions): Promise<SimulationRe
 function summarize(results: readonly CallResult[], wallS: number): SimulationReport {
   const histogram = new MsHistogram();
   const firstFrames: number[] = [];
+  const upgrades: number[] = [];
   const answers: number[] = [];
   const kinds = new Map<string, number>();
   let sent = 0, received = 0, gaps = 0, underruns = 0, clears = 0, errors = 0;
@@ -170,6 +174,7 @@ function summarize(results: readonly CallResult[], wallS: number): SimulationRep
   const calls: CallReport[] = results.map((r) => {
     histogram.merge(r.interArrival);
     if (r.greeting.firstFrameMs !== null) firstFrames.push(r.greeting.firstFrameMs);
+    if (r.upgradeMs !== null) upgrades.push(r.upgradeMs);
     for (const turn of r.turns) {
       played++;
       if (turn.answered) answered++;
@@ -196,6 +201,7 @@ function summarize(results: readonly CallResult[], wallS: number): SimulationRep
         ...r.greeting,
         firstFrameMs: r.greeting.firstFrameMs === null ? null : round1(r.greeting.firstFrameMs),
       },
+      upgradeMs: r.upgradeMs === null ? null : round1(r.upgradeMs),
       turns: r.turns.map((t) => ({
         ...t,
         answerLatencyMs: t.answerLatencyMs === null ? null : round1(t.answerLatencyMs),
@@ -225,6 +231,7 @@ function summarize(results: readonly CallResult[], wallS: number): SimulationRep
       underruns,
       clears,
       greetingFirstFrameMs: spread(firstFrames),
+      upgradeMs: spread(upgrades),
       answerLatencyMs: spread(answers),
       errors,
       errorKinds: [...kinds].sort((a, b) => b[1] - a[1]).slice(0, 10).map(([message, count]) => ({

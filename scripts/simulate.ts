@@ -210,6 +210,9 @@ export function formatReport(report: SimulationReport): string {
       `p95 ${o.greetingFirstFrameMs.p95}, max ${o.greetingFirstFrameMs.max}`,
   );
   lines.push(
+    `WebSocket upgrade, ms: p50 ${o.upgradeMs.p50}, p95 ${o.upgradeMs.p95}, max ${o.upgradeMs.max}`,
+  );
+  lines.push(
     `first answer frame after the caller's line, ms: p50 ${o.answerLatencyMs.p50}, ` +
       `p95 ${o.answerLatencyMs.p95}, max ${o.answerLatencyMs.max}`,
   );

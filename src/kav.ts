@@ -75,7 +75,8 @@ export async function runKav(options: RunKavOptions): Promise<void> {
     greeting: config.call.greeting,
     apology: config.call.apology,
   }, { log });
-  const boot = await phrases.load({});
+  // The first call must not pay for client creation (protos, stubs, connections).
+  const [boot] = await Promise.all([phrases.load({}), providers.stt.warm?.()]);
   for (const failed of boot.failed) {
     log.error("TTS", "phrase not cached", { phrase: failed.name, error: failed.error.message });
   }

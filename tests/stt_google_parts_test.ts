@@ -89,7 +89,14 @@ Deno.test("Segmenter cuts speech separated by silence into whole utterances", ()
   const utterances: Uint8Array[] = [];
   // Odd-sized writes: windows must be assembled across calls.
   for (let at = 0; at < audio.length; at += 333) {
-    utterances.push(...segmenter.push(audio.subarray(at, at + 333)));
+    for (const u of segmenter.push(audio.subarray(at, at + 333))) {
+      assert.deepEqual(
+        u.audio,
+        audio.subarray(u.start, u.start + u.audio.length),
+        "start is right",
+      );
+      utterances.push(u.audio);
+    }
   }
   assert.equal(utterances.length, 2);
   assert.ok(contains(utterances[0], a.audio) && !contains(utterances[0], b.audio));
@@ -107,12 +114,12 @@ Deno.test("Segmenter ignores clicks, cuts overlong speech and flushes the last u
   const long = new Segmenter({ maxUtteranceMs: 1000 });
   const tone = concatBytes(...CLIPS.map((c) => c.audio));
   const cut = long.push(tone);
-  assert.ok(cut.length >= 1 && cut.every((u) => u.length <= 1000 * 8 + 300 * 8));
+  assert.ok(cut.length >= 1 && cut.every((u) => u.audio.length <= 1000 * 8 + 300 * 8));
 
   const open = new Segmenter();
   assert.deepEqual(open.push(concatBytes(silence(100), CLIPS[0].audio)), []);
   const last = open.flush();
-  assert.ok(last !== null && contains(last, CLIPS[0].audio));
+  assert.ok(last !== null && contains(last.audio, CLIPS[0].audio));
   assert.ok(levelDbfs(silence(20)) <= -119 && levelDbfs(CLIPS[0].audio) > -40);
 });
 
@@ -168,9 +175,10 @@ Deno.test("Segmenter.openFrom marks where the audio not yet in an utterance begi
           assert.ok(before >= previous && after >= before && after <= pushed, "monotonic");
           previous = after;
           let from = before;
-          utterances.forEach((u, i) => {
+          utterances.forEach(({ audio: u, start }, i) => {
             const at = indexOfBytes(audio, u, from);
             assert.ok(at >= 0, "an utterance is a slice of the audio");
+            assert.equal(start, at, "its start is where it is in the audio");
             if (i === 0 && wasInSpeech) assert.equal(at, before, "it began at openFrom");
             assert.ok(at + u.length <= after, "it ends before the new openFrom");
             covered.push([at, at + u.length]);
@@ -189,7 +197,10 @@ Deno.test("Segmenter.openFrom marks where the audio not yet in an utterance begi
         const rest = segmenter.flush();
         if (inSpeech) {
           // null: too little speech so far to be an utterance (flush drops it as noise).
-          if (rest !== null) assert.deepEqual(rest, audio.subarray(openFrom, cut));
+          if (rest !== null) {
+            assert.deepEqual(rest.audio, audio.subarray(openFrom, cut));
+            assert.equal(rest.start, openFrom);
+          }
         } else {
           assert.equal(rest, null);
           assert.ok(cut - openFrom <= 300 * 8 + 160, "only the preroll and a partial window");
@@ -200,38 +211,89 @@ Deno.test("Segmenter.openFrom marks where the audio not yet in an utterance begi
   );
 });
 
-Deno.test("RecognizeWorker.retire() forgets the utterance being cut, not the queued ones", async () => {
+/** A RecognizeWorker whose `recognize` answers from `answer`, recording each call's length. */
+function worker(answer: (audio: Uint8Array, call: number) => Promise<string>) {
   const calls: number[] = [];
-  let release: () => void = () => {};
-  const gate = new Promise<void>((resolve) => release = resolve);
   const events: SttEvent[] = [];
+  const lines: string[] = [];
   const abort = new AbortController();
-  const worker = new RecognizeWorker({
+  const w = new RecognizeWorker({
     recognize: async (audio) => {
       calls.push(audio.length);
-      await gate;
-      return [{ text: `utterance ${calls.length}`, confidence: 0.9 }];
+      return [{ text: await answer(audio, calls.length), confidence: 0.9 }];
     },
     emit: (event) => events.push(event),
-    log: createLogger(() => {}),
+    log: createLogger((line) => lines.push(line)),
     signal: abort.signal,
-    maxPending: 4,
+    retryFirstMs: 10,
+    retryMaxMs: 40,
   });
-  assert.equal(worker.idle, true);
-  worker.push(concatBytes(silence(400), noise(500, 7), silence(700))); // one utterance, queued
+  const texts = () => events.flatMap((e) => e.type === "final" ? [e.text] : []);
+  return { w, calls, events, lines, abort, texts };
+}
+
+const unavailable = () => new ProviderError("stt", "connectivity", "The service is unavailable");
+
+Deno.test("RecognizeWorker resends a failed utterance, in order, until it is recognized", async () => {
+  let failing = 3;
+  const { w, calls, events, lines, texts } = worker((audio) => {
+    if (failing-- > 0) return Promise.reject(unavailable());
+    return Promise.resolve(`utterance of ${audio.length}`);
+  });
+  const first = concatBytes(silence(400), noise(500, 7), silence(700));
+  const second = concatBytes(noise(300, 9), silence(700));
+  w.push(first);
+  assert.equal(w.unrecognizedFrom, 100 * 8, "from the first utterance's 300 ms preroll on");
+  w.push(second);
+  assert.equal(w.pending, 2);
+  await w.drain(5000);
+  assert.equal(calls.length, 5, "three failures, then both utterances once");
+  assert.equal(calls[0], calls[3], "the failed utterance was sent again");
+  assert.deepEqual(texts(), [`utterance of ${calls[3]}`, `utterance of ${calls[4]}`]);
+  assert.equal(events.filter((e) => e.type === "error").length, 1, "one error per outage");
+  assert.equal(lines.filter((l) => l.includes("recognize failed, will resend")).length, 3);
+  assert.ok(lines.some((l) => l.includes("recognize recovered") && l.includes("failures=3")));
+  assert.ok(!lines.some((l) => l.includes("audio lost")));
+  assert.equal(w.idle, true);
+});
+
+Deno.test("RecognizeWorker.stop() abandons the call in flight and every queued utterance", async () => {
+  let release: (text: string) => void = () => {};
+  const { w, calls, texts, lines } = worker(() => new Promise((resolve) => release = resolve));
+  w.push(concatBytes(silence(400), noise(500, 7), silence(700))); // queued, in flight
+  w.push(concatBytes(noise(300, 9), silence(700))); // queued behind it
+  w.push(concatBytes(silence(100), noise(300, 11))); // being cut
   assert.equal(calls.length, 1);
-  assert.equal(worker.idle, false, "a Recognize call is in flight");
-  worker.push(concatBytes(silence(100), noise(300, 9))); // a second one, being cut
-  // The first utterance ended after its 600 ms hangover (at 1500 ms); the 200 ms of silence since
-  // are the second one's preroll, so it begins there.
-  assert.equal(worker.openFrom, 1500 * 8);
-  worker.retire();
-  worker.push(silence(800)); // ignored: would have ended the second utterance
-  release();
-  await worker.drain(5000);
-  assert.deepEqual(calls.length, 1, "the utterance being cut was never sent");
-  assert.deepEqual(events.map((e) => e.type === "final" ? e.text : e.type), ["utterance 1"]);
-  assert.equal(worker.idle, true);
+  assert.equal(w.unrecognizedFrom, 100 * 8, "everything from the first utterance on");
+  w.stop();
+  release("too late");
+  await w.drain(1000);
+  assert.deepEqual(texts(), [], "a result that comes after stop() is ignored");
+  assert.equal(calls.length, 1, "nothing more is sent");
+  assert.ok(!lines.some((l) => l.includes("audio lost")), "stop() loses nothing: the ring has it");
+});
+
+Deno.test("RecognizeWorker reports what it gives up: refused audio, the oldest past the bound, the rest at the end", async () => {
+  const { w, calls, texts, lines, events } = worker((_audio, call) =>
+    call === 1
+      ? Promise.reject(new ProviderError("stt", "invalid_request", "Bad language"))
+      : Promise.reject(unavailable())
+  );
+  w.push(concatBytes(silence(400), noise(500, 7), silence(700))); // refused for good: lost
+  await new Promise((resolve) => setTimeout(resolve, 20));
+  assert.ok(lines.some((l) => l.includes("recognize refused")));
+  assert.ok(lines.some((l) => /audio lost .*ms=\d+ reason=refused/.test(l)), lines.join("\n"));
+  assert.ok(events.some((e) => e.type === "error" && e.fatal));
+  w.push(concatBytes(noise(300, 9), silence(700)));
+  w.push(concatBytes(noise(400, 13), silence(700)));
+  assert.equal(w.pending, 2);
+  assert.equal(w.dropOldest("backlog_full"), true);
+  assert.ok(lines.some((l) => /audio lost .*reason=backlog_full/.test(l)));
+  assert.equal(w.pending, 1);
+  await w.drain(100);
+  assert.ok(lines.some((l) => /audio lost .*reason=call_ended/.test(l)), "what the end cut off");
+  assert.deepEqual(texts(), []);
+  assert.ok(calls.length >= 2);
 });
 
 Deno.test("EventQueue drops the oldest when full and ends after draining", async () => {

@@ -347,40 +347,44 @@ Deno.test(
   },
 );
 
-Deno.test("recognize falls back to the second endpoint and reports failures", TEST, async () => {
-  await withServer({ clips: CLIPS }, async (primary) => {
-    await withServer({ clips: CLIPS }, async (fallback) => {
-      primary.refuseStreams(100);
-      fallback.refuseStreams(100);
-      primary.failRecognize(2, grpc.status.UNAVAILABLE);
-      fallback.failRecognize(1, grpc.status.RESOURCE_EXHAUSTED, "Quota exceeded");
-      const h = openSession(sttConfig(primary.address, { fallback_endpoint: fallback.address }));
-      await h.session.ready;
-      const call = concatBytes(
-        silence(300),
-        HOURS.audio,
-        silence(900),
-        GOODBYE.audio,
-        silence(900),
-      );
-      await feed(h.session, call, 4);
-      await waitFor("one final and one error", () =>
-        finals(h.events).length === 1 &&
-        h.events.some((e) => e.type === "error" && e.error.category === "rate_limit"));
-      await h.finish();
+Deno.test(
+  "recognize falls back to the second endpoint, reports failures and resends",
+  TEST,
+  async () => {
+    await withServer({ clips: CLIPS }, async (primary) => {
+      await withServer({ clips: CLIPS }, async (fallback) => {
+        primary.refuseStreams(100);
+        fallback.refuseStreams(100);
+        primary.failRecognize(2, grpc.status.UNAVAILABLE);
+        fallback.failRecognize(1, grpc.status.RESOURCE_EXHAUSTED, "Quota exceeded");
+        const h = openSession(sttConfig(primary.address, { fallback_endpoint: fallback.address }));
+        await h.session.ready;
+        const call = concatBytes(
+          silence(300),
+          HOURS.audio,
+          silence(900),
+          GOODBYE.audio,
+          silence(900),
+        );
+        await feed(h.session, call, 4);
+        await waitFor("both finals", () => finals(h.events).length === 2);
+        await h.finish();
 
-      // First utterance: primary UNAVAILABLE, fallback RESOURCE_EXHAUSTED ⇒ a non-fatal error.
-      // Second: primary UNAVAILABLE, fallback answers.
-      assert.deepEqual(finals(h.events), [GOODBYE.text]);
-      const error = h.events.find((e) => e.type === "error" && e.error.category === "rate_limit");
-      assert.ok(error?.type === "error" && !error.fatal && error.error.retryable);
-      assert.match(
-        error.error.message,
-        /Cannot recognize speech at .*RESOURCE_EXHAUSTED: "Quota exceeded"/,
-      );
+        // First utterance: primary UNAVAILABLE, fallback RESOURCE_EXHAUSTED ⇒ a non-fatal error, and
+        // the utterance is sent again: primary UNAVAILABLE, fallback answers. Nothing is lost.
+        assert.deepEqual(finals(h.events), [HOURS.text, GOODBYE.text]);
+        const errors = h.events.filter((e) => e.type === "error" && e.error.provider === "stt");
+        const error = h.events.find((e) => e.type === "error" && e.error.category === "rate_limit");
+        assert.ok(error?.type === "error" && !error.fatal && error.error.retryable);
+        assert.ok(errors.length >= 2, "the stream failures and the Recognize outage");
+        assert.match(
+          error.error.message,
+          /Cannot recognize speech at .*RESOURCE_EXHAUSTED: "Quota exceeded"/,
+        );
+      });
     });
-  });
-});
+  },
+);
 
 Deno.test("insecure mode never asks google-auth-library for credentials", TEST, async () => {
   const probe = new v1.SpeechClient(gaxClientOptions("127.0.0.1:9", true, null));

@@ -30,6 +30,10 @@ export class AudioRing {
     this.#bytes = new Uint8Array(Math.min(capacityBytes, Math.max(1, initialBytes)));
   }
 
+  /** The most bytes it holds. */
+  get capacity(): number {
+    return this.#capacity;
+  }
   /** Offset of the first byte held. */
   get begin(): number {
     return this.#begin;

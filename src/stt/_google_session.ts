@@ -16,9 +16,9 @@ import { AudioRing } from "./_audio_ring.ts";
 import { EventQueue } from "./_event_queue.ts";
 import { GrpcCode, grpcCode, toProviderError } from "./_grpc.ts";
 import { RecognizeMode } from "./_recognize_mode.ts";
-import type { RecognizedText } from "./_recognize_worker.ts";
+import { type RecognizedText, reportAudioLost } from "./_recognize_worker.ts";
 import { readResponse } from "./_response.ts";
-import { Segmenter } from "./_segmenter.ts";
+import { hasSpeech, Segmenter } from "./_segmenter.ts";
 import type { Response, Stream } from "./_stream_probe.ts";
 import { Timers } from "./_timers.ts";
 import type { SttTuning } from "./_tuning.ts";
@@ -71,6 +71,13 @@ export class GoogleSpeechSession implements SpeechSession {
   #generation = 0;
   #opening = false;
   #open = false;
+  /** The stream has sent headers or a message: it is alive, whatever it hears. */
+  #answered = false;
+  /** When speech first went into the stream while it had not answered yet; null if none has. */
+  #speechSentAt: number | null = null;
+  /** `#ring.droppedBytes` already reported as lost. */
+  #lostBytes = 0;
+  #degraded = false;
   #startedAt = 0;
   #base = 0;
   #sent = 0;
@@ -128,7 +135,30 @@ export class GoogleSpeechSession implements SpeechSession {
       if (this.#batchFill === this.#batch.length) this.#flushBatch();
     }
     this.#quiet.push(mulaw);
-    if (this.#mode === "streaming" && this.#open) this.#maybeRestartByAge(false);
+    if (this.#mode !== "streaming") return;
+    if (this.#stream && !this.#answered) this.#watchUnanswered();
+    if (this.#open) this.#maybeRestartByAge(false);
+  }
+
+  /**
+   * A stream that has never answered is judged by what it was given: speech with no result within
+   * `resultTimeoutMs` means it is dead (a server that took the call but does not recognize), so
+   * it is replaced like a failed open, and its audio replayed. A quiet line proves nothing.
+   */
+  #watchUnanswered(): void {
+    const now = this.#deps.now();
+    if (this.#speechSentAt === null) {
+      if (this.#quiet.trailingSilenceMs === 0) this.#speechSentAt = now;
+      return;
+    }
+    const { resultTimeoutMs } = this.#deps.tuning;
+    if (now - this.#speechSentAt < resultTimeoutMs) return;
+    this.#deps.log.warn("STT", "stream gave no result for speech", { ms: resultTimeoutMs });
+    this.#detach();
+    this.#openFailed(toProviderError("stt", "Speech stream is not recognizing", {
+      code: GrpcCode.DEADLINE_EXCEEDED,
+      details: `No result within ${resultTimeoutMs} ms of speech`,
+    }));
   }
 
   results(): AsyncIterable<SttEvent> {
@@ -161,6 +191,7 @@ export class GoogleSpeechSession implements SpeechSession {
   #shutdown(): void {
     if (this.#mode === "closed") return;
     this.#mode = "closed";
+    this.#setDegraded(false);
     this.#deps.signal.removeEventListener("abort", this.#onAbort);
     this.#detach();
     this.#fallback.stop();
@@ -178,6 +209,15 @@ export class GoogleSpeechSession implements SpeechSession {
       : this.#batch.subarray(0, this.#batchFill);
     this.#ring.append(batch);
     this.#batchFill = 0;
+    if (this.#ring.droppedBytes !== this.#lostBytes) {
+      // No final for longer than the ring holds (a stream that hears but never finalizes).
+      reportAudioLost(
+        this.#deps.log,
+        this.#ring.droppedBytes - this.#lostBytes,
+        "replay_buffer_full",
+      );
+      this.#lostBytes = this.#ring.droppedBytes;
+    }
     if (this.#mode === "recognize") {
       this.#fallback.push(batch.slice()); // the utterance being cut keeps it
       return;
@@ -236,7 +276,17 @@ export class GoogleSpeechSession implements SpeechSession {
     this.#base = this.#ring.begin;
     this.#sent = this.#ring.begin;
     this.#partialPending = false;
-    stream.on("metadata", () => this.#onOpen(stream));
+    this.#answered = false;
+    // Replayed speech counts as sent: a stream that never answers it is as dead as one that never
+    // answers the caller's next words.
+    this.#speechSentAt = this.#ring.end > this.#ring.begin &&
+        hasSpeech(this.#ring.read(this.#ring.begin, this.#ring.end - this.#ring.begin))
+      ? this.#deps.now()
+      : null;
+    stream.on("metadata", () => {
+      this.#answered = true;
+      this.#onOpen(stream);
+    });
     stream.on("data", (response: Response) => this.#onData(stream, response));
     stream.on("error", (error: unknown) => this.#onFailure(stream, error));
     stream.on("end", () => this.#onFailure(stream, null));
@@ -256,6 +306,7 @@ export class GoogleSpeechSession implements SpeechSession {
 
   #onData(stream: Stream, response: Response): void {
     if (stream !== this.#stream) return;
+    this.#answered = true;
     this.#onOpen(stream);
     if (response.error && response.error.code) {
       // An error carried in the message body (google.rpc.Status) instead of the call status.
@@ -266,9 +317,13 @@ export class GoogleSpeechSession implements SpeechSession {
     if (partial || finals.length > 0) this.#attempts = 0; // the stream works
     for (const final of finals) {
       this.#partialPending = false;
-      if (final.endMs !== null) {
-        this.#ring.trimTo(Math.min(this.#base + Math.round(final.endMs * 8), this.#sent));
-      }
+      // Without `resultEndTime` the final covers at most what was sent: a restart then never
+      // sends audio already transcribed again (no duplicated turn).
+      this.#ring.trimTo(
+        final.endMs === null
+          ? this.#sent
+          : Math.min(this.#base + Math.round(final.endMs * 8), this.#sent),
+      );
       if (final.text !== "") {
         this.#events.push({ type: "final", text: final.text, confidence: final.confidence });
       }
@@ -369,6 +424,7 @@ export class GoogleSpeechSession implements SpeechSession {
 
   #enterRecognize(error: ProviderError): void {
     this.#mode = "recognize";
+    this.#setDegraded(true);
     this.#youngDeaths = 0;
     this.#fallback.enter(error);
     this.#markReady();
@@ -386,6 +442,7 @@ export class GoogleSpeechSession implements SpeechSession {
     }
     this.#fallback.leave();
     this.#mode = "streaming";
+    this.#setDegraded(false);
     this.#endpoint = endpoint;
     // A resumed stream that dies at once counts as a failed open (retries, then recognize again).
     this.#attempts = 1;
@@ -406,6 +463,12 @@ export class GoogleSpeechSession implements SpeechSession {
     stream.removeAllListeners();
     stream.on("error", () => {}); // a cancelled call still reports CANCELLED
     if (cancel) stream.cancel();
+  }
+
+  #setDegraded(degraded: boolean): void {
+    if (degraded === this.#degraded) return;
+    this.#degraded = degraded;
+    metrics.sttDegraded(degraded ? 1 : -1);
   }
 
   #markReady(): void {

@@ -156,9 +156,10 @@ export function gaxClientOptions(
     port,
     grpc,
     // google-gax sets 1 s; a shorter first backoff lets the 200 ms open retries reach a server
-    // that has just come back.
+    // that has just come back, and a low cap keeps a long outage from delaying the recovery: a
+    // channel in backoff fails every call at once, even when the server is back.
     "grpc.initial_reconnect_backoff_ms": 200,
-    "grpc.max_reconnect_backoff_ms": 5000,
+    "grpc.max_reconnect_backoff_ms": 2000,
   };
   if (insecure) {
     options.sslCreds = grpc.credentials.createInsecure();
@@ -195,6 +196,23 @@ export function unaryCallOptions(
     timeout: timeoutMs,
     retry: { retryCodes: [] },
   };
+}
+
+/**
+ * Asks the gRPC channel under a google-gax client to connect now (it otherwise connects on the
+ * first call). `stub` is the client's stub promise (e.g. `SpeechClient.speechStub`).
+ */
+export async function connectEagerly(stub: Promise<unknown> | undefined): Promise<void> {
+  const resolved: unknown = await stub;
+  if (typeof resolved !== "object" || resolved === null || !("getChannel" in resolved)) return;
+  const getChannel = resolved.getChannel;
+  if (typeof getChannel !== "function") return;
+  const channel: unknown = getChannel.call(resolved);
+  if (typeof channel !== "object" || channel === null || !("getConnectivityState" in channel)) {
+    return;
+  }
+  const state = channel.getConnectivityState;
+  if (typeof state === "function") state.call(channel, true); // true: connect if idle
 }
 
 /** The part of a google-gax generated client the pool needs. */

@@ -1,11 +1,12 @@
 /**
  * A session's per-utterance `Recognize` periods, and the way back to streaming. While a period is
- * on, each batch goes to a `RecognizeWorker` and the session's ring keeps only the audio that no
- * utterance queued for `Recognize` covers (from the worker's `openFrom`). From time to time (after
- * `resumeFirstMs`, then doubling up to `resumeMaxMs`) a `StreamProbe` tries streaming again, only
- * at an utterance boundary: nothing being segmented, queued or recognized. When the probe's stream
- * answers, `leave()` ends the period, and the session replays the ring into the stream, which thus
- * starts exactly where `Recognize` stopped: no word recognized twice, none lost.
+ * on, each batch goes to a `RecognizeWorker`, and the session's ring keeps all the audio the worker
+ * has not had recognized yet (from its `unrecognizedFrom`): utterances waiting for a resend after a
+ * failed call, the one in flight, and the one being cut. From time to time (after `resumeFirstMs`,
+ * then doubling up to `resumeMaxMs`) a `StreamProbe` tries streaming again. When its stream is up,
+ * `leave()` stops the worker (a call in flight is abandoned, its result ignored) and the session
+ * replays the ring into the stream, which thus starts exactly where `Recognize` stopped: no word
+ * recognized twice, none lost.
  */
 import type { ProviderError } from "../errors.ts";
 import type { Logger } from "../observe/log.ts";
@@ -46,8 +47,6 @@ export class RecognizeMode {
   #worker: RecognizeWorker | null = null;
   /** Ring offset of the worker's first byte (its segmenter counts from there). */
   #workerBase = 0;
-  /** Workers of earlier periods still recognizing the utterances they had queued. */
-  readonly #retired = new Set<RecognizeWorker>();
   #probe: StreamProbe | null = null;
   #probeTimer: Timer | null = null;
   #probeDue = false;
@@ -79,7 +78,8 @@ export class RecognizeMode {
       emit,
       log,
       signal,
-      maxPending: tuning.maxPendingUtterances,
+      retryFirstMs: tuning.recognizeRetryFirstMs,
+      retryMaxMs: tuning.recognizeRetryMaxMs,
     });
     this.#worker = worker;
     this.#workerBase = ring.begin;
@@ -94,25 +94,28 @@ export class RecognizeMode {
 
   /** A batch the session has just appended to the ring. Never waits. */
   push(chunk: Uint8Array): void {
-    if (!this.#worker) return;
-    this.#worker.push(chunk);
+    const worker = this.#worker;
+    if (!worker) return;
+    worker.push(chunk);
+    // The bound: the unrecognized audio must fit in the ring, or the ring would drop it unseen.
+    const { ring } = this.#deps;
+    const limit = ring.capacity - chunk.length;
+    while (ring.end - (this.#workerBase + worker.unrecognizedFrom) > limit) {
+      if (!worker.dropOldest("backlog_full")) break;
+    }
     this.#trim();
     this.#maybeProbe();
   }
 
   /**
-   * Ends the period (a probe's stream answered): the worker forgets the utterance it was cutting,
-   * whose audio is still in the ring, and only finishes the utterances it had queued, which all
-   * end before the ring begins.
+   * Ends the period (a probe's stream is up): the worker stops, and everything it had not had
+   * recognized is still in the ring, from which the session replays it into the stream.
    */
   leave(): void {
     const worker = this.#worker;
     this.#worker = null;
     this.#cancelProbe();
-    if (!worker) return;
-    worker.retire();
-    for (const old of this.#retired) if (old.idle) this.#retired.delete(old);
-    if (!worker.idle) this.#retired.add(worker);
+    worker?.stop();
   }
 
   /** Streaming has proved healthy: the next period's first retry waits `resumeFirstMs` again. */
@@ -126,9 +129,7 @@ export class RecognizeMode {
    */
   async drain(timeoutMs: number): Promise<void> {
     this.stop();
-    const workers = [...this.#retired];
-    if (this.#worker) workers.push(this.#worker);
-    await Promise.all(workers.map((worker) => worker.drain(timeoutMs)));
+    await this.#worker?.drain(timeoutMs);
   }
 
   /** No more retries (a stream being opened is cancelled). */
@@ -137,9 +138,9 @@ export class RecognizeMode {
     this.#cancelProbe();
   }
 
-  /** Keeps in the ring only the audio that no utterance queued for `Recognize` covers. */
+  /** Keeps in the ring exactly the audio not recognized yet. */
   #trim(): void {
-    if (this.#worker) this.#deps.ring.trimTo(this.#workerBase + this.#worker.openFrom);
+    if (this.#worker) this.#deps.ring.trimTo(this.#workerBase + this.#worker.unrecognizedFrom);
   }
 
   /** Plans the next streaming retry: `resumeFirstMs`, then doubling up to `resumeMaxMs`. */
@@ -155,16 +156,20 @@ export class RecognizeMode {
   }
 
   /**
-   * Starts a due retry at an utterance boundary, so every result so far has been delivered. Until
-   * its stream answers, audio keeps going to `Recognize`; the hand-over is safe whenever it comes.
+   * Starts a due retry at an utterance boundary while `Recognize` works (no call it made is
+   * wasted), or at once while `Recognize` fails too. Until the stream is up, audio keeps going to
+   * `Recognize`; the hand-over is safe whenever it comes, since the ring holds everything not
+   * recognized yet.
    */
   #maybeProbe(): void {
-    if (!this.#probeDue || this.#probe || this.#stopped || !this.#worker?.idle) return;
+    const worker = this.#worker;
+    if (!this.#probeDue || this.#probe || this.#stopped || !worker) return;
+    if (!worker.idle && !worker.failing) return;
     this.#probeDue = false;
     const { probe: where, tuning, log, onStream } = this.#deps;
     const probe: StreamProbe = new StreamProbe({
       ...where,
-      timeoutMs: tuning.resumeOpenTimeoutMs,
+      acceptMs: tuning.acceptGraceMs,
       log,
       onOpen: (stream, endpoint, first) => {
         if (this.#probe === probe) this.#probe = null;

@@ -1,11 +1,15 @@
 /**
  * The degraded path when streaming cannot be opened: audio is cut into utterances by energy and each
- * utterance is sent to `Recognize` one at a time, off the media path (`push` only segments and
- * enqueues; it never waits). Policy when too many utterances wait: drop the oldest and count it.
+ * utterance is sent to `Recognize` one at a time, in order, off the media path (`push` only segments
+ * and enqueues; it never waits). An utterance whose call fails with a retryable error stays at the
+ * head of the queue and is sent again after a backoff, so an outage delays words but loses none.
+ * Audio is given up only past a bound (the caller's `dropOldest`), when the provider refuses it for
+ * good, or when the call ends first; every such loss is logged and counted with its length.
  */
 import { ProviderError } from "../errors.ts";
 import type { Logger } from "../observe/log.ts";
-import { Segmenter, type SegmenterOptions } from "./_segmenter.ts";
+import * as metrics from "../observe/metrics.ts";
+import { Segmenter, type SegmenterOptions, type Utterance } from "./_segmenter.ts";
 import type { SttEvent } from "./types.ts";
 
 /** One transcript returned by a `Recognize` call. */
@@ -23,27 +27,38 @@ export interface RecognizeWorkerOptions {
   readonly emit: (event: SttEvent) => void;
   readonly log: Logger;
   readonly signal: AbortSignal;
-  /** Utterances waiting for a call at most. */
-  readonly maxPending: number;
+  /** Wait before the first resend of a failed utterance (ms); doubles per failure up to `retryMaxMs`. */
+  readonly retryFirstMs: number;
+  readonly retryMaxMs: number;
   readonly segmenter?: Partial<SegmenterOptions>;
+}
+
+/** Why audio was given up; the label of `kav_stt_audio_lost_seconds_total`. */
+export type AudioLossReason = "backlog_full" | "refused" | "call_ended" | "replay_buffer_full";
+
+/** Logs and counts `bytes` of μ-law given up for `reason`. */
+export function reportAudioLost(log: Logger, bytes: number, reason: AudioLossReason): void {
+  if (bytes <= 0) return;
+  metrics.sttAudioLost(reason, bytes / 8000);
+  log.warn("STT", "audio lost", { ms: Math.round(bytes / 8), reason });
 }
 
 export class RecognizeWorker {
   readonly #options: RecognizeWorkerOptions;
-  #segmenter: Segmenter;
-  readonly #pending: Uint8Array[] = [];
+  readonly #segmenter: Segmenter;
+  /** Utterances not yet recognized, oldest first; the head may be in flight. */
+  readonly #pending: Utterance[] = [];
   #running: Promise<void> | null = null;
-  #dropped = 0;
-  #retired = false;
+  /** Aborts the call in flight and the backoff wait (`stop`, `dropOldest` of the head). */
+  #attempt: AbortController | null = null;
+  /** Failed calls in a row; 0 once a call succeeds. */
+  #failures = 0;
+  #failingSince = 0;
+  #stopped = false;
 
   constructor(options: RecognizeWorkerOptions) {
     this.#options = options;
     this.#segmenter = new Segmenter(options.segmenter);
-  }
-
-  /** Utterances discarded because too many were waiting. */
-  get dropped(): number {
-    return this.#dropped;
   }
 
   /** No utterance is being segmented, none waits and no `Recognize` call is in flight. */
@@ -51,81 +66,154 @@ export class RecognizeWorker {
     return !this.#segmenter.inSpeech && this.#pending.length === 0 && this.#running === null;
   }
 
+  /** The last `Recognize` call failed: its utterance waits to be sent again. */
+  get failing(): boolean {
+    return this.#failures > 0;
+  }
+
+  /** Utterances waiting to be recognized (the one in flight included). */
+  get pending(): number {
+    return this.#pending.length;
+  }
+
   /**
-   * Offset (bytes since the first `push`) of the oldest audio not yet in a queued utterance (see
-   * `Segmenter.openFrom`): audio from there on would not be recognized if the worker stopped now.
+   * Offset (bytes since the first `push`) of the oldest audio not recognized yet: the oldest queued
+   * utterance, else the open point of the segmenter. Audio from there on is lost if the worker
+   * stops now, so the session keeps it for replay.
    */
-  get openFrom(): number {
-    return this.#segmenter.openFrom;
+  get unrecognizedFrom(): number {
+    return this.#pending[0]?.start ?? this.#segmenter.openFrom;
   }
 
   /** Feeds audio; completed utterances are queued for recognition. Never waits. */
   push(mulaw: Uint8Array): void {
-    if (this.#retired) return;
+    if (this.#stopped) return;
     for (const utterance of this.#segmenter.push(mulaw)) this.#enqueue(utterance);
   }
 
+  /** Gives up the oldest queued utterance (aborting its call if in flight); false if none. */
+  dropOldest(reason: AudioLossReason): boolean {
+    const head = this.#pending.shift();
+    if (!head) return false;
+    // The head is the one in flight or waiting to be resent: its attempt is now stale.
+    if (this.#running) this.#attempt?.abort();
+    reportAudioLost(this.#options.log, head.audio.length, reason);
+    return true;
+  }
+
   /**
-   * Takes no more audio and forgets the utterance being segmented (its audio, from `openFrom`, went
-   * elsewhere); the utterances already queued are still recognized and reported.
+   * Takes no more audio, aborts the call in flight and forgets every queued utterance: their audio
+   * is still in the session's ring, which a stream replays. A result that arrives later is ignored.
    */
-  retire(): void {
-    this.#retired = true;
-    this.#segmenter = new Segmenter(this.#options.segmenter);
+  stop(): void {
+    this.#stopped = true;
+    this.#pending.length = 0;
+    this.#attempt?.abort();
   }
 
-  /** Ends the audio and waits (at most `timeoutMs`) for the queued utterances to be recognized. */
+  /**
+   * Ends the audio and waits (at most `timeoutMs`) for the queued utterances to be recognized;
+   * what is still queued then is lost, and reported.
+   */
   async drain(timeoutMs: number): Promise<void> {
-    const last = this.#segmenter.flush();
-    if (last) this.#enqueue(last);
-    const running = this.#running;
-    if (!running) return;
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    try {
-      await Promise.race([
-        running,
-        new Promise<void>((resolve) => timer = setTimeout(resolve, timeoutMs)),
-      ]);
-    } finally {
-      clearTimeout(timer);
+    if (!this.#stopped) {
+      const last = this.#segmenter.flush();
+      if (last) this.#enqueue(last);
     }
+    const running = this.#running;
+    if (running) {
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      try {
+        await Promise.race([
+          running,
+          new Promise<void>((resolve) => timer = setTimeout(resolve, timeoutMs)),
+        ]);
+      } finally {
+        clearTimeout(timer);
+      }
+    }
+    const left = this.#pending.reduce((sum, u) => sum + u.audio.length, 0);
+    this.stop();
+    reportAudioLost(this.#options.log, left, "call_ended");
   }
 
-  #enqueue(utterance: Uint8Array): void {
+  #enqueue(utterance: Utterance): void {
     if (this.#options.signal.aborted) return;
-    if (this.#pending.length >= this.#options.maxPending) {
-      // Not the 20 ms path: this runs once per utterance.
-      this.#pending.shift();
-      this.#dropped++;
-      this.#options.log.warn("STT", "recognize backlog full, utterance dropped", {
-        dropped: this.#dropped,
-      });
-    }
     this.#pending.push(utterance);
     this.#running ??= this.#run().finally(() => this.#running = null);
   }
 
   async #run(): Promise<void> {
     const { signal, emit, log } = this.#options;
-    for (;;) {
-      const audio = this.#pending.shift();
-      if (!audio || signal.aborted) return;
+    while (!this.#stopped && !signal.aborted) {
+      const head = this.#pending[0];
+      if (!head) return;
+      const attempt = new AbortController();
+      this.#attempt = attempt;
+      const callSignal = AbortSignal.any([signal, attempt.signal]);
+      let texts: readonly RecognizedText[] | null = null;
+      let failure: ProviderError | null = null;
       try {
-        const texts = await this.#options.recognize(audio, { signal });
+        texts = await this.#options.recognize(head.audio, { signal: callSignal });
+      } catch (error) {
+        failure = error instanceof ProviderError
+          ? error
+          : new ProviderError("stt", "server", "Cannot recognize utterance", { cause: error });
+      }
+      // Stopped, or this utterance was given up while its call was in flight: the result is stale.
+      if (callSignal.aborted || this.#pending[0] !== head) continue;
+      if (texts !== null) {
+        this.#pending.shift();
+        if (this.#failures > 0) {
+          log.info("STT", "recognize recovered", {
+            after_ms: Math.round(performance.now() - this.#failingSince),
+            failures: this.#failures,
+          });
+          this.#failures = 0;
+        }
         for (const { text, confidence } of texts) {
           if (text !== "") emit({ type: "final", text, confidence });
         }
-      } catch (error) {
-        if (signal.aborted) return;
-        const providerError = error instanceof ProviderError
-          ? error
-          : new ProviderError("stt", "server", "Cannot recognize utterance", { cause: error });
-        log.warn("STT", "recognize failed", {
-          category: providerError.category,
-          ms: Math.round(audio.length / 8),
-        });
-        emit({ type: "error", error: providerError, fatal: !providerError.retryable });
+        continue;
       }
+      const error = failure as ProviderError;
+      if (!error.retryable) {
+        // Sending the same audio again cannot help (e.g. the language is refused).
+        this.#pending.shift();
+        log.warn("STT", "recognize refused", { category: error.category });
+        emit({ type: "error", error, fatal: true });
+        reportAudioLost(log, head.audio.length, "refused");
+        continue;
+      }
+      if (this.#failures++ === 0) {
+        this.#failingSince = performance.now();
+        emit({ type: "error", error, fatal: false });
+      }
+      const waitMs = Math.min(
+        this.#options.retryMaxMs,
+        this.#options.retryFirstMs * 2 ** (this.#failures - 1),
+      );
+      metrics.sttRecognizeRetried();
+      log.warn("STT", "recognize failed, will resend", {
+        category: error.category,
+        ms: Math.round(head.audio.length / 8),
+        queued: this.#pending.length,
+        retry_ms: waitMs,
+      });
+      await abortableSleep(waitMs, callSignal);
     }
   }
+}
+
+function abortableSleep(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    if (signal.aborted) return resolve();
+    const done = (): void => {
+      clearTimeout(timer);
+      signal.removeEventListener("abort", done);
+      resolve();
+    };
+    const timer = setTimeout(done, ms);
+    signal.addEventListener("abort", done, { once: true });
+  });
 }

@@ -27,6 +27,12 @@ export function levelDbfs(mulaw: Uint8Array, from = 0, to = mulaw.length): numbe
   return Math.max(-120, 10 * Math.log10(sum / (to - from) + 1e-12));
 }
 
+/** An utterance the segmenter cut: its audio (a copy) and where it began (bytes since the first push). */
+export interface Utterance {
+  readonly audio: Uint8Array;
+  readonly start: number;
+}
+
 export interface SegmenterOptions {
   /** Speech when a 20 ms window is louder than this (dBFS). */
   readonly thresholdDbfs: number;
@@ -93,9 +99,9 @@ export class Segmenter {
     return this.#pushed - this.#windowFill - this.#prerollFill;
   }
 
-  /** Feeds audio; returns the utterances it completed (copies), oldest first. */
-  push(mulaw: Uint8Array): Uint8Array[] {
-    const done: Uint8Array[] = [];
+  /** Feeds audio; returns the utterances it completed, oldest first. */
+  push(mulaw: Uint8Array): Utterance[] {
+    const done: Utterance[] = [];
     this.#pushed += mulaw.length;
     let at = 0;
     while (at < mulaw.length) {
@@ -117,7 +123,7 @@ export class Segmenter {
   }
 
   /** Ends the audio: returns the utterance in progress (with any partial window), if it has speech. */
-  flush(): Uint8Array | null {
+  flush(): Utterance | null {
     if (this.#utterance === null) {
       this.#windowFill = 0;
       return null;
@@ -128,7 +134,7 @@ export class Segmenter {
   }
 
   /** `offset`: where `window` begins, in bytes since the first push. */
-  #onWindow(window: Uint8Array, offset: number): Uint8Array | null {
+  #onWindow(window: Uint8Array, offset: number): Utterance | null {
     const speech = levelDbfs(window) > this.#options.thresholdDbfs;
     this.#trailingSilenceMs = speech ? 0 : this.#trailingSilenceMs + 20;
     if (!this.#options.collect) return null;
@@ -158,7 +164,7 @@ export class Segmenter {
     return null;
   }
 
-  #finish(): Uint8Array | null {
+  #finish(): Utterance | null {
     const utterance = this.#utterance;
     const length = this.#utteranceLength;
     const enough = this.#speechMs >= this.#options.minSpeechMs;
@@ -166,7 +172,9 @@ export class Segmenter {
     this.#utteranceLength = 0;
     this.#speechMs = 0;
     this.#silenceMs = 0;
-    return utterance !== null && enough ? utterance.slice(0, length) : null;
+    return utterance !== null && enough
+      ? { audio: utterance.slice(0, length), start: this.#utteranceStart }
+      : null;
   }
 
   #append(bytes: Uint8Array): void {
@@ -198,4 +206,12 @@ export class Segmenter {
     }
     this.#prerollFill = 0;
   }
+}
+
+/** Whether any 20 ms window of `mulaw` is speech by the segmenter's default threshold. */
+export function hasSpeech(mulaw: Uint8Array): boolean {
+  for (let at = 0; at + WINDOW_BYTES <= mulaw.length; at += WINDOW_BYTES) {
+    if (levelDbfs(mulaw, at, at + WINDOW_BYTES) > SEGMENTER_DEFAULTS.thresholdDbfs) return true;
+  }
+  return false;
 }

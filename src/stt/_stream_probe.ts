@@ -1,9 +1,12 @@
 /**
  * One try to get streaming back while a session is in per-utterance `Recognize` mode: opens a
  * StreamingRecognize call on each endpoint in turn (one attempt each), sends only the config, and
- * hands the first stream that answers (response headers or a first message) to the session, which
- * then replays its buffered audio into it. No audio is sent before the hand-over, so a probe that
- * fails cannot have heard any word that `Recognize` is also given.
+ * hands the first stream that is up to the session, which then replays its buffered audio into it.
+ * A stream is up when it answers (response headers or a first message) or when it has taken the
+ * config without failing for `acceptMs`: many servers send headers only with their first result,
+ * which never comes before audio. No audio is sent before the hand-over, so a probe that fails
+ * cannot have heard any word that `Recognize` is also given. A stream handed over that turns out
+ * dead (an error, or no result for speech) is the session's to judge.
  */
 import type { protos, v1 } from "@google-cloud/speech";
 import type { ProviderError } from "../errors.ts";
@@ -21,12 +24,13 @@ export interface StreamProbeOptions {
   readonly endpoints: readonly string[];
   readonly openStream: (endpoint: string) => Promise<Stream>;
   readonly streamingConfig: protos.google.cloud.speech.v1.IStreamingRecognitionConfig;
-  /** An endpoint whose stream neither answers nor fails within this long failed (ms). */
-  readonly timeoutMs: number;
+  /** A stream that has neither failed nor ended this long after the config is up (ms). */
+  readonly acceptMs: number;
   readonly log: Logger;
   /**
    * Called synchronously from the stream's first `metadata` or `data` event (`first` is that
-   * message, if any); the config was written, and the stream is the caller's from then on.
+   * message, if any) or once `acceptMs` passed without a failure; the config was written, and the
+   * stream is the caller's from then on.
    */
   readonly onOpen: (stream: Stream, endpoint: number, first: Response | null) => void;
   /** Every endpoint failed; `error` is the last endpoint's failure. */
@@ -76,14 +80,9 @@ export class StreamProbe {
   }
 
   #watch(stream: Stream, index: number): void {
-    const { timeoutMs, streamingConfig, onOpen } = this.#options;
+    const { acceptMs, streamingConfig, onOpen } = this.#options;
     this.#stream = stream;
-    const timer = this.#timers.later(timeoutMs, () => {
-      this.#failed(index, {
-        code: GrpcCode.DEADLINE_EXCEEDED,
-        details: `No response headers within ${timeoutMs} ms`,
-      });
-    });
+    const timer = this.#timers.later(acceptMs, () => handOver(null));
     const handOver = (first: Response | null): void => {
       if (stream !== this.#stream) return;
       this.#timers.cancel(timer);

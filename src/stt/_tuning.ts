@@ -28,10 +28,20 @@ export interface SttTuning {
   readonly resumeFirstMs: number;
   /** Each failed try doubles the wait before the next, up to this (ms). */
   readonly resumeMaxMs: number;
-  /** A try whose stream sends no response headers (or error) within this long failed (ms). */
-  readonly resumeOpenTimeoutMs: number;
+  /**
+   * A stream that took the config and has neither failed nor ended this long after is up (ms).
+   * Response headers are not waited for: many servers send them only with the first result.
+   */
+  readonly acceptGraceMs: number;
+  /**
+   * A stream that has never answered is dead once speech was sent into it this long ago with no
+   * result (ms). Silence on a quiet line proves nothing and never counts.
+   */
+  readonly resultTimeoutMs: number;
+  /** Wait before sending a failed `Recognize` utterance again (ms); doubles up to the max. */
+  readonly recognizeRetryFirstMs: number;
+  readonly recognizeRetryMaxMs: number;
   readonly eventCapacity: number;
-  readonly maxPendingUtterances: number;
 }
 
 export const STT_TUNING: SttTuning = Object.freeze({
@@ -46,7 +56,9 @@ export const STT_TUNING: SttTuning = Object.freeze({
   minHealthyStreamMs: 1000,
   resumeFirstMs: 2000,
   resumeMaxMs: 30_000,
-  resumeOpenTimeoutMs: 3000,
+  acceptGraceMs: 300,
+  resultTimeoutMs: 4000,
+  recognizeRetryFirstMs: 250,
+  recognizeRetryMaxMs: 2000,
   eventCapacity: 256,
-  maxPendingUtterances: 8,
 });

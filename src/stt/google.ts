@@ -13,6 +13,7 @@ import * as metrics from "../observe/metrics.ts";
 import { GoogleSpeechSession } from "./_google_session.ts";
 import { STT_TUNING, type SttTuning } from "./_tuning.ts";
 import {
+  connectEagerly,
   gaxClientOptions,
   GaxClientPool,
   raceSignal,
@@ -127,6 +128,18 @@ export function createGoogleStt(config: SttConfig, options: GoogleSttOptions = {
         log: open.log,
         signal: open.signal,
       });
+    },
+    async warm(): Promise<void> {
+      await Promise.all(endpoints.map(async (endpoint) => {
+        try {
+          await connectEagerly((await clients.get(endpoint)).speechStub);
+        } catch (error) {
+          providerLog.warn("STT", "client not ready at boot", {
+            endpoint,
+            error: error instanceof Error ? error.message : String(error),
+          });
+        }
+      }));
     },
     close(): Promise<void> {
       return clients.close();

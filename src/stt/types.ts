@@ -34,6 +34,11 @@ export interface SttOpenOptions {
 /** Opens one session per call. Google is the cloud implementation; an on-prem one sits beside it. */
 export interface SttProvider {
   open(options: SttOpenOptions): SpeechSession;
+  /**
+   * Creates clients and connects ahead of the first call, so the first call is as fast as the
+   * hundredth. Never rejects: a provider that cannot connect yet will try again per call.
+   */
+  warm?(): Promise<void>;
   /** Releases shared clients/channels at shutdown. */
   close(): Promise<void>;
 }

@@ -24,6 +24,13 @@ export interface SpeechScript {
   streamLimitCode: grpc.status;
   /** Language codes refused with INVALID_ARGUMENT after the first (config) message. */
   rejectLanguages: string[];
+  /**
+   * When response headers go out: "immediate" (after `openDelayMs`), or "with_first_result" (with
+   * the first response message, as many gRPC servers do; nothing before the audio has words).
+   */
+  headers: "immediate" | "with_first_result";
+  /** Finals carry `resultEndTime` (Google does; some servers do not). */
+  finalEndTime: boolean;
 }
 
 export interface SpeechServerOptions extends Partial<SpeechScript> {
@@ -63,6 +70,8 @@ export interface SpeechServer {
   refuseStreams(count: number, code?: grpc.status, message?: string): void;
   /** Fail the next `count` Recognize calls with `code`. */
   failRecognize(count: number, code?: grpc.status, message?: string): void;
+  /** Fail every Recognize call with UNAVAILABLE for the next `ms`. */
+  failRecognizeFor(ms: number): void;
   /** Ends every open stream with an error now (a mid-call failure); returns how many. */
   failActiveStreams(code?: grpc.status, message?: string): number;
   /** Total bytes received on all streams. */
@@ -72,6 +81,11 @@ export interface SpeechServer {
   /** Stops the server abruptly (connections dropped); `restart()` brings it back on the same port. */
   kill(): Promise<void>;
   restart(): Promise<void>;
+  /**
+   * Not listening for `ms` (connections refused), then back on the same port: kills now and
+   * resolves once restarted. Total downtime is `ms`.
+   */
+  downFor(ms: number): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -83,12 +97,12 @@ function duration(bytes: number): { seconds: number; nanos: number } {
   return { seconds: Math.floor(ms / 1000), nanos: Math.round((ms % 1000) * 1e6) };
 }
 
-function toResult(event: MatchEvent): Record<string, unknown> {
+function toResult(event: MatchEvent, finalEndTime = true): Record<string, unknown> {
   if (event.kind === "final") {
     return {
       alternatives: [{ transcript: event.text, confidence: 0.92 }],
       isFinal: true,
-      resultEndTime: duration(event.end),
+      ...(finalEndTime ? { resultEndTime: duration(event.end) } : {}),
       languageCode: "he-il",
     };
   }
@@ -122,10 +136,13 @@ export async function startSpeechServer(options: SpeechServerOptions): Promise<S
     streamLimitMs: options.streamLimitMs ?? null,
     streamLimitCode: options.streamLimitCode ?? grpc.status.OUT_OF_RANGE,
     rejectLanguages: options.rejectLanguages ?? [],
+    headers: options.headers ?? "immediate",
+    finalEndTime: options.finalEndTime ?? true,
   };
   const stats: SpeechServerStats = { streams: [], recognizeCalls: [], refused: 0 };
   const refusals: { code: grpc.status; message: string }[] = [];
   const recognizeFailures: { code: grpc.status; message: string }[] = [];
+  let recognizeDownUntil = 0;
   const active = new Map<(code: grpc.status, message: string) => void, (status: string) => void>();
   const timers = new Set<Timer>();
 
@@ -179,8 +196,17 @@ export async function startSpeechServer(options: SpeechServerOptions): Promise<S
       finish(`error:${grpc.status[code]}`);
       call.emit("error", { code, details: message });
     };
+    const openNow = (): void => {
+      open = true;
+      call.sendMetadata(new grpc.Metadata());
+      for (const response of held.splice(0)) send(response);
+      if (ending && pending.size === 0) endNow();
+    };
+    const headersWithResult = script.headers === "with_first_result";
     const send = (response: Record<string, unknown>): void => {
-      if (!open) {
+      if (!open && headersWithResult && openTimer === null) {
+        openNow(); // the headers go out with the first message
+      } else if (!open) {
         held.push(response);
         return;
       }
@@ -200,11 +226,10 @@ export async function startSpeechServer(options: SpeechServerOptions): Promise<S
       call.end();
     };
     active.set(fail, finish);
-    const openTimer: Timer | null = later(script.openDelayMs, () => {
-      open = true;
-      call.sendMetadata(new grpc.Metadata());
-      for (const response of held.splice(0)) send(response);
-      if (ending && pending.size === 0) endNow();
+    // With "with_first_result", `openDelayMs` only delays the earliest moment headers can go.
+    let openTimer: Timer | null = later(script.openDelayMs, () => {
+      openTimer = null;
+      if (!headersWithResult || held.length > 0) openNow();
     });
     const limitTimer: Timer | null = script.streamLimitMs === null ? null : later(
       script.streamLimitMs,
@@ -232,7 +257,7 @@ export async function startSpeechServer(options: SpeechServerOptions): Promise<S
       record.chunkSizes.push(audio.length);
       for (const event of record.matcher.push(audio)) {
         if (event.kind === "final") record.finals.push(event.text);
-        send({ results: [toResult(event)] });
+        send({ results: [toResult(event, script.finalEndTime)] });
       }
     });
     call.on("end", () => {
@@ -253,14 +278,17 @@ export async function startSpeechServer(options: SpeechServerOptions): Promise<S
     const audio = content instanceof Uint8Array ? content : new Uint8Array();
     const found = findClips(options.clips, audio);
     stats.recognizeCalls.push({ config, bytes: audio.length, texts: found.map((f) => f.text) });
-    const failure = recognizeFailures.shift();
+    const failure = recognizeFailures.shift() ??
+      (Date.now() < recognizeDownUntil
+        ? { code: grpc.status.UNAVAILABLE, message: "The service is unavailable" }
+        : undefined);
     later(script.latencyMs, () => {
       if (failure) {
         callback({ code: failure.code, details: failure.message });
         return;
       }
       const results = found.map((f) =>
-        toResult({ kind: "final", text: f.text, clip: f.clip, end: f.end })
+        toResult({ kind: "final", text: f.text, clip: f.clip, end: f.end }, script.finalEndTime)
       );
       callback(null, { results, totalBilledTime: duration(audio.length) });
     });
@@ -281,6 +309,17 @@ export async function startSpeechServer(options: SpeechServerOptions): Promise<S
   server = serve();
   const port = await bind(server, host, options.port ?? 0);
 
+  function kill(): Promise<void> {
+    // Abrupt: connections drop with no status, as when the process dies.
+    for (const finish of [...active.values()]) finish("killed");
+    server.forceShutdown();
+    return Promise.resolve();
+  }
+  async function restart(): Promise<void> {
+    server = serve();
+    await bind(server, host, port);
+  }
+
   return {
     port,
     address: `${host}:${port}`,
@@ -291,6 +330,9 @@ export async function startSpeechServer(options: SpeechServerOptions): Promise<S
     },
     failRecognize(count, code = grpc.status.UNAVAILABLE, message = "The service is unavailable") {
       for (let i = 0; i < count; i++) recognizeFailures.push({ code, message });
+    },
+    failRecognizeFor(ms) {
+      recognizeDownUntil = Date.now() + ms;
     },
     failActiveStreams(code = grpc.status.INTERNAL, message = "Internal error encountered.") {
       const all = [...active.keys()];
@@ -303,15 +345,12 @@ export async function startSpeechServer(options: SpeechServerOptions): Promise<S
     finals() {
       return stats.streams.flatMap((s) => s.finals);
     },
-    kill() {
-      // Abrupt: connections drop with no status, as when the process dies.
-      for (const finish of [...active.values()]) finish("killed");
-      server.forceShutdown();
-      return Promise.resolve();
-    },
-    async restart() {
-      server = serve();
-      await bind(server, host, port);
+    kill,
+    restart,
+    async downFor(ms) {
+      await kill();
+      await new Promise((resolve) => later(ms, () => resolve(undefined)));
+      await restart();
     },
     close() {
       for (const id of timers) clearTimeout(id);
@@ -333,6 +372,8 @@ if (import.meta.main) {
     hostname: args.get("host") ?? "127.0.0.1",
     openDelayMs: Number(args.get("open-delay-ms") ?? 0),
     latencyMs: Number(args.get("latency-ms") ?? 0),
+    headers: args.get("headers") === "with-first-result" ? "with_first_result" : "immediate",
+    finalEndTime: args.get("final-end-time") !== "no",
   });
   console.log(`speech_server listening on ${server.address}`);
   Deno.addSignalListener("SIGINT", () => server.close().then(() => Deno.exit(0)));
