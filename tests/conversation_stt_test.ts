@@ -128,3 +128,51 @@ Deno.test("conversation: refused streaming falls back to Recognize with the medi
     await fallback.close();
   }
 });
+
+Deno.test("conversation: Speech down for the first 5 s of a call, every word reaches the LLM once, in order", async () => {
+  await withSandbox({ speech: { headers: "with_first_result" } }, async (sandbox) => {
+    const { speech, llm } = sandbox.servers;
+    const said = [clip("appointment"), clip("hours"), clip("tomorrow")];
+    const back = speech.downFor(5000);
+    const client = await TwilioClient.connect({ url: sandbox.mediaUrl });
+    const line = new CallerLine(client);
+    try {
+      client.begin();
+      line.start();
+      // One clip about every 2.5 s, the first over the greeting: all said while the server is down
+      // or just back.
+      for (const c of said) {
+        await line.say(c.audio);
+        await line.pause(800);
+      }
+      await back;
+      const users = () =>
+        llm.requests.flatMap((r) =>
+          r.messages.filter((m) => m.role === "user").map((m) => String(m.content))
+        );
+      await waitUntil(() => users().at(-1)?.includes(said.at(-1)!.text) ?? false, {
+        timeoutMs: 20_000,
+        what: "the last word to reach the LLM",
+      }).catch(() => {});
+    } finally {
+      await line.hangUp();
+    }
+    // The last request's history holds every caller turn: each word once, in order.
+    const last = llm.requests.at(-1);
+    const heard = (last?.messages ?? []).filter((m) => m.role === "user").map((m) => m.content)
+      .join(" ");
+    const at = said.map((c) => heard.indexOf(c.text));
+    assert.ok(at.every((i, k) => i >= 0 && (k === 0 || i > at[k - 1])), `${heard} ${at}`);
+    for (const c of said) {
+      assert.equal(heard.split(c.text).length - 1, 1, `"${c.text}" once in ${heard}`);
+    }
+    const detail = await readEndedCall(sandbox.storagePath, client.callSid);
+    const callerTurns = detail.turns.filter((t) => t.speaker === "caller").map((t) => t.text)
+      .join(" ");
+    assert.deepEqual(said.map((c) => callerTurns.indexOf(c.text) >= 0), [true, true, true]);
+    assert.ok(sandbox.lines.some((l) => l.includes("streaming unavailable")));
+    assert.ok(
+      sandbox.lines.some((l) => l.includes("streaming resumed") || l.includes("recognize recovered")),
+    );
+  });
+});
