@@ -85,7 +85,7 @@ function toBytes(content: Uint8Array | string | null | undefined): Uint8Array {
  * overridable per request). `tts.google.insecure` selects plaintext gRPC with no credential lookup.
  */
 export function createGoogleTts(
-  config: TtsConfig & { readonly language: string },
+  config: Omit<TtsConfig, "openai"> & { readonly language: string },
   options: GoogleTtsOptions = {},
 ): TtsProvider {
   const endpoint = config.google.endpoint;
