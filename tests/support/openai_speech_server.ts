@@ -78,6 +78,8 @@ export interface SpeechRecord {
   readonly status: number;
   /** `performance.now()` when the first bytes of the answer were handed to the socket. */
   firstByteAt: number | null;
+  /** `performance.now()` when the answer's last bytes were handed to the socket. */
+  lastByteAt: number | null;
   bytesSent: number;
 }
 
@@ -307,6 +309,7 @@ export async function startOpenAiSpeechServer(
       responseFormat: format,
       status: 200,
       firstByteAt: null,
+      lastByteAt: null,
       bytesSent: 0,
     };
     speeches.push(record);
@@ -350,6 +353,7 @@ export async function startOpenAiSpeechServer(
             record.bytesSent += chunk.length;
           }
           if (signal.aborted) throw new Error("Client left or server going down (expected in tests)");
+          record.lastByteAt = performance.now();
           controller.close();
         } catch (error) {
           controller.error(error);
