@@ -204,3 +204,47 @@ Deno.test("openai speech: a transcription server down 5 s at call start gets the
     assert.ok(!sandbox.lines.some((l) => l.includes("utterance dropped")), "nothing was dropped");
   });
 });
+
+Deno.test("openai speech: an answer whose audio breaks off keeps what was played, then apologizes", async () => {
+  await withSandbox({
+    speechProvider: "openai",
+    openaiSpeech: { msPerChar: MS_PER_CHAR, chunkBytes: 4800, chunkDelayMs: 20 },
+  }, async (sandbox) => {
+    const { llm, openaiSpeech } = sandbox.servers;
+    const answer = ["בוודאי, אפשר לקבוע תור למחר בבוקר.", "מתי נוח לך?"];
+    llm.script({ text: answer.join(" ") });
+    const client = await TwilioClient.connect({ url: sandbox.mediaUrl });
+    const line = new CallerLine(client);
+    let answerFrom = 0;
+    try {
+      client.begin();
+      line.start();
+      await client.waitForEcho("greeting_end", TIMEOUT);
+      answerFrom = client.received.length;
+      // 9600 bytes: the first 200 ms of the first sentence, then a connection reset.
+      openaiSpeech.cutSpeech(9600);
+      await line.say(clip("appointment").audio);
+      await client.waitForEcho("a1_1", TIMEOUT);
+      await line.pause(200);
+    } finally {
+      await line.hangUp();
+    }
+    assert.deepEqual(
+      openaiSpeech.speeches.slice(2).map((s) => s.input),
+      [answer[0]],
+      "nothing after the broken sentence was synthesized",
+    );
+    const heard = audioSince(client, answerFrom);
+    // 4800 samples at 24 kHz give 1600 at 8 kHz, less the filter's look-ahead: 9 whole frames.
+    const partial = spoken(answer[0]).subarray(0, 9 * 160);
+    assert.equal(indexOfBytes(heard, partial), 0, "what arrived was played");
+    assert.equal(indexOfBytes(heard, spoken(answer[0])), -1, "not the whole sentence");
+    assert.ok(
+      indexOfBytes(heard, spoken(sandbox.config.call.apology)) >= 9 * 160,
+      "the cached apology follows",
+    );
+    assert.deepEqual(client.marks.slice(1), ["a1_0", "a1_1"]);
+    const detail = await readEndedCall(sandbox.storagePath, client.callSid);
+    assert.ok(detail.events.some((e) => e.kind === "provider_error" && e.detail.startsWith("tts")));
+  });
+});

@@ -98,6 +98,8 @@ export interface OpenAiSpeechServer {
   cutStreams(count: number): void;
   /** The next `count` speech requests get HTTP `status` (503 by default). */
   failSpeech(count: number, status?: number): void;
+  /** The next speech answer breaks off (connection reset) once `afterBytes` were sent. */
+  cutSpeech(afterBytes: number): void;
   /** Stops listening (connections refused) now, and listens again after `ms`. */
   down(ms: number): Promise<void>;
   /** Whether it is listening. */
@@ -181,6 +183,7 @@ export async function startOpenAiSpeechServer(
   const transcriptionFailures: number[] = [];
   const speechFailures: number[] = [];
   let streamsToCut = 0;
+  const speechCuts: number[] = [];
   const hostname = options.hostname ?? "127.0.0.1";
   let lifetime = new AbortController();
   const closed = new AbortController();
@@ -264,7 +267,9 @@ export async function startOpenAiSpeechServer(
             // Erroring the body makes Deno reset the connection: a broken stream.
             if (cut) throw new Error("Scripted stream cut (expected in tests)");
           }
-          if (signal.aborted) throw new Error("Client left or server going down (expected in tests)");
+          if (signal.aborted) {
+            throw new Error("Client left or server going down (expected in tests)");
+          }
           if (format === "openai") {
             controller.enqueue(sse({ type: "transcript.text.done", text }));
           } else {
@@ -324,6 +329,7 @@ export async function startOpenAiSpeechServer(
     }
     const failure = speechFailures.shift();
     if (failure !== undefined) return fail(failure, `Scripted failure with status ${failure}`);
+    const cutAfter = speechCuts.shift() ?? Infinity;
     const rate = script.sampleRate;
     const pcm = script.speechAudio(input, rate);
     const data = new Uint8Array(pcm.length * 2);
@@ -347,12 +353,17 @@ export async function startOpenAiSpeechServer(
         try {
           for (let at = 0; at < bytes.length && !signal.aborted; at += chunkBytes) {
             if (at > 0) await sleep(chunkDelayMs, signal);
+            if (record.bytesSent >= cutAfter) {
+              throw new Error("Scripted speech cut (expected in tests)");
+            }
             record.firstByteAt ??= performance.now();
             const chunk = bytes.slice(at, at + chunkBytes);
             controller.enqueue(chunk);
             record.bytesSent += chunk.length;
           }
-          if (signal.aborted) throw new Error("Client left or server going down (expected in tests)");
+          if (signal.aborted) {
+            throw new Error("Client left or server going down (expected in tests)");
+          }
           record.lastByteAt = performance.now();
           controller.close();
         } catch (error) {
@@ -400,6 +411,9 @@ export async function startOpenAiSpeechServer(
     },
     failSpeech(count, status = 503) {
       for (let i = 0; i < count; i++) speechFailures.push(status);
+    },
+    cutSpeech(afterBytes) {
+      speechCuts.push(afterBytes);
     },
     get up() {
       return up;
