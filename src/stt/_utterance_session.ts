@@ -81,15 +81,12 @@ export class UtteranceSession implements SpeechSession {
   #pendingBytes = 0;
   #running: Promise<void> | null = null;
   #closing: Promise<void> | null = null;
-  /** Wakes the retry wait early (close). */
-  #wakeRetry: (() => void) | null = null;
   #ended = false;
 
   constructor(options: UtteranceSessionOptions) {
     this.#o = options;
     this.#segmenter = new Segmenter(options.segmenter);
     this.#events = new EventQueue<SttEvent>(options.tuning.eventCapacity);
-    options.signal.addEventListener("abort", () => this.#wakeRetry?.(), { once: true });
   }
 
   /** Utterances waiting or being transcribed. */
@@ -128,8 +125,8 @@ export class UtteranceSession implements SpeechSession {
       ]);
       clearTimeout(timer);
     }
+    // Dropping aborts the request in flight and the retry wait, so the worker ends at once.
     for (const utterance of [...this.#pending]) this.#drop(utterance, "call_ended");
-    this.#wakeRetry?.();
     await running;
     this.#events.end();
   }
@@ -220,18 +217,17 @@ export class UtteranceSession implements SpeechSession {
     }
   }
 
-  /** Waits `ms`, or less when `signal` aborts or the session closes for good. */
+  /** Waits `ms`, or less when `signal` aborts (call ended, utterance dropped). */
   #sleep(ms: number, signal: AbortSignal): Promise<void> {
+    if (signal.aborted) return Promise.resolve();
     return new Promise((resolve) => {
       const done = () => {
         clearTimeout(timer);
         signal.removeEventListener("abort", done);
-        this.#wakeRetry = null;
         resolve();
       };
       const timer = setTimeout(done, ms);
       signal.addEventListener("abort", done, { once: true });
-      this.#wakeRetry = done;
     });
   }
 }
