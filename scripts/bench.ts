@@ -3,6 +3,7 @@
  *
  *   deno task bench [-- --steps 25,50,100,200,400,800] [--quick] [--no-pin] [--skip-variants]
  *                      [--floor] [--no-wire] [--keep-going] [--extra-toml TOML] [--kav-flag FLAG]
+ *                      [--speech google|openai] [--speech-compare CALLS]
  *
  * Kav runs as a subprocess (`_bench_kav.ts`, i.e. `runKav` with a config file) pinned to core 0 with
  * `taskset`; the local provider servers (gRPC Speech and TTS, OpenAI-compatible SSE; answering
@@ -21,7 +22,13 @@
  * 3. Pacing off (`audio.tx_lead_ms` huge) at 100 calls: what pacing buys.
  * 4. Store on vs off at 200 calls (issue 6), alternated twice: TX p99 must not move by more than
  *    1 ms (median of the runs).
- * 5. STT slow to open (2 s) with 50 calls speaking from their first frame: inbound frames lost.
+ * 5. STT slow to open (2 s) with 50 calls speaking from their first frame: inbound frames lost
+ *    (Google speech only: OpenAI-compatible STT has no stream to open).
+ * 6. With `--speech-compare CALLS`: CALLS calls with Google speech, then with OpenAI-compatible
+ *    speech (SPEC 10), each on a fresh Kav against the local servers: CPU and TX p99 side by side.
+ *
+ * `--speech openai` runs every step with `stt.provider` and `tts.provider` "openai" against the
+ * local OpenAI-compatible speech server instead of the gRPC Speech and Text-to-Speech servers.
  *
  * Timing is measured twice: at the client (the load generators), and on the wire by `tcpdump` on
  * loopback when it can run (`_bench_wire.ts`: kernel timestamps of Kav's own packets, so the
@@ -36,6 +43,7 @@ import {
   mergeToml,
   type ProviderServers,
   sandboxToml,
+  type SpeechProvider,
   startProviderServers,
 } from "../tests/support/sandbox.ts";
 import {
@@ -91,6 +99,10 @@ interface BenchArgs {
   floor: boolean;
   /** Also time Kav on the wire with `tcpdump` (`_bench_wire.ts`). */
   wire: boolean;
+  /** Speech servers Kav uses in every step. */
+  speech: SpeechProvider;
+  /** Calls of the Google-vs-OpenAI speech comparison; 0 skips it. */
+  speechCompare: number;
   out: string;
 }
 
@@ -117,6 +129,8 @@ function parseArgs(all: readonly string[]): BenchArgs {
     wire: true,
     floor: false,
     extraToml: "",
+    speech: "google",
+    speechCompare: 0,
     out: new URL("../bench/results/", import.meta.url).pathname,
   };
   for (let i = 0; i < argv.length; i++) {
@@ -166,6 +180,20 @@ function parseArgs(all: readonly string[]): BenchArgs {
       case "--out":
         args.out = argv[++i] ?? args.out;
         break;
+      case "--speech": {
+        const speech = argv[++i];
+        if (speech !== "google" && speech !== "openai") {
+          throw new RangeError(`Cannot use --speech ${JSON.stringify(speech)}: google or openai`);
+        }
+        args.speech = speech;
+        break;
+      }
+      case "--speech-compare":
+        args.speechCompare = Number(argv[++i]);
+        if (!Number.isInteger(args.speechCompare) || args.speechCompare < 1) {
+          throw new RangeError(`Cannot use --speech-compare ${JSON.stringify(argv[i])}`);
+        }
+        break;
       default:
         throw new RangeError(`Unknown option ${JSON.stringify(argv[i])}`);
     }
@@ -179,10 +207,16 @@ function kavToml(
   port: number,
   dbPath: string,
   extraToml: string,
+  speech: SpeechProvider,
 ): string {
   const url = `127.0.0.1:${port}`;
   return mergeToml(
-    sandboxToml(servers, { listen: url, publicUrl: `http://${url}`, storagePath: dbPath }),
+    sandboxToml(servers, {
+      listen: url,
+      publicUrl: `http://${url}`,
+      storagePath: dbPath,
+      speech,
+    }),
     "[server]\nmax_calls = 2000\n[twilio]\nvalidate_signatures = true\n[llm]\ntimeout_ms = 8000\n" +
       extraToml,
   );
@@ -268,6 +302,7 @@ async function main(): Promise<void> {
   // This process runs the provider servers: on the load core, with the generators.
   if (pinned) pinProcess(Deno.pid, 1);
   log(pinned ? "Kav on core 0; providers, load and prober on core 1" : "not pinned (no taskset)");
+  if (args.speech === "openai") log("speech through the OpenAI-compatible API (SPEC 10)");
   const niced = args.nice && useNice(NICE);
   if (niced) log(`Kav, load generators and prober at nice ${NICE} (other jobs on this machine)`);
   const servers = await startProviderServers();
@@ -284,13 +319,13 @@ async function main(): Promise<void> {
   };
   let kav: KavProcess | null = null;
   let prober: Prober | null = null;
-  const launch = async (name: string, extraArgs: string[] = []) => {
+  const launch = async (name: string, extraArgs: string[] = [], speech = args.speech) => {
     const port = freePort();
     const dbPath = `${dir}/${name}.db`;
     kav = await startKav({
       dir,
       name,
-      toml: kavToml(servers, port, dbPath, args.extraToml),
+      toml: kavToml(servers, port, dbPath, args.extraToml, speech),
       port,
       dbPath,
       core: cores.kav,
@@ -386,7 +421,7 @@ async function main(): Promise<void> {
       for (const round of [1, 2]) {
         const on = await launch(`store_on_${round}`);
         variants.push(await step("store_on", on, 200));
-        if (round === 1) {
+        if (round === 1 && args.speech === "google") {
           servers.speech.script.openDelayMs = 2000;
           const streamsBefore = servers.speech.stats.streams.length;
           const slow = await step("stt_slow", on, 50, { speakFirst: true });
@@ -399,6 +434,27 @@ async function main(): Promise<void> {
         variants.push(await step("store_off", none, 200));
         await shutdown();
       }
+    }
+
+    // 6. Google vs OpenAI-compatible speech at the same load, same run.
+    let speechCompare: Record<string, unknown> | null = null;
+    if (args.speechCompare > 0 && !args.floor) {
+      const side: Record<string, unknown> = {};
+      for (const speech of ["google", "openai"] as const) {
+        const target = await launch(`speech_${speech}`, [], speech);
+        const result = await step(`speech_${speech}`, target, args.speechCompare);
+        variants.push(result);
+        side[speech] = {
+          cpuPct: result.kav.cpuPct,
+          txP99Ms: result.tx.p99,
+          rssMiB: result.kav.rssMiB,
+          held: result.held,
+          turnsAnswered: result.outcome.turnsAnswered,
+        };
+        await shutdown();
+      }
+      speechCompare = { calls: args.speechCompare, ...side };
+      log(`speech comparison at ${args.speechCompare} calls: ${JSON.stringify(side)}`);
     }
 
     // Report.
@@ -443,6 +499,7 @@ async function main(): Promise<void> {
       serverLatencyMsByStep: steps.map((s) => ({ calls: s.calls, ...server.get(s) })),
       greetingFirstFrameMsAtMax: top?.greetingFirstFrameMs ?? null,
       sttSlowOpen: sttSlow,
+      speechCompare,
       storeTxP99: on.length > 0 && off.length > 0
         ? {
           on,
@@ -463,6 +520,7 @@ async function main(): Promise<void> {
         cpus: navigator.hardwareConcurrency,
         cpuModel: cpuModel(),
         pinned,
+        speech: args.speech,
         nice: niced ? NICE : null,
         warmupCalls: WARMUP_CALLS,
         kavCore: cores.kav,

@@ -41,6 +41,8 @@ export const SYSTEM_PATHS: RuntimePaths = Object.freeze({
 export const RUNTIME_ENV: readonly string[] = Object.freeze([
   "TWILIO_AUTH_TOKEN",
   "OPENAI_API_KEY",
+  "OPENAI_STT_API_KEY",
+  "OPENAI_TTS_API_KEY",
   "KAV_CRM_SECRET",
   "GOOGLE_APPLICATION_CREDENTIALS",
   "CREDENTIALS_DIRECTORY",

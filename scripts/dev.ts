@@ -1,7 +1,7 @@
 /**
  * `deno task dev`: Kav on your machine in one command.
  *
- *   deno task dev [--port 8080] [--config FILE]
+ *   deno task dev [--port 8080] [--speech google|openai] [--config FILE]
  *
  * With no cloud credentials (neither GOOGLE_APPLICATION_CREDENTIALS nor OPENAI_API_KEY) and no
  * `--config`, it starts the sandbox providers of `tests/support/` on 127.0.0.1 (a gRPC Speech
@@ -13,7 +13,9 @@
  *
  * With GOOGLE_APPLICATION_CREDENTIALS (Google Speech and Text-to-Speech) and/or OPENAI_API_KEY
  * (the LLM) set, those providers are the real ones and only the others are sandboxed. With
- * `--config FILE`, Kav runs exactly as `kav --config FILE` would.
+ * `--speech openai`, speech recognition and synthesis use `stt.provider = "openai"` and
+ * `tts.provider = "openai"` (SPEC 10) against a local OpenAI-compatible speech server instead of
+ * the gRPC ones. With `--config FILE`, Kav runs exactly as `kav --config FILE` would.
  */
 import { loadConfig, parseConfig } from "../src/config/load.ts";
 import type { Config } from "../src/config/types.ts";
@@ -23,6 +25,7 @@ import { runKav } from "../src/kav.ts";
 import {
   type ProviderServers,
   sandboxProviderToml,
+  type SpeechProvider,
   startProviderServers,
 } from "../tests/support/sandbox.ts";
 import { readFlags } from "./_flags.ts";
@@ -32,10 +35,13 @@ export const DEV_DIR = ".kav-dev";
 
 export const DEV_USAGE = `Runs Kav locally for development.
 
-Usage: deno task dev [--port 8080] [--config FILE]
+Usage: deno task dev [--port 8080] [--speech google|openai] [--config FILE]
 
-  --port N        port on 127.0.0.1 (default 8080)
-  --config FILE   run with this kav.toml instead (real providers as configured there)
+  --port N          port on 127.0.0.1 (default 8080)
+  --speech openai   speech recognition and synthesis through the OpenAI-compatible API
+                    (stt.provider and tts.provider "openai") against a local speech server;
+                    default google (local gRPC Speech and Text-to-Speech servers)
+  --config FILE     run with this kav.toml instead (real providers as configured there)
 
 With neither GOOGLE_APPLICATION_CREDENTIALS nor OPENAI_API_KEY set, Kav runs against local
 sandbox providers; each one set switches those providers to the real cloud ones.
@@ -44,12 +50,15 @@ sandbox providers; each one set switches those providers to the real cloud ones.
 export interface DevArgs {
   readonly port: number;
   readonly configPath: string | null;
+  /** Which sandbox speech servers Kav uses. */
+  readonly speech: SpeechProvider;
 }
 
 /** Parses the command line; throws RangeError naming the bad option. */
 export function parseDevArgs(argv: readonly string[]): DevArgs | "help" {
   let port = 8080;
   let configPath: string | null = null;
+  let speech: SpeechProvider = "google";
   for (const arg of readFlags(argv)) {
     const flag = arg.name;
     const value = arg.value;
@@ -69,11 +78,21 @@ export function parseDevArgs(argv: readonly string[]): DevArgs | "help" {
       case "-c":
         configPath = value();
         break;
+      case "--speech": {
+        const raw = value();
+        if (raw !== "google" && raw !== "openai") {
+          throw new RangeError(
+            `Cannot use --speech ${JSON.stringify(raw)}: expected google or openai`,
+          );
+        }
+        speech = raw;
+        break;
+      }
       default:
         throw new RangeError(`Unknown option ${JSON.stringify(arg.raw)}`);
     }
   }
-  return { port, configPath };
+  return { port, configPath, speech };
 }
 
 /** Which providers are real (credentials present) and which are sandboxed. */
@@ -88,8 +107,10 @@ export function devToml(options: {
   dir: string;
   real: DevProviders;
   servers: ProviderServers;
+  speech?: SpeechProvider;
 }): string {
   const { port, dir, real, servers } = options;
+  const speech = options.speech ?? "google";
   return `# Written by \`deno task dev\` on each start; sandbox ports change every run.
 [server]
 listen = "127.0.0.1:${port}"
@@ -99,13 +120,26 @@ drain_timeout_s = 5
 validate_signatures = false
 [storage]
 path = "${dir}/kav.db"
-${sandboxProviderToml(servers, { google: !real.google, openai: !real.openai })}
+${sandboxProviderToml(servers, { google: !real.google, openai: !real.openai }, speech)}
 `;
 }
 
 /** The first log line: what runs against what, and how to switch. */
-export function devBanner(real: DevProviders | null, configPath: string | null): string {
+export function devBanner(
+  real: DevProviders | null,
+  configPath: string | null,
+  speech: SpeechProvider = "google",
+): string {
   if (real === null) return `running with ${configPath} (providers as configured there)`;
+  if (speech === "openai") {
+    const llm = real.openai
+      ? "OpenAI LLM (OPENAI_API_KEY)"
+      : "sandbox LLM (set OPENAI_API_KEY for OpenAI's)";
+    return "running with speech through the OpenAI-compatible API (stt.provider and " +
+      'tts.provider "openai") against a local speech server on 127.0.0.1 (speech is ' +
+      `recognized only for the fixture clips), and ${llm}; to use a real speech server, ` +
+      "see docs/speech-providers.md and pass --config FILE";
+  }
   if (!real.google && !real.openai) {
     return "running against sandbox providers (local Speech, Text-to-Speech and " +
       "OpenAI-compatible servers on 127.0.0.1; speech is recognized only for the fixture clips). " +
@@ -170,12 +204,12 @@ export async function main(argv: readonly string[]): Promise<number> {
     google: Boolean(env.GOOGLE_APPLICATION_CREDENTIALS),
     openai: Boolean(env.OPENAI_API_KEY),
   };
-  log.info("DEV", devBanner(real, null));
+  log.info("DEV", devBanner(real, null, args.speech));
   const servers = await startProviderServers();
   try {
     await Deno.mkdir(DEV_DIR, { recursive: true });
     const dir = await Deno.realPath(DEV_DIR);
-    const toml = devToml({ port: args.port, dir, real, servers });
+    const toml = devToml({ port: args.port, dir, real, servers, speech: args.speech });
     await Deno.writeTextFile(`${dir}/kav.toml`, toml);
     let config: Config;
     try {

@@ -16,9 +16,11 @@ import { lowerHelperThreads } from "./runtime/helper_threads.ts";
 import { openCallStore } from "./store/sqlite.ts";
 import type { CallEventKind, CallStore } from "./store/types.ts";
 import { createGoogleStt } from "./stt/google.ts";
+import { createOpenAiStt } from "./stt/openai.ts";
 import type { SttProvider } from "./stt/types.ts";
 import { PhraseCache } from "./tts/cache.ts";
 import { createGoogleTts } from "./tts/google.ts";
+import { createOpenAiTts } from "./tts/openai.ts";
 import type { TtsProvider } from "./tts/types.ts";
 
 export interface KavProviders {
@@ -27,14 +29,26 @@ export interface KavProviders {
   readonly llm: LlmProvider;
 }
 
-/** Builds the cloud providers the config names (plaintext gRPC for `insecure` endpoints). */
+/**
+ * Builds the providers the config names: Google (plaintext gRPC for `insecure` endpoints) or an
+ * OpenAI-compatible speech server for `stt.provider` and `tts.provider` (SPEC 10), and the LLM.
+ */
 export function createProviders(config: Config, log: Logger): KavProviders {
   const credentialsPath = config.google.credentials_path;
   return {
-    stt: createGoogleStt(config.stt, { credentialsPath, log }),
-    tts: createGoogleTts({ ...config.tts, language: config.call.language }, { credentialsPath }),
+    stt: config.stt.provider === "openai"
+      ? createOpenAiStt(config.stt, { log })
+      : createGoogleStt(config.stt, { credentialsPath, log }),
+    tts: config.tts.provider === "openai"
+      ? createOpenAiTts(config.tts.openai)
+      : createGoogleTts({ ...config.tts, language: config.call.language }, { credentialsPath }),
     llm: createOpenAiLlm(config.llm, { log }),
   };
+}
+
+/** The voice of the configured TTS provider (`tts.voice` is Google's, `tts.openai.voice` OpenAI's). */
+export function ttsVoice(tts: Config["tts"]): string {
+  return tts.provider === "openai" ? tts.openai.voice : tts.voice;
 }
 
 export interface RunKavOptions {
@@ -70,7 +84,7 @@ export async function runKav(options: RunKavOptions): Promise<void> {
     crm: config.crm,
   });
   // The voice the phrases are synthesized with; SIGHUP may change it.
-  let voice = config.tts.voice;
+  let voice = ttsVoice(config.tts);
   const phrases = new PhraseCache(withVoice(providers.tts, () => voice), {
     greeting: config.call.greeting,
     apology: config.call.apology,
@@ -96,7 +110,7 @@ export async function runKav(options: RunKavOptions): Promise<void> {
     // New calls get the new script; active calls keep theirs (prompt, voice, apology audio).
     reloads = reloads.then(async () => {
       const next = await (options.reload?.() ?? config);
-      voice = next.tts.voice;
+      voice = ttsVoice(next.tts);
       const report = await phrases.reload({
         signal: lifetime.signal,
         phrases: { greeting: next.call.greeting, apology: next.call.apology },
@@ -168,7 +182,7 @@ function callScript(
   // A snapshot, so a later reload cannot change an active call's apology audio.
   const audio = new Map(phrases.names.map((name) => [name, phrases.get(name)]));
   const { greeting, system_prompt, apology } = next.call;
-  const voice = next.tts.voice;
+  const voice = ttsVoice(next.tts);
   return {
     greeting: audio.get("greeting") ?? new Uint8Array(0),
     agent: createConversationFactory({
@@ -184,9 +198,13 @@ function callScript(
 
 /** `tts` speaking with `voice()` unless a request names its own voice; closing it is a no-op. */
 function withVoice(tts: TtsProvider, voice: () => string): TtsProvider {
+  const stream = tts.stream?.bind(tts);
   return {
     synthesize: (text, options) =>
       tts.synthesize(text, { ...options, voice: options.voice ?? voice() }),
+    ...(stream
+      ? { stream: (text, options) => stream(text, { ...options, voice: options.voice ?? voice() }) }
+      : {}),
     close: () => Promise.resolve(),
   };
 }

@@ -63,10 +63,33 @@ Deno.test("parseConfig() fills every key with the SPEC section 4 defaults", () =
     model: "phone_call",
     use_enhanced: true,
   });
+  assert.equal(config.stt.provider, "google");
+  assert.deepEqual(config.stt.openai, {
+    base_url: "https://api.openai.com/v1",
+    model: "gpt-4o-transcribe",
+    api_key: null,
+    timeout_ms: 10_000,
+    fallback_base_url: null,
+    stream: false,
+    prompt: null,
+    silence_ms: 500,
+    max_utterance_s: 15,
+  });
   assert.deepEqual(config.tts, {
     provider: "google",
     voice: "he-IL-Wavenet-A",
     google: { endpoint: "texttospeech.googleapis.com", insecure: false },
+    openai: {
+      base_url: "https://api.openai.com/v1",
+      model: "gpt-4o-mini-tts",
+      api_key: null,
+      timeout_ms: 10_000,
+      voice: "alloy",
+      instructions: null,
+      response_format: "pcm",
+      sample_rate: 24_000,
+      stream: true,
+    },
   });
   assert.deepEqual(config.llm, {
     provider: "openai",
@@ -380,4 +403,90 @@ Deno.test("kav check-config prints one problem per line and exits 1 for a bad fi
   const syntax = await checkConfig(fixture("syntax.toml"));
   assert.equal(syntax.code, 1);
   assert.ok(syntax.stderr.startsWith("syntax (line 3): invalid TOML"), syntax.stderr);
+});
+
+Deno.test("parseConfig() reads the openai speech providers (SPEC 10)", () => {
+  const config = parseConfig(
+    `${MINIMAL}[stt]\nprovider = "openai"\n[stt.openai]\nbase_url = "http://10.0.0.5:8000/v1/"\n` +
+      `fallback_base_url = "https://api.openai.com/v1"\nmodel = "ivrit-ai/whisper-large-v3-turbo"\n` +
+      `stream = true\nprompt = "Kav"\n[tts]\nprovider = "openai"\n[tts.openai]\n` +
+      `base_url = "http://localhost:8880/v1"\nvoice = "nova"\nresponse_format = "wav"\n`,
+    { env: { OPENAI_API_KEY: "sk-llm", OPENAI_TTS_API_KEY: "sk-tts" }, credentialsDir: null },
+  );
+  assert.equal(config.stt.provider, "openai");
+  assert.equal(config.stt.openai.base_url, "http://10.0.0.5:8000/v1", "trailing slash dropped");
+  assert.equal(config.stt.openai.fallback_base_url, "https://api.openai.com/v1");
+  assert.equal(config.stt.openai.model, "ivrit-ai/whisper-large-v3-turbo");
+  assert.equal(config.stt.openai.stream, true);
+  assert.equal(config.stt.openai.prompt, "Kav");
+  assert.equal(config.stt.openai.api_key, "sk-llm", "no STT key of its own: the LLM's");
+  assert.equal(config.tts.provider, "openai");
+  assert.equal(config.tts.openai.base_url, "http://localhost:8880/v1");
+  assert.equal(config.tts.openai.voice, "nova");
+  assert.equal(config.tts.openai.response_format, "wav");
+  assert.equal(config.tts.openai.api_key, "sk-tts", "its own key wins");
+});
+
+Deno.test("parseConfig() allows plain http for speech servers only on loopback or private hosts", () => {
+  const speechUrl = (url: string) =>
+    problemsOf(`${MINIMAL}[stt.openai]\nbase_url = "${url}"\n[tts.openai]\nbase_url = "${url}"\n`);
+  for (
+    const good of [
+      "http://127.0.0.1:8000/v1",
+      "http://localhost:8000/v1",
+      "http://[::1]:8000/v1",
+      "http://10.1.2.3/v1",
+      "http://172.20.0.4:9000/v1",
+      "http://192.168.1.10/v1",
+      "http://[fd12:3456::1]/v1",
+      "http://whisper:8000/v1",
+      "http://speech.internal/v1",
+      "https://speech.example.com/v1",
+    ]
+  ) {
+    assert.doesNotThrow(
+      () => parseConfig(`${MINIMAL}[stt.openai]\nbase_url = "${good}"\n`, NO_SECRETS),
+      good,
+    );
+  }
+  for (
+    const bad of [
+      "http://speech.example.com/v1",
+      "http://8.8.8.8/v1",
+      "http://172.32.0.1/v1",
+      "http://[2001:db8::1]/v1",
+    ]
+  ) {
+    const problems = speechUrl(bad);
+    assert.deepEqual(problems.map((p) => [p.key, p.line]), [
+      ["stt.openai.base_url", 6],
+      ["tts.openai.base_url", 8],
+    ], bad);
+    assert.ok(problems[0].message.startsWith("must use https unless the host is a loopback"));
+    assert.ok(problems[0].message.endsWith(JSON.stringify(bad)), problems[0].message);
+  }
+  const problem = only(problemsOf(`${MINIMAL}[stt.openai]\nfallback_base_url = "ftp://x"\n`));
+  assert.deepEqual([problem.key, problem.line], ["stt.openai.fallback_base_url", 6]);
+});
+
+Deno.test("parseConfig() names bad openai speech keys with their lines", () => {
+  const problems = problemsOf(
+    `${MINIMAL}[stt]\nprovider = "whisper"\n[tts.openai]\nresponse_format = "mp3"\n` +
+      `sample_rate = 4000\napi_key = "sk-in-file"\n`,
+  );
+  assert.deepEqual(problems.map((p) => [p.key, p.line]), [
+    ["stt.provider", 6],
+    ["tts.openai.response_format", 8],
+    ["tts.openai.sample_rate", 9],
+    ["tts.openai.api_key", 10],
+  ]);
+  assert.equal(
+    problems[0].message,
+    'must be one of "google", "openai": current value is "whisper"',
+  );
+  assert.equal(problems[1].message, 'must be one of "pcm", "wav": current value is "mp3"');
+  assert.equal(
+    problems[3].message,
+    "is not read from the file: set env OPENAI_TTS_API_KEY or the systemd credential openai_tts_api_key",
+  );
 });

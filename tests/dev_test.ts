@@ -138,19 +138,34 @@ Deno.test("deno task dev runs Kav on sandbox providers that simulate --calls 5 c
 });
 
 Deno.test("parseDevArgs() and devBanner() describe what dev runs against", () => {
-  assert.deepEqual(parseDevArgs([]), { port: 8080, configPath: null });
+  assert.deepEqual(parseDevArgs([]), { port: 8080, configPath: null, speech: "google" });
   assert.deepEqual(parseDevArgs(["--port=9000", "--config", "k.toml"]), {
     port: 9000,
     configPath: "k.toml",
+    speech: "google",
   });
   // `deno task dev -- --port 9000` hands the `--` to the script.
-  assert.deepEqual(parseDevArgs(["--", "--port", "9000"]), { port: 9000, configPath: null });
+  assert.deepEqual(parseDevArgs(["--", "--port", "9000"]), {
+    port: 9000,
+    configPath: null,
+    speech: "google",
+  });
+  assert.deepEqual(parseDevArgs(["--speech", "openai"]), {
+    port: 8080,
+    configPath: null,
+    speech: "openai",
+  });
+  assert.throws(() => parseDevArgs(["--speech", "whisper"]), /expected google or openai/);
   assert.equal(parseDevArgs(["-h"]), "help");
   assert.throws(() => parseDevArgs(["--port", "99999"]), RangeError);
   assert.throws(() => parseDevArgs(["--nope"]), RangeError);
   assert.match(devBanner({ google: false, openai: false }, null), /^running against sandbox/);
   assert.match(devBanner({ google: true, openai: false }, null), /Google Speech .* sandbox LLM/);
   assert.match(devBanner(null, "/etc/kav/kav.toml"), /running with \/etc\/kav\/kav.toml/);
+  assert.match(
+    devBanner({ google: false, openai: false }, null, "openai"),
+    /OpenAI-compatible API .* local speech server .* sandbox LLM .*docs\/speech-providers.md/,
+  );
 });
 
 Deno.test("devToml() points only the providers without credentials at the sandbox", () => {
@@ -158,6 +173,7 @@ Deno.test("devToml() points only the providers without credentials at the sandbo
     speech: { address: "127.0.0.1:1" },
     tts: { address: "127.0.0.1:2" },
     llm: { baseUrl: "http://127.0.0.1:3/v1" },
+    openaiSpeech: { baseUrl: "http://127.0.0.1:4/v1" },
   } as unknown as ProviderServers;
   const sandboxed = devToml({
     port: 8080,
@@ -171,4 +187,81 @@ Deno.test("devToml() points only the providers without credentials at the sandbo
   assert.doesNotMatch(google, /127.0.0.1:1/);
   assert.match(google, /base_url = "http:\/\/127.0.0.1:3\/v1"/);
   assert.match(google, /path = "\/d\/kav.db"/);
+  const openai = devToml({
+    port: 8080,
+    dir: "/d",
+    real: { google: false, openai: false },
+    servers,
+    speech: "openai",
+  });
+  assert.doesNotMatch(openai, /127.0.0.1:[12]"/, "no gRPC speech server");
+  assert.match(
+    openai,
+    /\[stt\]\nprovider = "openai"\n\[stt.openai\]\nbase_url = "http:\/\/127.0.0.1:4\/v1"/,
+  );
+  assert.match(
+    openai,
+    /\[tts\]\nprovider = "openai"\n\[tts.openai\]\nbase_url = "http:\/\/127.0.0.1:4\/v1"/,
+  );
+  assert.match(openai, /\[llm\]\nbase_url = "http:\/\/127.0.0.1:3\/v1"/);
+});
+
+Deno.test("deno task dev --speech openai answers calls through the OpenAI-compatible speech API", async () => {
+  const cwd = await Deno.makeTempDir({ prefix: "kav-dev-" });
+  const port = freePort();
+  const dev = new Deno.Command(Deno.execPath(), {
+    args: ["run", "--allow-all", DEV, "--port", String(port), "--speech", "openai"],
+    cwd,
+    env: { GOOGLE_APPLICATION_CREDENTIALS: "", OPENAI_API_KEY: "" },
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  const out = collect(dev.stdout);
+  const err = collect(dev.stderr);
+  try {
+    await out.waitFor(/\[DEV\] ready/, 60_000);
+    assert.match(out.lines[0], /\[DEV\] running with speech through the OpenAI-compatible API/);
+    const simulate = await new Deno.Command(Deno.execPath(), {
+      args: ["task", "simulate", "--", "--url", `http://127.0.0.1:${port}`, "--calls", "2"]
+        .concat(["--json", "--quiet"]),
+      cwd: REPO,
+      env: { NO_COLOR: "1" },
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    const text = new TextDecoder().decode(simulate.stdout);
+    assert.equal(simulate.code, 0, `simulate failed:\n${text}`);
+    const report = JSON.parse(text);
+    for (const call of report.calls) {
+      assert.equal(call.greeting.received, true, `greeting of call ${call.index}`);
+      assert.equal(call.turns[0].answered, true, `answer of call ${call.index}`);
+    }
+    dev.kill("SIGTERM");
+    assert.equal((await dev.status).code, 0);
+    await Promise.all([out.done, err.done]);
+    const toml = await Deno.readTextFile(`${cwd}/.kav-dev/kav.toml`);
+    assert.match(toml, /\[stt\]\nprovider = "openai"/);
+    assert.match(toml, /\[tts\]\nprovider = "openai"/);
+    const reader = openCallReader(`${cwd}/.kav-dev/kav.db`);
+    try {
+      const texts = new Set(fixtureClips().map((c) => c.text));
+      const calls = reader.listCalls({ sinceMs: 0 });
+      assert.equal(calls.length, 2);
+      for (const call of calls) {
+        const said = reader.turns(call.callSid).filter((t) => t.speaker === "caller");
+        assert.ok(said.length >= 1 && texts.has(said[0].text), `transcript of ${call.callSid}`);
+      }
+    } finally {
+      reader.close();
+    }
+  } finally {
+    try {
+      dev.kill("SIGKILL");
+    } catch {
+      // Already exited.
+    }
+    await dev.status;
+    await Promise.all([out.done, err.done]);
+    await Deno.remove(cwd, { recursive: true });
+  }
 });

@@ -5,7 +5,6 @@
 import assert from "node:assert/strict";
 import * as grpc from "@grpc/grpc-js";
 import alawmulaw from "alawmulaw";
-import type { TtsConfig } from "../src/config/types.ts";
 import { ProviderError } from "../src/errors.ts";
 import { createLogger } from "../src/observe/log.ts";
 import { PhraseCache } from "../src/tts/cache.ts";
@@ -13,7 +12,7 @@ import { createGoogleTts, stripWavHeader } from "../src/tts/google.ts";
 import type { TtsProvider } from "../src/tts/types.ts";
 import { startTtsServer, synthWaveform, type TtsServer, wav } from "./support/tts_server.ts";
 
-function ttsConfig(endpoint: string): TtsConfig & { language: string } {
+function ttsConfig(endpoint: string): Parameters<typeof createGoogleTts>[0] {
   return {
     provider: "google",
     voice: "he-IL-Wavenet-A",

@@ -225,15 +225,17 @@ export class AgentReply {
   }
 
   /**
-   * TTS (one retry), then the apology; queues the audio and a mark. False: stop speaking. An
-   * apology ends the answer: what would follow it no longer fits.
+   * TTS (one retry), then the apology; queues the audio (as it arrives, when the provider streams)
+   * and a mark. False: stop speaking. An apology ends the answer: what would follow it no longer
+   * fits. A stream that breaks after some audio was queued keeps that audio and its mark, then
+   * the apology follows.
    */
   async #speakItem(item: SpokenItem): Promise<boolean> {
     let spoken = item;
-    let audio = item.apology ? await this.#apologyAudio() : await this.#synthesize(item.text);
+    let audio = item.apology ? once(await this.#apologyAudio()) : await this.#synthesize(item.text);
     if (audio === null && !item.apology && !this.#signal.aborted) {
       spoken = { text: this.#o.apologyText, apology: true };
-      audio = await this.#apologyAudio();
+      audio = once(await this.#apologyAudio());
     }
     const last = spoken.apology;
     if (audio === null || this.#signal.aborted) return false;
@@ -243,17 +245,29 @@ export class AgentReply {
     const first = !this.#audioQueued;
     this.#audioQueued = true;
     if (first) this.#o.onSpeaking();
-    const played = await out.play(audio, {
-      signal: this.#signal,
-      onFirstFrameSent: first ? () => (this.#firstFrameAt ??= this.#o.clock.now()) : undefined,
-    });
-    if (!played) return false;
+    let onFirstFrameSent = first ? () => (this.#firstFrameAt ??= this.#o.clock.now()) : undefined;
+    let broken = false;
+    try {
+      for await (const chunk of audio) {
+        const played = await out.play(chunk, { signal: this.#signal, onFirstFrameSent });
+        if (!played) return false;
+        onFirstFrameSent = undefined;
+      }
+    } catch (error) {
+      if (this.#signal.aborted) return false;
+      this.#providerFailed("tts", error);
+      broken = true;
+    }
     const name = `a${this.#o.id}_${index}`;
     this.#marks.set(name, index);
     this.#echoesPending++;
     if (!(await out.mark(name, { signal: this.#signal }))) {
       this.#marks.delete(name);
       this.#echoesPending--;
+      return false;
+    }
+    if (broken && !last) {
+      await this.#speakItem({ text: this.#o.apologyText, apology: true });
       return false;
     }
     return !last;
@@ -271,13 +285,19 @@ export class AgentReply {
     }
   }
 
-  async #synthesize(text: string): Promise<Uint8Array | null> {
+  /**
+   * The audio of `text`, with one retry: whole from `synthesize`, or from `stream` once its first
+   * chunk has come (a stream that fails before any audio is retried like a failed request).
+   */
+  async #synthesize(text: string): Promise<AsyncIterable<Uint8Array> | null> {
     const { clock, tts } = this.#o;
     for (let attempt = 1; attempt <= TTS_ATTEMPTS; attempt++) {
       if (this.#signal.aborted) return null;
       const startedAt = clock.now();
       try {
-        const audio = await tts.synthesize(text, { signal: this.#signal });
+        const audio = tts.stream
+          ? await firstChunk(tts.stream(text, { signal: this.#signal }))
+          : once(await tts.synthesize(text, { signal: this.#signal }));
         if (this.#ttsStartAt === null) {
           this.#ttsStartAt = startedAt;
           this.#ttsAudioAt = clock.now();
@@ -306,4 +326,32 @@ export class AgentReply {
       detail: `${provider} ${category}: ${message}`,
     });
   }
+}
+
+/** `audio` as a one-chunk stream; null stays null. */
+function once(audio: Uint8Array | null): AsyncIterable<Uint8Array> | null {
+  if (audio === null) return null;
+  return (async function* () {
+    yield audio;
+  })();
+}
+
+/** Waits for the first chunk of `stream` (rejecting as it does), then replays it before the rest. */
+async function firstChunk(stream: AsyncIterable<Uint8Array>): Promise<AsyncIterable<Uint8Array>> {
+  const iterator = stream[Symbol.asyncIterator]();
+  const head = await iterator.next();
+  return (async function* () {
+    try {
+      if (head.done) return;
+      yield head.value;
+      for (;;) {
+        const next = await iterator.next();
+        if (next.done) return;
+        yield next.value;
+      }
+    } finally {
+      // Stops the download when playing stopped early (barge-in, clear).
+      await iterator.return?.();
+    }
+  })();
 }

@@ -2,6 +2,7 @@
  * Every key of the TOML file: its type, default and bounds. Defaults are SPEC section 4 values.
  * Keys are dotted paths ("stt.google.endpoint"); the tables are derived from them.
  */
+import { checkHttpUrl, checkSpeechUrl } from "./_urls.ts";
 
 /** What a validated value can be; `null` only for nullable strings ("" in the file). */
 export type ConfigValue = string | number | boolean | null;
@@ -40,24 +41,6 @@ function checkListen(value: string): string | null {
       JSON.stringify(value)
     }`
     : null;
-}
-
-function checkHttpUrl(value: string): string | null {
-  let url: URL;
-  try {
-    url = new URL(value);
-  } catch {
-    return `must be an absolute http(s) URL: current value is ${JSON.stringify(value)}`;
-  }
-  if (url.protocol !== "https:" && url.protocol !== "http:") {
-    return `must use https or http: current value is ${JSON.stringify(value)}`;
-  }
-  if (url.search !== "" || url.hash !== "" || url.username !== "" || url.password !== "") {
-    return `must not have a query, fragment or credentials: current value is ${
-      JSON.stringify(value)
-    }`;
-  }
-  return null;
 }
 
 function checkEndpoint(value: string): string | null {
@@ -122,7 +105,7 @@ export const SCHEMA: ReadonlyMap<string, Rule> = new Map<string, Rule>([
   ["audio.tx_queue_frames", int(144, 10, 50_000)],
   ["audio.tx_lead_ms", int(60, 0, 1000)],
   ["audio.tx_max_buffered_bytes", int(32768, 1024, 16 * MIB)],
-  ["stt.provider", { kind: "enum", default: "google", values: ["google"] }],
+  ["stt.provider", { kind: "enum", default: "google", values: ["google", "openai"] }],
   ["stt.batch_ms", int(40, 20, 200)],
   ["stt.partial_debounce_ms", int(90, 0, 2000)],
   ["stt.timeout_ms", int(320, 20, 10_000)],
@@ -137,10 +120,30 @@ export const SCHEMA: ReadonlyMap<string, Rule> = new Map<string, Rule>([
   ["stt.google.insecure", bool(false)],
   ["stt.google.model", str("phone_call", checkNonEmpty)],
   ["stt.google.use_enhanced", bool(true)],
-  ["tts.provider", { kind: "enum", default: "google", values: ["google"] }],
+  ["stt.openai.base_url", str("https://api.openai.com/v1", checkSpeechUrl)],
+  ["stt.openai.fallback_base_url", {
+    kind: "nullable_string",
+    default: null,
+    check: checkSpeechUrl,
+  }],
+  ["stt.openai.model", str("gpt-4o-transcribe", checkNonEmpty)],
+  ["stt.openai.stream", bool(false)],
+  ["stt.openai.prompt", { kind: "nullable_string", default: null }],
+  ["stt.openai.silence_ms", int(500, 100, 5000)],
+  ["stt.openai.max_utterance_s", int(15, 2, 120)],
+  ["stt.openai.timeout_ms", int(10_000, 500, 600_000)],
+  ["tts.provider", { kind: "enum", default: "google", values: ["google", "openai"] }],
   ["tts.voice", str("he-IL-Wavenet-A", checkNonEmpty)],
   ["tts.google.endpoint", str("texttospeech.googleapis.com", checkEndpoint)],
   ["tts.google.insecure", bool(false)],
+  ["tts.openai.base_url", str("https://api.openai.com/v1", checkSpeechUrl)],
+  ["tts.openai.model", str("gpt-4o-mini-tts", checkNonEmpty)],
+  ["tts.openai.voice", str("alloy", checkNonEmpty)],
+  ["tts.openai.instructions", { kind: "nullable_string", default: null }],
+  ["tts.openai.response_format", { kind: "enum", default: "pcm", values: ["pcm", "wav"] }],
+  ["tts.openai.sample_rate", int(24_000, 8000, 48_000)],
+  ["tts.openai.stream", bool(true)],
+  ["tts.openai.timeout_ms", int(10_000, 500, 600_000)],
   ["llm.provider", { kind: "enum", default: "openai", values: ["openai"] }],
   ["llm.base_url", str("https://api.openai.com/v1", checkHttpUrl)],
   ["llm.model", str("gpt-4o-mini", checkNonEmpty)],
@@ -157,6 +160,9 @@ export const SCHEMA: ReadonlyMap<string, Rule> = new Map<string, Rule>([
 export const SECRET_KEYS: ReadonlyMap<string, { env: string; credential: string }> = new Map([
   ["twilio.auth_token", { env: "TWILIO_AUTH_TOKEN", credential: "twilio_auth_token" }],
   ["llm.api_key", { env: "OPENAI_API_KEY", credential: "openai_api_key" }],
+  // Per speech provider, for a speech server with its own key; else the LLM's key is used.
+  ["stt.openai.api_key", { env: "OPENAI_STT_API_KEY", credential: "openai_stt_api_key" }],
+  ["tts.openai.api_key", { env: "OPENAI_TTS_API_KEY", credential: "openai_tts_api_key" }],
   ["crm.secret", { env: "KAV_CRM_SECRET", credential: "crm_secret" }],
   [
     "google.credentials_path",

@@ -145,6 +145,21 @@ function buildConfig(
     if (value === null) throw new TypeError(`Cannot read ${key} as a string`);
     return value;
   };
+  const oneOf = <T extends string>(key: string, values: readonly T[]): T => {
+    const value = str(key);
+    const found = values.find((v) => v === value);
+    if (found === undefined) throw new TypeError(`Cannot read ${key} as one of ${values}`);
+    return found;
+  };
+  const trimUrl = (key: string): string => str(key).replace(/\/+$/, "");
+  const llmKey = secrets.get("llm.api_key") ?? null;
+  const speechServer = (table: string) => ({
+    base_url: trimUrl(`${table}.base_url`),
+    model: str(`${table}.model`),
+    api_key: secrets.get(`${table}.api_key`) ?? llmKey,
+    timeout_ms: num(`${table}.timeout_ms`),
+  });
+  const fallback = optStr("stt.openai.fallback_base_url");
   const listen = parseListen(str("server.listen"));
   if (listen === null) throw new TypeError("Cannot parse server.listen after validation");
   return {
@@ -180,7 +195,7 @@ function buildConfig(
       tx_max_buffered_bytes: num("audio.tx_max_buffered_bytes"),
     },
     stt: {
-      provider: "google",
+      provider: oneOf("stt.provider", ["google", "openai"] as const),
       batch_ms: num("stt.batch_ms"),
       partial_debounce_ms: num("stt.partial_debounce_ms"),
       timeout_ms: num("stt.timeout_ms"),
@@ -193,13 +208,29 @@ function buildConfig(
         model: str("stt.google.model"),
         use_enhanced: bool("stt.google.use_enhanced"),
       },
+      openai: {
+        ...speechServer("stt.openai"),
+        fallback_base_url: fallback === null ? null : fallback.replace(/\/+$/, ""),
+        stream: bool("stt.openai.stream"),
+        prompt: optStr("stt.openai.prompt"),
+        silence_ms: num("stt.openai.silence_ms"),
+        max_utterance_s: num("stt.openai.max_utterance_s"),
+      },
     },
     tts: {
-      provider: "google",
+      provider: oneOf("tts.provider", ["google", "openai"] as const),
       voice: str("tts.voice"),
       google: {
         endpoint: str("tts.google.endpoint"),
         insecure: bool("tts.google.insecure"),
+      },
+      openai: {
+        ...speechServer("tts.openai"),
+        voice: str("tts.openai.voice"),
+        instructions: optStr("tts.openai.instructions"),
+        response_format: oneOf("tts.openai.response_format", ["pcm", "wav"] as const),
+        sample_rate: num("tts.openai.sample_rate"),
+        stream: bool("tts.openai.stream"),
       },
     },
     llm: {
@@ -207,7 +238,7 @@ function buildConfig(
       base_url: str("llm.base_url").replace(/\/+$/, ""),
       model: str("llm.model"),
       timeout_ms: num("llm.timeout_ms"),
-      api_key: secrets.get("llm.api_key") ?? null,
+      api_key: llmKey,
       temperature: num("llm.temperature"),
       max_tokens: num("llm.max_tokens"),
     },

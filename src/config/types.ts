@@ -69,8 +69,47 @@ export interface SttGoogleConfig extends GoogleEndpointConfig {
   readonly use_enhanced: boolean;
 }
 
+/** An OpenAI-compatible speech server (OpenAI itself, or an on-prem Whisper or vLLM server). */
+export interface OpenAiSpeechServerConfig {
+  /** API root, e.g. "https://api.openai.com/v1"; plain http only to loopback or private hosts. */
+  readonly base_url: string;
+  readonly model: string;
+  /**
+   * From env OPENAI_STT_API_KEY / OPENAI_TTS_API_KEY (credential openai_stt_api_key /
+   * openai_tts_api_key), else the LLM's OPENAI_API_KEY (credential openai_api_key); null when none.
+   */
+  readonly api_key: string | null;
+  /** Deadline of one request (ms). */
+  readonly timeout_ms: number;
+}
+
+export interface SttOpenAiConfig extends OpenAiSpeechServerConfig {
+  /** Tried after `base_url` on each attempt that fails retryably; null when none. */
+  readonly fallback_base_url: string | null;
+  /** Read the SSE stream of partial text (`transcript.text.delta`, vLLM's chunks). */
+  readonly stream: boolean;
+  /** Sent as `prompt` (vocabulary, names); null sends none. */
+  readonly prompt: string | null;
+  /** Silence that ends an utterance cut by Kav's VAD and sent for transcription (ms). */
+  readonly silence_ms: number;
+  /** An utterance longer than this is cut and sent (s). */
+  readonly max_utterance_s: number;
+}
+
+export interface TtsOpenAiConfig extends OpenAiSpeechServerConfig {
+  readonly voice: string;
+  /** Sent as `instructions` (tone, accent; gpt-4o-mini-tts); null sends none. */
+  readonly instructions: string | null;
+  /** "pcm": raw PCM16 at `sample_rate`; "wav": PCM16 WAV at the rate its header says. */
+  readonly response_format: "pcm" | "wav";
+  /** Sample rate of "pcm" answers (OpenAI's is 24000). */
+  readonly sample_rate: number;
+  /** Play the first frames while the rest is still arriving. */
+  readonly stream: boolean;
+}
+
 export interface SttConfig {
-  readonly provider: "google";
+  readonly provider: "google" | "openai";
   readonly batch_ms: number;
   readonly partial_debounce_ms: number;
   readonly timeout_ms: number;
@@ -78,12 +117,15 @@ export interface SttConfig {
   /** Restart the stream at the first final after this many seconds (Google closes near 300 s). */
   readonly restart_after_s: number;
   readonly google: SttGoogleConfig;
+  readonly openai: SttOpenAiConfig;
 }
 
 export interface TtsConfig {
-  readonly provider: "google";
+  readonly provider: "google" | "openai";
+  /** Google's voice name (OpenAI's is `openai.voice`). */
   readonly voice: string;
   readonly google: GoogleEndpointConfig;
+  readonly openai: TtsOpenAiConfig;
 }
 
 export interface LlmConfig {

@@ -3,11 +3,12 @@
  * llama.cpp), streamed with `npm:openai`. The SDK's own retries are off: Kav's fault policy
  * (apology, retry) lives in the call core.
  */
-import OpenAI, { APIConnectionError, APIConnectionTimeoutError, APIError } from "openai";
+import OpenAI, { APIError } from "openai";
 import type { LlmConfig } from "../config/types.ts";
 import { ProviderError } from "../errors.ts";
 import type { Logger } from "../observe/log.ts";
 import * as metrics from "../observe/metrics.ts";
+import { mapOpenAiError } from "./openai_errors.ts";
 import type { ChatMessage, LlmProvider } from "./types.ts";
 
 /** Used when no key is configured: on-prem servers ignore it, but the SDK requires one. */
@@ -137,39 +138,5 @@ function timeoutError(config: LlmConfig, tokens: number): ProviderError {
 
 /** HTTP/SDK failures → ProviderError: 4xx final except 408/429; 5xx and connection retryable. */
 export function mapError(error: unknown, config: Pick<LlmConfig, "base_url">): ProviderError {
-  if (error instanceof ProviderError) return error;
-  const action = `Streaming chat completion from "${config.base_url}"`;
-  if (error instanceof APIConnectionTimeoutError) {
-    return new ProviderError("llm", "timeout", `${action} timed out`, { cause: error });
-  }
-  if (error instanceof APIConnectionError) {
-    return new ProviderError("llm", "connectivity", `${action} failed to connect`, {
-      cause: error,
-    });
-  }
-  if (error instanceof APIError) {
-    const status = error.status;
-    const message = `${action} failed with status "${status ?? "none"}"`;
-    if (status === undefined) {
-      // An error event inside the stream: the server gave up mid-reply.
-      return new ProviderError("llm", "server", `${action} failed with an error event`, {
-        cause: error,
-      });
-    }
-    if (status === 401 || status === 403) {
-      return new ProviderError("llm", "authentication", message, { cause: error });
-    }
-    if (status === 408) return new ProviderError("llm", "timeout", message, { cause: error });
-    if (status === 429) return new ProviderError("llm", "rate_limit", message, { cause: error });
-    if (status >= 500) return new ProviderError("llm", "server", message, { cause: error });
-    return new ProviderError("llm", "invalid_request", message, { cause: error });
-  }
-  if (error instanceof SyntaxError) {
-    return new ProviderError("llm", "server", `${action} sent malformed data`, { cause: error });
-  }
-  // Body read failures (connection reset mid-stream) land here.
-  const detail = error instanceof Error ? error.name : typeof error;
-  return new ProviderError("llm", "connectivity", `${action} broke off ("${detail}")`, {
-    cause: error,
-  });
+  return mapOpenAiError("llm", `Streaming chat completion from "${config.base_url}"`, error);
 }

@@ -124,6 +124,52 @@ class Histogram implements Metric {
   }
 }
 
+/** A histogram per label set (e.g. per provider); a series appears with its first observation. */
+class LabelledHistogram implements Metric {
+  readonly name: string;
+  readonly #help: string;
+  readonly #bounds: readonly number[];
+  readonly #series = new Map<string, { counts: number[]; sum: number; count: number }>();
+  constructor(name: string, help: string, bounds: readonly number[]) {
+    this.name = name;
+    this.#help = help;
+    this.#bounds = bounds;
+    registry.push(this);
+  }
+  reset(): void {
+    this.#series.clear();
+  }
+  observe(labels: Labels, value: number): void {
+    const key = Object.keys(labels).sort().map((k) => `${k}="${escapeLabel(labels[k])}"`).join(
+      ",",
+    );
+    let series = this.#series.get(key);
+    if (series === undefined) {
+      series = { counts: this.#bounds.map(() => 0), sum: 0, count: 0 };
+      this.#series.set(key, series);
+    }
+    series.sum += value;
+    series.count++;
+    for (let i = 0; i < this.#bounds.length; i++) {
+      if (value <= this.#bounds[i]) series.counts[i]++;
+    }
+  }
+  render(): string {
+    let out = `# HELP ${this.name} ${this.#help}\n# TYPE ${this.name} histogram\n`;
+    for (const [key, series] of this.#series) {
+      const sep = key === "" ? "" : ",";
+      for (let i = 0; i < this.#bounds.length; i++) {
+        out += `${this.name}_bucket{${key}${sep}le="${this.#bounds[i]}"} ${series.counts[i]}\n`;
+      }
+      out += `${this.name}_bucket{${key}${sep}le="+Inf"} ${series.count}\n`;
+      const labels = key === "" ? "" : `{${key}}`;
+      out += `${this.name}_sum${labels} ${formatNumber(series.sum)}\n`;
+      out += `${this.name}_count${labels} ${series.count}\n`;
+    }
+    return out;
+  }
+}
+
 const LATENCY_BUCKETS_S = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5];
 
 let activeCallCount = 0;
@@ -207,6 +253,33 @@ const e2eLatency = new Histogram(
   LATENCY_BUCKETS_S,
 );
 
+const PROVIDER_BUCKETS_S = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
+const sttFinalLatency = new LabelledHistogram(
+  "kav_stt_final_latency_seconds",
+  "End of a caller utterance (cut by Kav's VAD) to its final transcript, by STT provider",
+  PROVIDER_BUCKETS_S,
+);
+const ttsFirstByte = new LabelledHistogram(
+  "kav_tts_first_byte_seconds",
+  "TTS request sent to its first audio bytes, by provider",
+  PROVIDER_BUCKETS_S,
+);
+const sttRetries = new Counter(
+  "kav_stt_retries_total",
+  "Utterance transcriptions tried again after a failure, by provider",
+  { labelled: true },
+);
+const sttDroppedUtterances = new Counter(
+  "kav_stt_dropped_utterances_total",
+  "Caller utterances given up without a transcript, by provider and reason",
+  { labelled: true },
+);
+const sttDroppedAudio = new Counter(
+  "kav_stt_dropped_audio_seconds_total",
+  "Caller audio in utterances given up without a transcript, by provider",
+  { labelled: true },
+);
+
 export function callStarted(): void {
   activeCallCount++;
 }
@@ -244,6 +317,23 @@ export function sttDegraded(delta: 1 | -1): void {
 }
 export function providerError(provider: string, category: string): void {
   providerErrors.inc({ provider, category });
+}
+/** An utterance's final transcript arrived `seconds` after the utterance ended. */
+export function sttFinalLatencyObserved(provider: string, seconds: number): void {
+  sttFinalLatency.observe({ provider }, seconds);
+}
+/** A TTS answer's first audio bytes arrived `seconds` after the request was sent. */
+export function ttsFirstByteObserved(provider: string, seconds: number): void {
+  ttsFirstByte.observe({ provider }, seconds);
+}
+/** An utterance's transcription failed and will be tried again. */
+export function sttRetried(provider: string): void {
+  sttRetries.inc({ provider });
+}
+/** An utterance of `seconds` of audio was given up (backlog full, or refused for good). */
+export function sttUtteranceDropped(provider: string, reason: string, seconds: number): void {
+  sttDroppedUtterances.inc({ provider, reason });
+  sttDroppedAudio.inc({ provider }, seconds);
 }
 export function badSignature(route: string): void {
   badSignatures.inc({ route });

@@ -43,7 +43,10 @@ export interface GoogleSttOptions {
  * from `stt.google`, the language from each `open()`. `stt.google.insecure` selects plaintext gRPC
  * with no Google credential lookup (local servers only).
  */
-export function createGoogleStt(config: SttConfig, options: GoogleSttOptions = {}): SttProvider {
+export function createGoogleStt(
+  config: Omit<SttConfig, "openai">,
+  options: GoogleSttOptions = {},
+): SttProvider {
   const tuning: SttTuning = Object.freeze({ ...STT_TUNING, ...options.tuning });
   const now = options.now ?? (() => performance.now());
   const providerLog = options.log ?? createLogger();

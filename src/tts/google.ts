@@ -85,7 +85,7 @@ function toBytes(content: Uint8Array | string | null | undefined): Uint8Array {
  * overridable per request). `tts.google.insecure` selects plaintext gRPC with no credential lookup.
  */
 export function createGoogleTts(
-  config: TtsConfig & { readonly language: string },
+  config: Omit<TtsConfig, "openai"> & { readonly language: string },
   options: GoogleTtsOptions = {},
 ): TtsProvider {
   const endpoint = config.google.endpoint;
@@ -100,6 +100,7 @@ export function createGoogleTts(
     async synthesize(text, { signal, voice }): Promise<Uint8Array> {
       if (text.trim() === "") return new Uint8Array(0);
       signal?.throwIfAborted();
+      const startedAt = performance.now();
       try {
         const client = await raceSignal(clients.get(endpoint), signal);
         const call = client.synthesizeSpeech(
@@ -111,6 +112,8 @@ export function createGoogleTts(
           unaryCallOptions(timeoutMs, signal),
         );
         const [response] = await raceSignal(call, signal);
+        // A unary answer: its first byte comes with its last.
+        metrics.ttsFirstByteObserved("google", (performance.now() - startedAt) / 1000);
         // A copy: a plain Uint8Array that does not pin the decoder's larger message buffer.
         return new Uint8Array(stripWavHeader(toBytes(response.audioContent)));
       } catch (error) {

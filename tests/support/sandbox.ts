@@ -1,7 +1,8 @@
 /**
  * A whole Kav on loopback against the local provider servers: the gRPC Speech and Text-to-Speech
- * servers (real protos, transcripts keyed by the fixture clips) and the OpenAI-compatible SSE
- * server. Used by end-to-end tests, `deno task dev` (no cloud credentials) and the benchmarks.
+ * servers (real protos, transcripts keyed by the fixture clips), the OpenAI-compatible SSE
+ * server, and the OpenAI-compatible speech server (transcription and speech, SPEC 10), which Kav
+ * uses instead of the gRPC ones with `speechProvider: "openai"`. Used by end-to-end tests, `deno task dev` (no cloud credentials) and the benchmarks.
  * Kav itself runs unmodified through `runKav`, with the real client libraries.
  */
 import { fileURLToPath } from "node:url";
@@ -11,6 +12,11 @@ import { type KavProviders, runKav } from "../../src/kav.ts";
 import { createLogger, type Logger, type LogSink } from "../../src/observe/log.ts";
 import { type Clip, loadClips } from "./_protos.ts";
 import { type OpenAiServer, type OpenAiServerOptions, startOpenAiServer } from "./openai_server.ts";
+import {
+  type OpenAiSpeechServer,
+  type OpenAiSpeechServerOptions,
+  startOpenAiSpeechServer,
+} from "./openai_speech_server.ts";
 import { type SpeechServer, type SpeechServerOptions, startSpeechServer } from "./speech_server.ts";
 import { startTtsServer, type TtsServer } from "./tts_server.ts";
 
@@ -25,18 +31,24 @@ export interface ProviderServers {
   readonly speech: SpeechServer;
   readonly tts: TtsServer;
   readonly llm: OpenAiServer;
+  /** OpenAI-compatible transcription and speech. */
+  readonly openaiSpeech: OpenAiSpeechServer;
   close(): Promise<void>;
 }
+
+/** Which speech servers Kav uses: the gRPC (Google) ones or the OpenAI-compatible one. */
+export type SpeechProvider = "google" | "openai";
 
 export interface ProviderServerOptions {
   readonly speech?: Partial<SpeechServerOptions>;
   readonly tts?: Parameters<typeof startTtsServer>[0];
   readonly llm?: OpenAiServerOptions;
+  readonly openaiSpeech?: Partial<OpenAiSpeechServerOptions>;
   /** Fixed ports (dev sandbox); 0 or absent picks free ones. */
-  readonly ports?: { speech?: number; tts?: number; llm?: number };
+  readonly ports?: { speech?: number; tts?: number; llm?: number; openaiSpeech?: number };
 }
 
-/** Starts the three local provider servers on 127.0.0.1. */
+/** Starts the local provider servers on 127.0.0.1. */
 export async function startProviderServers(
   options: ProviderServerOptions = {},
 ): Promise<ProviderServers> {
@@ -47,24 +59,48 @@ export async function startProviderServers(
   });
   const tts = await startTtsServer({ port: options.ports?.tts ?? 0, ...options.tts });
   const llm = await startOpenAiServer({ port: options.ports?.llm ?? 0, ...options.llm });
+  const openaiSpeech = await startOpenAiSpeechServer({
+    clips: fixtureClips(),
+    port: options.ports?.openaiSpeech ?? 0,
+    ...options.openaiSpeech,
+  });
   return {
     speech,
     tts,
     llm,
+    openaiSpeech,
     async close() {
-      await Promise.allSettled([speech.close(), tts.close(), llm.close()]);
+      await Promise.allSettled([speech.close(), tts.close(), llm.close(), openaiSpeech.close()]);
     },
   };
 }
 
 /**
  * The provider tables pointing at the local servers (plaintext gRPC, no credentials): Speech and
- * TTS unless `google` is false, the LLM unless `openai` is false.
+ * TTS unless `google` is false, the LLM unless `openai` is false; with `speech: "openai"`, STT and
+ * TTS on the local OpenAI-compatible speech server instead (whatever `google` says).
  */
 export function sandboxProviderToml(
   servers: ProviderServers,
   use: { google: boolean; openai: boolean } = { google: true, openai: true },
+  speech: SpeechProvider = "google",
 ): string {
+  if (speech === "openai") {
+    const base = servers.openaiSpeech.baseUrl;
+    const openaiSpeech = `
+[stt]
+provider = "openai"
+[stt.openai]
+base_url = "${base}"
+model = "sandbox-whisper"
+[tts]
+provider = "openai"
+[tts.openai]
+base_url = "${base}"
+model = "sandbox-tts"
+voice = "alloy"`;
+    return openaiSpeech + sandboxProviderToml(servers, { google: false, openai: use.openai });
+  }
   const google = `
 [stt.google]
 endpoint = "${servers.speech.address}"
@@ -84,7 +120,13 @@ timeout_ms = 3000`;
 /** A config TOML pointing at the local servers (plaintext gRPC, no credentials). */
 export function sandboxToml(
   servers: ProviderServers,
-  options: { listen?: string; publicUrl?: string; storagePath: string; extra?: string },
+  options: {
+    listen?: string;
+    publicUrl?: string;
+    storagePath: string;
+    extra?: string;
+    speech?: SpeechProvider;
+  },
 ): string {
   const listen = options.listen ?? "127.0.0.1:0";
   const publicUrl = options.publicUrl ?? "http://127.0.0.1:8080";
@@ -94,7 +136,7 @@ listen = "${listen}"
 public_url = "${publicUrl}"
 drain_timeout_s = 5
 [twilio]
-validate_signatures = false${sandboxProviderToml(servers)}
+validate_signatures = false${sandboxProviderToml(servers, undefined, options.speech ?? "google")}
 [storage]
 path = "${options.storagePath}"
 ${options.extra ?? ""}
@@ -114,6 +156,7 @@ export function sandboxConfig(
     publicUrl?: string;
     /** Environment the config reads secrets from (e.g. TWILIO_AUTH_TOKEN); default none. */
     env?: Readonly<Record<string, string>>;
+    speech?: SpeechProvider;
   },
 ): Config {
   const text = mergeToml(sandboxToml(servers, { ...options, extra: "" }), options.extra ?? "");
@@ -170,6 +213,8 @@ export interface SandboxOptions extends ProviderServerOptions {
   readonly echoLogs?: boolean;
   /** Secrets for the config (e.g. `{ TWILIO_AUTH_TOKEN }` with `validate_signatures = true`). */
   readonly env?: Readonly<Record<string, string>>;
+  /** Speech (STT and TTS) on the gRPC servers (default) or the OpenAI-compatible one. */
+  readonly speechProvider?: SpeechProvider;
   /** Providers to run Kav with instead of the real clients (e.g. fault-injecting wrappers). */
   readonly providers?: (config: Config, log: Logger) => KavProviders;
 }
@@ -190,7 +235,12 @@ export async function startSandbox(options: SandboxOptions = {}): Promise<Sandbo
   };
   let config: Config;
   try {
-    config = sandboxConfig(servers, { storagePath, extra: options.extra, env: options.env });
+    config = sandboxConfig(servers, {
+      storagePath,
+      extra: options.extra,
+      env: options.env,
+      speech: options.speechProvider,
+    });
   } catch (error) {
     await servers.close();
     await Deno.remove(dir, { recursive: true });

@@ -4,6 +4,9 @@
  * frames (silence between utterances) the way the RX worker does.
  */
 import type { SttConfig } from "../../src/config/types.ts";
+
+/** The STT settings the Google provider reads (not `stt.openai`). */
+type GoogleSttConfig = Omit<SttConfig, "openai">;
 import { createLogger } from "../../src/observe/log.ts";
 import { createGoogleStt, type GoogleSttOptions } from "../../src/stt/google.ts";
 import type { SpeechSession, SttEvent, SttProvider } from "../../src/stt/types.ts";
@@ -35,7 +38,7 @@ export function sttConfig(
   endpoint: string,
   overrides: Partial<SttConfig["google"]> = {},
   restartAfterS = 290,
-): SttConfig {
+): GoogleSttConfig {
   return {
     provider: "google",
     batch_ms: 40,
@@ -64,7 +67,7 @@ export interface Harness {
   finish(): Promise<void>;
 }
 
-export function openSession(config: SttConfig, options: GoogleSttOptions = {}): Harness {
+export function openSession(config: GoogleSttConfig, options: GoogleSttOptions = {}): Harness {
   const lines: string[] = [];
   const log = createLogger((line) => lines.push(line));
   const stt = createGoogleStt(config, { log, ...options });
