@@ -172,7 +172,9 @@ Deno.test("conversation: Speech down for the first 5 s of a call, every word rea
     assert.deepEqual(said.map((c) => callerTurns.indexOf(c.text) >= 0), [true, true, true]);
     assert.ok(sandbox.lines.some((l) => l.includes("streaming unavailable")));
     assert.ok(
-      sandbox.lines.some((l) => l.includes("streaming resumed") || l.includes("recognize recovered")),
+      sandbox.lines.some((l) =>
+        l.includes("streaming resumed") || l.includes("recognize recovered")
+      ),
     );
   });
 });

@@ -104,7 +104,8 @@ for (const [downMs, count] of [[2000, 6], [5000, 6], [15_000, 9]]) {
         "the outage is counted",
       );
       // Back through Recognize resent (a long outage) or a resumed stream (a short one).
-      const recovered = (sampleValue(scrape, "kav_stt_recognize_retries_total") ?? 0) +
+      const recovered =
+        (sampleValue(scrape, "kav_stt_retries_total", { provider: "google" }) ?? 0) +
         (sampleValue(scrape, "kav_stt_restarts_total") ?? 0);
       assert.ok(recovered >= 2, `and the recovery (${recovered})`);
       assert.equal(sampleValue(scrape, "kav_stt_degraded_sessions"), 0, "both sessions recovered");

@@ -195,15 +195,6 @@ const malformed = new Counter(
   { labelled: true },
 );
 const sttRestarts = new Counter("kav_stt_restarts_total", "STT streams restarted");
-const sttRecognizeRetries = new Counter(
-  "kav_stt_recognize_retries_total",
-  "Utterances sent to Recognize again after a failed call",
-);
-const sttAudioLostSeconds = new Counter(
-  "kav_stt_audio_lost_seconds_total",
-  "Caller audio given up before recognition, by reason",
-  { labelled: true },
-);
 let sttDegradedSessions = 0;
 new Gauge(
   "kav_stt_degraded_sessions",
@@ -276,7 +267,7 @@ const sttDroppedUtterances = new Counter(
 );
 const sttDroppedAudio = new Counter(
   "kav_stt_dropped_audio_seconds_total",
-  "Caller audio in utterances given up without a transcript, by provider",
+  "Caller audio given up without a transcript, by provider",
   { labelled: true },
 );
 
@@ -304,12 +295,6 @@ export function malformedMessage(reason: string): void {
 }
 export function sttRestarted(): void {
   sttRestarts.inc();
-}
-export function sttRecognizeRetried(): void {
-  sttRecognizeRetries.inc();
-}
-export function sttAudioLost(reason: string, seconds: number): void {
-  sttAudioLostSeconds.inc({ reason }, seconds);
 }
 /** +1 when a session loses its stream, -1 when streaming works again or the session ends. */
 export function sttDegraded(delta: 1 | -1): void {

@@ -33,13 +33,13 @@ export interface RecognizeWorkerOptions {
   readonly segmenter?: Partial<SegmenterOptions>;
 }
 
-/** Why audio was given up; the label of `kav_stt_audio_lost_seconds_total`. */
+/** Why audio was given up; the `reason` of `kav_stt_dropped_utterances_total`. */
 export type AudioLossReason = "backlog_full" | "refused" | "call_ended" | "replay_buffer_full";
 
 /** Logs and counts `bytes` of μ-law given up for `reason`. */
 export function reportAudioLost(log: Logger, bytes: number, reason: AudioLossReason): void {
   if (bytes <= 0) return;
-  metrics.sttAudioLost(reason, bytes / 8000);
+  metrics.sttUtteranceDropped("google", reason, bytes / 8000);
   log.warn("STT", "audio lost", { ms: Math.round(bytes / 8), reason });
 }
 
@@ -193,7 +193,7 @@ export class RecognizeWorker {
         this.#options.retryMaxMs,
         this.#options.retryFirstMs * 2 ** (this.#failures - 1),
       );
-      metrics.sttRecognizeRetried();
+      metrics.sttRetried("google");
       log.warn("STT", "recognize failed, will resend", {
         category: error.category,
         ms: Math.round(head.audio.length / 8),

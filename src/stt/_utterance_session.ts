@@ -96,7 +96,7 @@ export class UtteranceSession implements SpeechSession {
 
   write(mulaw: Uint8Array): void {
     if (this.#ended) return;
-    for (const audio of this.#segmenter.push(mulaw)) this.#enqueue(audio);
+    for (const { audio } of this.#segmenter.push(mulaw)) this.#enqueue(audio);
   }
 
   results(): AsyncIterable<SttEvent> {
@@ -114,7 +114,7 @@ export class UtteranceSession implements SpeechSession {
 
   async #close(): Promise<void> {
     const last = this.#segmenter.flush();
-    if (last !== null && !this.#o.signal.aborted) this.#enqueue(last);
+    if (last !== null && !this.#o.signal.aborted) this.#enqueue(last.audio);
     this.#ended = true;
     const running = this.#running;
     if (running !== null && !this.#o.signal.aborted) {
