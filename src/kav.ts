@@ -6,7 +6,7 @@
 import { runServer } from "./app.ts";
 import { CallManager, installEscapeHandlers } from "./call/manager.ts";
 import type { AgentFactory } from "./call/agent.ts";
-import { createConversationFactory } from "./call/conversation.ts";
+import { createConversationFactory } from "./agent/conversation.ts";
 import type { Config } from "./config/types.ts";
 import { createOpenAiLlm } from "./llm/openai.ts";
 import type { LlmProvider } from "./llm/types.ts";

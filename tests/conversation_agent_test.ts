@@ -6,8 +6,8 @@
 import assert from "node:assert/strict";
 import alawmulaw from "alawmulaw";
 import type { AgentContext, Outbound, PlayOptions } from "../src/call/agent.ts";
-import { createConversationFactory } from "../src/call/conversation.ts";
-import { type EndOfTurn, TurnDetector } from "../src/call/turns.ts";
+import { createConversationFactory } from "../src/agent/conversation.ts";
+import { type EndOfTurn, TurnDetector } from "../src/agent/turns.ts";
 import { parseConfig } from "../src/config/load.ts";
 import { ProviderError } from "../src/errors.ts";
 import type { ChatMessage, LlmProvider } from "../src/llm/types.ts";

@@ -18,8 +18,8 @@ import * as metrics from "../observe/metrics.ts";
 import type { TurnTimings } from "../store/types.ts";
 import type { SttEvent } from "../stt/types.ts";
 import type { TtsProvider } from "../tts/types.ts";
-import type { AgentContext, AgentFactory, CallAgent, MarkEcho } from "./agent.ts";
-import { GREETING_MARK } from "./_session_start.ts";
+import type { AgentContext, AgentFactory, CallAgent, MarkEcho } from "../call/agent.ts";
+import { GREETING_MARK } from "../call/_session_start.ts";
 import { type AgentReply, speakReply } from "./_reply.ts";
 import { type EndOfTurn, systemClock, type TurnClock, TurnDetector } from "./turns.ts";
 
