@@ -276,22 +276,41 @@ Deno.test("PayloadSlab decodes exactly as decodeBase64, whatever the text", () =
   );
 });
 
-Deno.test("PayloadSlab reuses a frame only after `slots` later frames", () => {
+Deno.test("PayloadSlab reuses a taken frame only after `slots` later frames are taken", () => {
   const slab = new PayloadSlab(3);
   const frameOf = (n: number) => new Uint8Array(160).fill(n).toBase64();
-  const decoded = [1, 2, 3].map((n) => slab.decode(frameOf(n)) as Uint8Array);
+  const taken = (n: number) => {
+    const frame = slab.decode(frameOf(n)) as Uint8Array;
+    slab.take(frame);
+    return frame;
+  };
+  const decoded = [1, 2, 3].map(taken);
   assert.deepEqual(decoded.map((f) => f[0]), [1, 2, 3], "3 frames live at once stay intact");
   assert.equal(new Set(decoded.map((f) => f.buffer)).size, 1, "all in one buffer");
-  const fourth = slab.decode(frameOf(4)) as Uint8Array;
-  assert.equal(fourth, decoded[0], "the 4th decode takes the 1st slot");
+  const fourth = taken(4);
+  assert.equal(fourth, decoded[0], "the 4th frame takes the 1st slot");
   assert.equal(decoded[1][0], 2);
   const odd = slab.decode(new Uint8Array(80).fill(9).toBase64()) as Uint8Array;
   assert.equal(odd.length, 80, "another size gets its own array");
   assert.notEqual(odd.buffer, fourth.buffer);
+  slab.take(odd);
   assert.equal(slab.decode("@".repeat(216)), null);
-  assert.equal((slab.decode(frameOf(5)) as Uint8Array)[0], 5);
+  assert.equal(taken(5)[0], 5);
   assert.equal(decoded[1][0], 5, "a bad or odd payload takes no slot");
   assert.throws(() => new PayloadSlab(1), /payload slab of "1" slots/);
+});
+
+Deno.test("PayloadSlab decodes into one free slot until a frame is taken", () => {
+  const slab = new PayloadSlab(2);
+  const frameOf = (n: number) => new Uint8Array(160).fill(n).toBase64();
+  const kept = slab.decode(frameOf(1)) as Uint8Array;
+  slab.take(kept);
+  // Rejected messages: decoded, never taken. However many, they reuse the free slot.
+  const rejected = [2, 3, 4, 5].map((n) => slab.decode(frameOf(n)) as Uint8Array);
+  assert.equal(new Set(rejected).size, 1, "one slot for all of them");
+  assert.notEqual(rejected[0], kept);
+  assert.equal(kept[0], 1, "the taken frame is intact");
+  assert.equal(rejected[0][0], 5);
 });
 
 Deno.test("parseInbound() with a PayloadSlab gives what it gives without one", () => {

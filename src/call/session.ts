@@ -93,8 +93,8 @@ export class CallSession {
       this.#resolveDone = resolve;
     });
     this.#rxQueue = new RxQueue<Uint8Array>(deps.audio.rx_queue_frames, isMedia);
-    // A decoded frame lives in rx_q at most (everything else copies it), so queue capacity + 2
-    // slots are never overwritten while in use.
+    // A decoded frame lives in rx_q at most (everything else copies it), and only accepted media
+    // takes a slot, so queue capacity + 2 slots are never overwritten while in use.
     this.#payloads = new PayloadSlab(deps.audio.rx_queue_frames + 2);
     const fail = (error: unknown) => this.#fail(error);
     this.#limits = new CallLimits(deps.scheduler, deps.server, (outcome, reason) => {
@@ -314,6 +314,8 @@ export class CallSession {
 
   #onMedia(msg: MediaMessage): void {
     const payload = msg.media.payload;
+    // Accepted: its slot is kept from here on (a rejected message's decode is overwritten).
+    this.#payloads.take(payload);
     const drops = this.#rxQueue.drops;
     this.#rxQueue.tryPush(payload);
     metrics.rxFrameReceived();
