@@ -9,7 +9,7 @@
  * Prints a table and one JSON line. Figures are per message, median of the rounds.
  */
 import { inCallScope } from "../src/call/_session_escape.ts";
-import { screenInbound } from "../src/call/_session_io.ts";
+import { parseInbound } from "../src/twilio/protocol.ts";
 
 function arg(name: string, fallback: number): number {
   const i = Deno.args.indexOf(`--${name}`);
@@ -25,7 +25,7 @@ const message = `{"event":"media","sequenceNumber":"42","streamSid":"MZ${
 const scope = { sid: () => "CA" + "0".repeat(32), fail: () => {} };
 let sink = 0;
 const handle = (data: string) => {
-  const parsed = screenInbound(data, 65536);
+  const parsed = parseInbound(data, { maxBytes: 65536 });
   if (parsed.ok) sink++;
 };
 const noop = (_data: string) => {

@@ -6,7 +6,7 @@
 import { runServer } from "./app.ts";
 import { CallManager, installEscapeHandlers } from "./call/manager.ts";
 import type { AgentFactory } from "./call/agent.ts";
-import { createConversationFactory } from "./call/conversation.ts";
+import { createConversationFactory } from "./agent/conversation.ts";
 import type { Config } from "./config/types.ts";
 import { createOpenAiLlm } from "./llm/openai.ts";
 import type { LlmProvider } from "./llm/types.ts";
@@ -100,9 +100,8 @@ export async function runKav(options: RunKavOptions): Promise<void> {
     stt: providers.stt,
     store,
     logger: log,
-    // Both read at `start`, from one script: a reload swaps them together.
-    greeting: () => script.greeting,
-    agentFactory: (ctx) => script.agent(ctx),
+    // Read at `start`: a reload swaps the greeting, prompt and voice together.
+    agentFactory: (ctx) => script(ctx),
   });
   const lifetime = new AbortController();
   let reloads = Promise.resolve();
@@ -166,34 +165,28 @@ export async function runKav(options: RunKavOptions): Promise<void> {
   }
 }
 
-/** What a new call gets: the greeting audio and its agent. SIGHUP replaces it; calls keep theirs. */
-interface CallScript {
-  readonly greeting: Uint8Array;
-  readonly agent: AgentFactory;
-}
-
-/** The script of `next`'s greeting, prompt, apology and voice; every other setting stays `boot`'s. */
+/**
+ * What a new call gets: the agent of `next`'s greeting, prompt, apology and voice (every other
+ * setting stays `boot`'s). SIGHUP replaces it; active calls keep theirs.
+ */
 function callScript(
   boot: Config,
   next: Config,
   providers: KavProviders,
   phrases: PhraseCache,
-): CallScript {
-  // A snapshot, so a later reload cannot change an active call's apology audio.
+): AgentFactory {
+  // A snapshot, so a later reload cannot change an active call's greeting or apology audio.
   const audio = new Map(phrases.names.map((name) => [name, phrases.get(name)]));
   const { greeting, system_prompt, apology } = next.call;
   const voice = ttsVoice(next.tts);
-  return {
-    greeting: audio.get("greeting") ?? new Uint8Array(0),
-    agent: createConversationFactory({
-      call: { ...boot.call, greeting, system_prompt, apology },
-      stt: boot.stt,
-      log: boot.log,
-      llm: providers.llm,
-      tts: withVoice(providers.tts, () => voice),
-      phrases: { get: (name) => audio.get(name) ?? null },
-    }),
-  };
+  return createConversationFactory({
+    call: { ...boot.call, greeting, system_prompt, apology },
+    stt: boot.stt,
+    log: boot.log,
+    llm: providers.llm,
+    tts: withVoice(providers.tts, () => voice),
+    phrases: { get: (name) => audio.get(name) ?? null },
+  });
 }
 
 /** `tts` speaking with `voice()` unless a request names its own voice; closing it is a no-op. */

@@ -134,3 +134,35 @@ Deno.test("CallSession ends as interrupted when the socket closes without stop",
     await server.close();
   }
 });
+
+Deno.test("CallSession keeps queued audio intact when rejected media arrives while rx_q is full", async () => {
+  // STT opens late, so accepted frames wait in a 4-frame rx_q (the oldest dropped when full) while
+  // media for another stream is rejected in between: its payload must not land in a queued frame.
+  const server = await startCallServer({
+    config: testCallConfig({ audio: { rx_queue_frames: 4 } }),
+    speech: { readyDelayMs: 500 },
+  });
+  try {
+    const client = await server.connect();
+    client.begin();
+    const audio = patternAudio(8, 11);
+    const junk = new Uint8Array(160).fill(0x7e).toBase64();
+    const foreign = (n: number) =>
+      `{"event":"media","sequenceNumber":"${n}","streamSid":"MZ-someone-else","media":` +
+      `{"track":"inbound","chunk":"${n}","timestamp":"${n * 20}","payload":"${junk}"}}`;
+    for (let i = 0; i < 8; i++) {
+      client.sendMedia(audio.subarray(i * 160, (i + 1) * 160));
+      for (let k = 0; k < 3; k++) client.sendRaw(foreign(100 + i * 3 + k));
+    }
+    await waitUntil(() => server.stt.sessions.length === 1, { timeoutMs: 5000, what: "STT" });
+    const speech = server.stt.sessions[0];
+    await waitUntil(() => speech.length === 4 * 160, { timeoutMs: 5000, what: "4 frames to STT" });
+    client.sendStop();
+    const ended = await server.store.waitForEnded(client.callSid, { timeoutMs: 5000 });
+    assert.equal(ended.counters.malformed, 24);
+    assert.equal(ended.counters.rx_drops, 4);
+    assert.deepEqual(speech.bytes(), audio.subarray(4 * 160), "the newest 4 frames, as sent");
+  } finally {
+    await server.close();
+  }
+});

@@ -6,8 +6,8 @@
 import assert from "node:assert/strict";
 import alawmulaw from "alawmulaw";
 import type { AgentContext, Outbound, PlayOptions } from "../src/call/agent.ts";
-import { createConversationFactory } from "../src/call/conversation.ts";
-import { type EndOfTurn, TurnDetector } from "../src/call/turns.ts";
+import { createConversationFactory } from "../src/agent/conversation.ts";
+import { type EndOfTurn, TurnDetector } from "../src/agent/turns.ts";
 import { parseConfig } from "../src/config/load.ts";
 import { ProviderError } from "../src/errors.ts";
 import type { ChatMessage, LlmProvider } from "../src/llm/types.ts";
@@ -140,7 +140,7 @@ Deno.test("Conversation ignores a cut answer's late cleared echo while the next 
     agent.onMark("greeting_end", { played: true });
     agent.onSpeech({ type: "final", text: "When do you open", confidence: 0.9 });
     await settle();
-    assert.deepEqual(out.marks(), ["a1_0", "a1_1", "a1_2"]);
+    assert.deepEqual(out.marks(), ["greeting_end", "a1_0", "a1_1", "a1_2"]);
     agent.onMark("a1_0", { played: true });
     // The caller talks over sentence 2: the VAD onset (two loud frames) barges in.
     const frame = loudFrame();
@@ -148,7 +148,7 @@ Deno.test("Conversation ignores a cut answer's late cleared echo while the next 
     assert.deepEqual(out.ops.at(-1), { kind: "clear" });
     agent.onSpeech({ type: "final", text: "Tomorrow", confidence: 0.9 });
     await settle();
-    assert.deepEqual(out.marks().slice(3), ["a2_0"]);
+    assert.deepEqual(out.marks().slice(4), ["a2_0"]);
     // Twilio echoes the cut answer's marks (cleared) only now, while answer 2 plays.
     agent.onMark("a1_1", { played: false });
     agent.onMark("a1_2", { played: false });
@@ -216,7 +216,7 @@ Deno.test("Conversation records nothing of an answer superseded before it spoke"
     agent.onSpeech({ type: "final", text: "Second", confidence: 0.9 });
     release();
     await settle();
-    assert.deepEqual(out.marks(), ["a2_0"]);
+    assert.deepEqual(out.marks(), ["greeting_end", "a2_0"]);
     assert.ok(!out.ops.some((op) => op.kind === "clear"));
     agent.onMark("a2_0", { played: true });
     assert.deepEqual(turns().map((t) => [t.speaker, t.text]), [
@@ -282,6 +282,63 @@ Deno.test("Conversation answers an empty LLM reply with the apology", async () =
     agent.onMark("a1_0", { played: true });
     assert.equal(turns().at(-1)?.text, CONFIG.call.apology);
     assert.equal(store.events(SID, "provider_error").length, 1);
+  } finally {
+    await end();
+  }
+});
+
+Deno.test("Conversation queues the greeting and its mark as it is created, and logs it", async () => {
+  const { out, lines, turns, end } = setup({ llm: new FakeLlm() });
+  try {
+    assert.deepEqual(out.ops, [
+      { kind: "play", bytes: 1600 },
+      { kind: "mark", name: "greeting_end" },
+    ]);
+    assert.ok(
+      lines.some((l) => / \[CALL\] call=CA1+ GREETING queued frames=10$/.test(l)),
+      lines.join("\n"),
+    );
+    assert.deepEqual(turns(), [], "recorded once its mark is back, not before");
+  } finally {
+    await end();
+  }
+});
+
+Deno.test("Conversation without greeting audio still sends the mark and records no greeting", async () => {
+  const llm = new FakeLlm(["Hi."]);
+  const { agent, out, turns, settle, end } = setup({ llm, phrases: {} });
+  try {
+    assert.deepEqual(out.ops, [{ kind: "play", bytes: 0 }, { kind: "mark", name: "greeting_end" }]);
+    agent.onMark("greeting_end", { played: true });
+    agent.onSpeech({ type: "final", text: "Hello", confidence: 0.9 });
+    await settle();
+    agent.onMark("a1_0", { played: true });
+    assert.deepEqual(turns().map((t) => [t.speaker, t.text]), [["caller", "Hello"], [
+      "agent",
+      "Hi.",
+    ]]);
+    assert.deepEqual(llm.requests[0].map((m) => m.role), ["system", "user"]);
+  } finally {
+    await end();
+  }
+});
+
+Deno.test("Conversation records the greeting as cut and drops it from the history on barge-in", async () => {
+  const llm = new FakeLlm(["Yes."]);
+  const { agent, out, turns, settle, end } = setup({ llm });
+  try {
+    const frame = loudFrame();
+    for (let i = 0; i < 3; i++) agent.onInboundAudio(frame);
+    assert.deepEqual(out.ops.at(-1), { kind: "clear" });
+    assert.deepEqual(turns().map((t) => [t.speaker, t.text, t.generated, t.cut]), [
+      ["agent", "", CONFIG.call.greeting, true],
+    ]);
+    // Its cleared echo comes later and records nothing more.
+    agent.onMark("greeting_end", { played: false });
+    agent.onSpeech({ type: "final", text: "Open today", confidence: 0.9 });
+    await settle();
+    assert.deepEqual(llm.requests[0].map((m) => m.role), ["system", "user"]);
+    assert.equal(turns().length, 2);
   } finally {
     await end();
   }

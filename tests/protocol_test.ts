@@ -141,6 +141,62 @@ Deno.test("parseInbound() rejects bad base64 and wrong field types", () => {
   assert.equal(rejected(JSON.stringify(noMark)).reason, "invalid_shape");
 });
 
+Deno.test("parseInbound() rejects binary frames and messages over maxBytes, counted in UTF-8", () => {
+  const binary = parseInbound(new Uint8Array([123, 125]).buffer);
+  assert.deepEqual(binary, { ok: false, reason: "binary", error: "Cannot handle a binary frame" });
+  const mark = (name: string) =>
+    JSON.stringify({ event: "mark", sequenceNumber: "1", streamSid: SID, mark: { name } });
+  const ascii = mark("a".repeat(100));
+  assert.ok(parseInbound(ascii, { maxBytes: ascii.length }).ok, "exactly the limit passes");
+  const over = parseInbound(ascii, { maxBytes: ascii.length - 1 });
+  assert.deepEqual(over.ok ? null : [over.reason, over.error], [
+    "oversized",
+    `Cannot handle a message over ${ascii.length - 1} bytes`,
+  ]);
+  // Hebrew: 2 bytes a character in UTF-8, so fewer characters than the limit can still be over it.
+  const hebrew = mark("ש".repeat(100));
+  const bytes = new TextEncoder().encode(hebrew).length;
+  assert.ok(hebrew.length < bytes);
+  assert.ok(parseInbound(hebrew, { maxBytes: bytes }).ok);
+  const cut = parseInbound(hebrew, { maxBytes: bytes - 1 });
+  assert.equal(cut.ok ? null : cut.reason, "oversized");
+});
+
+Deno.test("parseInbound() rejects a DTMF digit other than 0-9 * # A-D", () => {
+  const dtmf = (digit: string) =>
+    JSON.stringify({ event: "dtmf", sequenceNumber: "1", streamSid: SID, dtmf: { digit } });
+  for (const digit of ["0", "9", "*", "#", "A", "D"]) {
+    assert.ok(parseInbound(dtmf(digit)).ok, digit);
+  }
+  for (const digit of ["", "E", "a", "12", " 1", "\u0661"]) {
+    const result = rejected(dtmf(digit));
+    assert.equal(result.reason, "invalid_shape", digit);
+    assert.match(result.error, /DTMF digit/);
+  }
+});
+
+Deno.test("parseInbound() rejects a start whose sids Kav could not record or answer", () => {
+  const start = (streamSid: string, inner: string, callSid: string) =>
+    JSON.stringify({ ...START, streamSid, start: { ...START.start, streamSid: inner, callSid } });
+  assert.ok(parseInbound(start(SID, SID, "CA" + "f".repeat(32))).ok);
+  for (
+    const [outer, inner, call] of [
+      [SID, SID, ""],
+      [SID, SID, "CA 1"],
+      [SID, SID, "C".repeat(65)],
+      ["", "", "CA1"],
+      ["MZ\n1", "MZ\n1", "CA1"],
+      [SID, "MZ-other", "CA1"],
+    ]
+  ) {
+    const result = rejected(start(outer, inner, call));
+    assert.deepEqual([result.reason, result.error], [
+      "invalid_shape",
+      "Cannot start a stream with malformed sids",
+    ], `${outer} ${inner} ${call}`);
+  }
+});
+
 Deno.test("mediaMessage(), markMessage(), clearMessage() build Twilio's exact shapes", () => {
   const payload = new Uint8Array(160).fill(0xff);
   const media = JSON.parse(mediaMessage(SID, payload));
@@ -276,22 +332,41 @@ Deno.test("PayloadSlab decodes exactly as decodeBase64, whatever the text", () =
   );
 });
 
-Deno.test("PayloadSlab reuses a frame only after `slots` later frames", () => {
+Deno.test("PayloadSlab reuses a taken frame only after `slots` later frames are taken", () => {
   const slab = new PayloadSlab(3);
   const frameOf = (n: number) => new Uint8Array(160).fill(n).toBase64();
-  const decoded = [1, 2, 3].map((n) => slab.decode(frameOf(n)) as Uint8Array);
+  const taken = (n: number) => {
+    const frame = slab.decode(frameOf(n)) as Uint8Array;
+    slab.take(frame);
+    return frame;
+  };
+  const decoded = [1, 2, 3].map(taken);
   assert.deepEqual(decoded.map((f) => f[0]), [1, 2, 3], "3 frames live at once stay intact");
   assert.equal(new Set(decoded.map((f) => f.buffer)).size, 1, "all in one buffer");
-  const fourth = slab.decode(frameOf(4)) as Uint8Array;
-  assert.equal(fourth, decoded[0], "the 4th decode takes the 1st slot");
+  const fourth = taken(4);
+  assert.equal(fourth, decoded[0], "the 4th frame takes the 1st slot");
   assert.equal(decoded[1][0], 2);
   const odd = slab.decode(new Uint8Array(80).fill(9).toBase64()) as Uint8Array;
   assert.equal(odd.length, 80, "another size gets its own array");
   assert.notEqual(odd.buffer, fourth.buffer);
+  slab.take(odd);
   assert.equal(slab.decode("@".repeat(216)), null);
-  assert.equal((slab.decode(frameOf(5)) as Uint8Array)[0], 5);
+  assert.equal(taken(5)[0], 5);
   assert.equal(decoded[1][0], 5, "a bad or odd payload takes no slot");
   assert.throws(() => new PayloadSlab(1), /payload slab of "1" slots/);
+});
+
+Deno.test("PayloadSlab decodes into one free slot until a frame is taken", () => {
+  const slab = new PayloadSlab(2);
+  const frameOf = (n: number) => new Uint8Array(160).fill(n).toBase64();
+  const kept = slab.decode(frameOf(1)) as Uint8Array;
+  slab.take(kept);
+  // Rejected messages: decoded, never taken. However many, they reuse the free slot.
+  const rejected = [2, 3, 4, 5].map((n) => slab.decode(frameOf(n)) as Uint8Array);
+  assert.equal(new Set(rejected).size, 1, "one slot for all of them");
+  assert.notEqual(rejected[0], kept);
+  assert.equal(kept[0], 1, "the taken frame is intact");
+  assert.equal(rejected[0][0], 5);
 });
 
 Deno.test("parseInbound() with a PayloadSlab gives what it gives without one", () => {
@@ -299,7 +374,7 @@ Deno.test("parseInbound() with a PayloadSlab gives what it gives without one", (
   fc.assert(
     fc.property(fc.uint8Array({ minLength: 1, maxLength: 480 }), (audio) => {
       const text = mediaText(audio.toBase64());
-      assert.deepEqual(parseInbound(text, slab.decode), parseInbound(text));
+      assert.deepEqual(parseInbound(text, { decode: slab.decode }), parseInbound(text));
     }),
   );
 });

@@ -6,7 +6,7 @@ import {
   type TurnClock,
   TurnDetector,
   type TurnSettings,
-} from "../src/call/turns.ts";
+} from "../src/agent/turns.ts";
 
 const SETTINGS: TurnSettings = { partial_debounce_ms: 90, timeout_ms: 320, vad_hangover_ms: 180 };
 

@@ -1,4 +1,5 @@
 /** Awaiting something with a cap, cancelling the timer either way (no leaked timers). */
+import type { Logger } from "../observe/log.ts";
 
 /**
  * Resolves `true` when `promise` settles within `ms`, `false` when the cap is hit first or
@@ -22,5 +23,26 @@ export async function settlesWithin(
   } finally {
     clearTimeout(timer);
     if (onAbort !== undefined) signal?.removeEventListener("abort", onAbort);
+  }
+}
+
+/** Cap on each shutdown step (agent, speech session), ms. */
+export const CLOSE_STEP_CAP_MS = 2000;
+
+/** Runs one shutdown step, awaited up to `CLOSE_STEP_CAP_MS`; failures are logged, not thrown. */
+export async function closeCapped(
+  what: string,
+  close: () => Promise<void>,
+  log: Logger,
+): Promise<void> {
+  let run: Promise<void>;
+  try {
+    run = close();
+  } catch (error) {
+    run = Promise.reject(error);
+  }
+  run.catch((error) => log.warn("CALL", `${what} close failed`, { error: String(error) }));
+  if (!(await settlesWithin(run, CLOSE_STEP_CAP_MS))) {
+    log.warn("CALL", `${what} close timed out`, { cap_ms: CLOSE_STEP_CAP_MS });
   }
 }

@@ -1,9 +1,8 @@
-/** What happens at Twilio's `start`: the record, the greeting, the agent. */
+/** What happens at Twilio's `start`: the record, the TX worker's encoder, the agent. */
 import type { AudioConfig, ServerConfig } from "../config/types.ts";
 import type { Logger } from "../observe/log.ts";
 import type { CallStore } from "../store/types.ts";
 import type { SttProvider } from "../stt/types.ts";
-import { frameCount } from "../audio/frames.ts";
 import { OutboundEncoder, type StartMessage } from "../twilio/protocol.ts";
 import type { AgentFactory, CallAgent } from "./agent.ts";
 import type { QueueOutbound } from "./outbound.ts";
@@ -25,17 +24,13 @@ export interface SessionDeps {
   readonly store: CallStore;
   /** The root logger; the session adds `call=<connection id>`, then `call=<CallSid>`. */
   readonly log: Logger;
-  /** Cached greeting audio, raw μ-law 8000 Hz. */
-  readonly greeting: () => Uint8Array;
+  /** Creates the call's agent at `start` (the agent speaks first: the greeting is its own). */
   readonly agentFactory?: AgentFactory;
   readonly scheduler: Scheduler;
   /** Names the call in logs before `start` (e.g. "conn-12"). */
   readonly connectionId: string;
   readonly remoteAddr: string;
 }
-
-/** The mark queued after the greeting (SPEC 2). */
-export const GREETING_MARK = "greeting_end";
 
 /** Writes the call's start record (numbers from the `<Parameter>`s Kav's TwiML forwards). */
 export function recordStart(start: StartMessage["start"], deps: Pick<SessionDeps, "store">): void {
@@ -52,8 +47,8 @@ export function recordStart(start: StartMessage["start"], deps: Pick<SessionDeps
 }
 
 /**
- * Records the call, queues the cached greeting and its mark into the TX queue (the first frames
- * synchronously, so the TX worker sends at once) and creates the agent, if any.
+ * Records the call, starts the TX worker on the stream and creates the agent, if any. The agent
+ * queues its greeting as it is created (synchronously, so the TX worker sends at once).
  */
 export function startStream(args: {
   readonly start: StartMessage["start"];
@@ -70,11 +65,6 @@ export function startStream(args: {
   const params = start.customParameters;
   recordStart(start, deps);
   tx.start(new OutboundEncoder(start.streamSid));
-  const greeting = deps.greeting();
-  const ignore = () => {};
-  out.play(greeting, { signal }).catch(ignore);
-  out.mark(GREETING_MARK, { signal }).catch(ignore);
-  log.info("CALL", "GREETING queued", { frames: frameCount(greeting.length) });
   if (deps.agentFactory === undefined) return null;
   return deps.agentFactory({
     callSid: start.callSid,

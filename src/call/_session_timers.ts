@@ -1,7 +1,14 @@
-/** A call's slow timers on the shared scheduler: limits (idle media, max duration) and telemetry. */
+/**
+ * A call's slow timers on the shared scheduler: limits (idle media, max duration), telemetry and
+ * its `[RX]`/`[TX]` lines, the stalled-socket watch.
+ */
 import type { ServerConfig } from "../config/types.ts";
+import type { Logger } from "../observe/log.ts";
 import type { CallOutcome } from "../store/types.ts";
+import type { RxQueue } from "./rx_queue.ts";
+import type { RxWorker } from "./rx_worker.ts";
 import type { Scheduler, Task } from "./scheduler.ts";
+import type { TxWorker } from "./tx_worker.ts";
 
 /** Telemetry period, ms (SPEC: once per second per call). */
 export const TELEMETRY_MS = 1000;
@@ -96,6 +103,28 @@ export class Telemetry {
     if (this.#next <= now) this.#next = now + TELEMETRY_MS;
     this.#task.at(this.#next);
   };
+}
+
+/** The per-second `[RX]` and `[TX]` lines (SPEC 2 telemetry). */
+export function logTelemetry(
+  log: Logger,
+  parts: { rx: RxWorker; rxQueue: RxQueue<Uint8Array>; tx: TxWorker; framesIn: number },
+): void {
+  const rw = parts.rx.takeWindow();
+  const tw = parts.tx.takeWindow();
+  const q = parts.rxQueue;
+  log.info("RX", "", {
+    fps_in: parts.framesIn,
+    q: q.size,
+    drops: q.drops,
+    write_ms: rw.writeMsMax,
+  });
+  log.info("TX", "", {
+    fps: tw.frames,
+    q: parts.tx.queue.size,
+    drops: 0,
+    late_ms_max: tw.lateMsMax,
+  });
 }
 
 /**

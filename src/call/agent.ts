@@ -3,7 +3,7 @@
  *
  * The core owns the WebSocket and the speech session; an agent only sees inbound events and an
  * `Outbound` that enqueues into the call's paced TX queue. One agent is created per call, when
- * Twilio's `start` arrives (after the greeting has been queued).
+ * Twilio's `start` arrives; it speaks first (the greeting is the agent's, queued as it is created).
  */
 import type { Logger } from "../observe/log.ts";
 import type { CallStore } from "../store/types.ts";

@@ -31,9 +31,7 @@ export interface CallManagerDeps {
   readonly store: CallStore;
   /** Root logger (the manager adds `call=` per call). */
   readonly logger: Logger;
-  /** The cached greeting, raw μ-law 8000 Hz (synthesized at boot). */
-  readonly greeting: () => Uint8Array;
-  /** Without one, calls still get the greeting and a record. */
+  /** Creates each call's agent at `start`. Without one, a call is recorded and hears nothing. */
   readonly agentFactory?: AgentFactory;
   /** Defaults to the process-wide shared scheduler. */
   readonly scheduler?: Scheduler;
@@ -103,7 +101,6 @@ export class CallManager {
       stt: this.#deps.stt,
       store: this.#deps.store,
       log: logger,
-      greeting: this.#deps.greeting,
       agentFactory: this.#deps.agentFactory,
       scheduler: this.#scheduler,
       connectionId,

@@ -1,4 +1,4 @@
-/** The `Outbound` given to agents (and used for the greeting): a thin layer over the TX queue. */
+/** The `Outbound` given to agents: a thin layer over the TX queue. */
 import { FRAME_BYTES, frameAt, frameCount } from "../audio/frames.ts";
 import type { Outbound, PlayOptions } from "./agent.ts";
 import type { MarkTracker } from "./marks.ts";
@@ -10,7 +10,7 @@ const RUN_FRAMES = 25;
 
 /**
  * Calls are serialized: a `play` or `mark` starts queueing only when the previous call has queued
- * everything, so two producers (greeting, agent) never interleave frames. Each call captures the
+ * everything, so two producers (the greeting, an answer) never interleave frames. Each call captures the
  * epoch when it is made, so anything requested before a `clear()` is discarded.
  */
 export class QueueOutbound implements Outbound {

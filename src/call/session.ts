@@ -5,34 +5,34 @@
  * stop) are handled on receipt and never enter rx_q, so they can never be dropped or delayed
  * behind audio waiting for STT; only media goes through rx_q.
  */
-import type { Logger } from "../observe/log.ts";
+import { followingLogger, type Logger } from "../observe/log.ts";
 import * as metrics from "../observe/metrics.ts";
-import type { CallEnded, CallOutcome } from "../store/types.ts";
+import type { CallCounters, CallEnded, CallEventKind, CallOutcome } from "../store/types.ts";
 import type { SpeechSession } from "../stt/types.ts";
-import { PayloadSlab } from "../twilio/payload_slab.ts";
-import type { MalformedReason, MediaMessage, StartMessage } from "../twilio/protocol.ts";
+import { InboundStream } from "../twilio/inbound_stream.ts";
+import {
+  looksLikeMedia,
+  type MalformedReason,
+  type MediaMessage,
+  type StartMessage,
+} from "../twilio/protocol.ts";
 import type { CallAgent } from "./agent.ts";
-import { settlesWithin } from "./_cap.ts";
+import { CLOSE_STEP_CAP_MS, closeCapped, settlesWithin } from "./_cap.ts";
 import { recordStart, type SessionDeps, startStream } from "./_session_start.ts";
 import { type CallScope, inCallScope } from "./_session_escape.ts";
-import { CallLimits, StallWatch, Telemetry, TX_STALL_CLOSE_S } from "./_session_timers.ts";
+import {
+  CallLimits,
+  logTelemetry,
+  StallWatch,
+  Telemetry,
+  TX_STALL_CLOSE_S,
+} from "./_session_timers.ts";
 import { MarkTracker } from "./marks.ts";
 import { QueueOutbound } from "./outbound.ts";
 import { RxQueue } from "./rx_queue.ts";
 import { RxWorker } from "./rx_worker.ts";
 import { TxWorker } from "./tx_worker.ts";
-import {
-  CLOSE_STEP_CAP_MS,
-  closeCapped,
-  consumeSpeech,
-  counters,
-  followingLogger,
-  isDtmfDigit,
-  logTelemetry,
-  recordEvent,
-  saneSids,
-  screenInbound,
-} from "./_session_io.ts";
+import { consumeSpeech } from "./_speech_results.ts";
 
 export type { SessionDeps };
 
@@ -41,9 +41,6 @@ const MALFORMED_LOG_LIMIT = 20;
 const isMedia = (_frame: Uint8Array) => true;
 /** How long a call that failed before `start` waits for it, to be recorded under its CallSid, ms. */
 const START_GRACE_MS = 2000;
-
-/** How Twilio's media messages start (any other message runs in the call's scope). */
-const MEDIA_PREFIX = '{"event":"media"';
 
 export class CallSession {
   readonly connectionId: string;
@@ -54,7 +51,7 @@ export class CallSession {
   readonly #controller = new AbortController();
   readonly #marks = new MarkTracker();
   readonly #rxQueue: RxQueue<Uint8Array>;
-  readonly #payloads: PayloadSlab;
+  readonly #inbound: InboundStream;
   readonly #limits: CallLimits;
   readonly #telemetry: Telemetry;
   #resolveDone!: (ended: CallEnded) => void;
@@ -93,9 +90,12 @@ export class CallSession {
       this.#resolveDone = resolve;
     });
     this.#rxQueue = new RxQueue<Uint8Array>(deps.audio.rx_queue_frames, isMedia);
-    // A decoded frame lives in rx_q at most (everything else copies it), so queue capacity + 2
-    // slots are never overwritten while in use.
-    this.#payloads = new PayloadSlab(deps.audio.rx_queue_frames + 2);
+    // A decoded frame lives in rx_q at most (everything else copies it), and only accepted media
+    // takes a slot, so queue capacity + 2 slots are never overwritten while in use.
+    this.#inbound = new InboundStream({
+      maxBytes: deps.server.max_ws_message_bytes,
+      payloadSlots: deps.audio.rx_queue_frames + 2,
+    });
     const fail = (error: unknown) => this.#fail(error);
     this.#limits = new CallLimits(deps.scheduler, deps.server, (outcome, reason) => {
       this.#event("limit", reason);
@@ -110,8 +110,7 @@ export class CallSession {
     // audio and feed VAD, and a scope per frame cost about 400 bytes of garbage each.
     const scope = this.#scope;
     socket.addEventListener("message", (event) => {
-      const data = event.data;
-      if (typeof data === "string" && data.startsWith(MEDIA_PREFIX)) this.#onMessage(event);
+      if (looksLikeMedia(event.data)) this.#onMessage(event);
       else inCallScope(scope, this.#onMessage, event);
     });
     socket.addEventListener("close", () => {
@@ -226,39 +225,24 @@ export class CallSession {
   #onMessage = (event: MessageEvent): void => {
     if (this.#ending) return;
     try {
-      const parsed = screenInbound(
-        event.data,
-        this.#deps.server.max_ws_message_bytes,
-        this.#payloads.decode,
-      );
-      if (!parsed.ok) return this.#reject(parsed.reason, parsed.error);
-      const msg = parsed.msg;
+      // Validated for this stream (src/twilio): from here on every message is the call's own.
+      const read = this.#inbound.read(event.data);
+      if (!read.ok) return this.#reject(read.reason, read.error);
+      const msg = read.msg;
       switch (msg.event) {
         case "connected":
           return;
         case "start":
-          if (this.#start !== null) {
-            const sid = msg.streamSid.slice(0, 64);
-            return this.#reject("duplicate_start", `Cannot start again as "${sid}"`);
-          }
           return this.#onStart(msg);
         case "media":
-          if (this.#start === null) return this.#reject("before_start", "Media before start");
-          if (!this.#ours(msg.streamSid)) return;
           return this.#onMedia(msg);
         case "dtmf":
-          if (!this.#ours(msg.streamSid)) return;
-          if (!isDtmfDigit(msg.dtmf.digit)) {
-            return this.#reject("invalid_shape", "Cannot handle a DTMF digit that is not 0-9*#A-D");
-          }
           this.#event("dtmf", msg.dtmf.digit);
           this.#agent?.onDtmf(msg.dtmf.digit);
           return;
         case "mark":
-          if (!this.#ours(msg.streamSid)) return;
           return this.#onMark(msg.mark.name);
         case "stop":
-          if (!this.#ours(msg.streamSid)) return;
           this.end("completed", "stop");
           return;
         default: {
@@ -271,22 +255,8 @@ export class CallSession {
     }
   };
 
-  #ours(streamSid: string): boolean {
-    if (this.#start === null) {
-      this.#reject("before_start", "Stream event before start");
-      return false;
-    }
-    if (streamSid === this.#start.streamSid) return true;
-    this.#reject("wrong_stream_sid", `Cannot handle stream "${streamSid.slice(0, 64)}"`);
-    return false;
-  }
-
   #onStart(msg: StartMessage): void {
     const start = msg.start;
-    if (!saneSids(msg)) {
-      // Not a stream Kav could record or answer; keep waiting for a valid start (idle ends it).
-      return this.#reject("invalid_shape", "Cannot start a stream with malformed sids");
-    }
     this.#start = start;
     this.#log = this.#deps.log.child({ call: start.callSid });
     if (this.#earlyFailure !== null) {
@@ -345,9 +315,10 @@ export class CallSession {
     }
   }
 
-  #event(kind: Parameters<typeof recordEvent>[2], detail: string): void {
+  /** Records a call event once the call has a CallSid (the store only enqueues). */
+  #event(kind: CallEventKind, detail: string): void {
     const sid = this.callSid;
-    if (sid !== null) recordEvent(this.#deps.store, sid, kind, detail);
+    if (sid !== null) this.#deps.store.event(sid, { kind, at: Date.now(), detail });
   }
 
   #fail(error: unknown): void {
@@ -425,4 +396,20 @@ export class CallSession {
     this.#log.info("CALL", "ended", { outcome, reason, ...ended.counters });
     this.#resolveDone(ended);
   }
+}
+
+/** The per-call counters stored with the call's end. */
+function counters(
+  rx: RxQueue<Uint8Array>,
+  tx: TxWorker | null,
+  malformed: number,
+): CallCounters {
+  return {
+    rx_frames: rx.received,
+    rx_drops: rx.drops,
+    tx_frames: tx?.framesSent ?? 0,
+    tx_drops: 0,
+    tx_late: tx?.lateTicks ?? 0,
+    malformed,
+  };
 }

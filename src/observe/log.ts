@@ -117,3 +117,13 @@ class LineLogger implements Logger {
 export function createLogger(sink: LogSink = defaultSink): Logger {
   return new LineLogger("", sink);
 }
+
+/** A logger that always writes through `current()` (the call's logger changes at `start`). */
+export function followingLogger(current: () => Logger): Logger {
+  return {
+    info: (tag, message, fields) => current().info(tag, message, fields),
+    warn: (tag, message, fields) => current().warn(tag, message, fields),
+    error: (tag, message, fields) => current().error(tag, message, fields),
+    child: (fields) => current().child(fields),
+  };
+}

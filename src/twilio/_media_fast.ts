@@ -13,7 +13,9 @@
  */
 import type { MediaMessage } from "./protocol.ts";
 
-const HEAD = '{"event":"media","sequenceNumber":"';
+/** How every media message in Twilio's layout starts. */
+export const MEDIA_PREFIX = '{"event":"media"';
+const HEAD = `${MEDIA_PREFIX},"sequenceNumber":"`;
 const SID = '","streamSid":"';
 const TRACK = '","media":{"track":"';
 const CHUNK = '","chunk":"';

@@ -3,7 +3,9 @@
  * a second; decoded one by one, each was a new `ArrayBuffer` whose backing store the next scavenge
  * had to sweep (at 100 calls, 3.2-3.6 ms of the slowest scavenge pauses of about 6 ms).
  *
- * A frame stays valid until `slots` later decodes overwrite it. The RX queue holds at most its
+ * A decode goes into the one free slot, which the next decode overwrites, until `take()` claims it
+ * for a message that was accepted (a rejected message's payload never costs a queued frame). A
+ * taken frame stays valid until `slots - 1` later frames are taken. The RX queue holds at most its
  * capacity of frames and everything else copies what it keeps (the speech session, VAD), so
  * `slots` = queue capacity + 2 is enough. A payload of another size is decoded into a new array.
  */
@@ -28,7 +30,10 @@ export class PayloadSlab {
     );
   }
 
-  /** The bytes of `b64`, or null when it is not base64 (exactly as `decodeBase64`). */
+  /**
+   * The bytes of `b64`, or null when it is not base64 (exactly as `decodeBase64`). A frame decoded
+   * into the free slot is only valid until the next decode unless it is `take()`n first.
+   */
   decode: PayloadDecoder = (b64) => {
     if (b64.length !== FRAME_BASE64_CHARS) return decodeBase64(b64);
     const frame = this.#frames[this.#next];
@@ -41,7 +46,15 @@ export class PayloadSlab {
     // Fewer bytes (padding inside) or more (no padding): not a plain frame; the general decoder
     // gives the exact answer.
     if (result.read !== b64.length || result.written !== FRAME_BYTES) return decodeBase64(b64);
-    this.#next = this.#next + 1 === this.#frames.length ? 0 : this.#next + 1;
     return frame;
   };
+
+  /**
+   * Keeps `payload` (from `decode`, its message accepted): when it is the free slot, later decodes
+   * go to the next one. A payload in its own array needs nothing.
+   */
+  take(payload: Uint8Array): void {
+    if (payload !== this.#frames[this.#next]) return;
+    this.#next = this.#next + 1 === this.#frames.length ? 0 : this.#next + 1;
+  }
 }

@@ -4,7 +4,7 @@
  * Shapes: twilio-media-streams.md sections 1-2.
  */
 
-import { decodeBase64, parseMediaFast, type PayloadDecoder } from "./_media_fast.ts";
+import { decodeBase64, MEDIA_PREFIX, parseMediaFast, type PayloadDecoder } from "./_media_fast.ts";
 export type { PayloadDecoder } from "./_media_fast.ts";
 
 export interface ConnectedMessage {
@@ -80,8 +80,8 @@ export type InboundMessage =
   | StopMessage;
 
 /**
- * Why an inbound message was rejected: the first four come from `parseInbound`, the rest from the
- * call session (label values of `kav_malformed_messages_total`).
+ * Why an inbound message was rejected: the first six come from `parseInbound`, the last three from
+ * `InboundStream` (label values of `kav_malformed_messages_total`).
  */
 export type MalformedReason =
   | "invalid_json"
@@ -122,6 +122,10 @@ function string(parent: Json, key: string): string {
 }
 
 const DIGITS = /^\d{1,15}$/;
+/** What Twilio sends as a DTMF digit; anything else is junk, neither passed on nor stored. */
+const DTMF_DIGIT = /^[0-9*#A-D]$/;
+/** Twilio sids are "CA"/"MZ" + 32 hex; any printable ASCII up to 64 chars is let through. */
+const SID = /^[\x21-\x7e]{1,64}$/;
 
 /** A value for error text: never throws (JSON may hold `{"toString":1}`), at most 40 chars. */
 function preview(value: unknown): string {
@@ -185,6 +189,12 @@ function parseStart(m: Json): StartMessage {
   ) {
     throw new Invalid("invalid_shape", `Expected string array at "tracks"`);
   }
+  const streamSid = string(m, "streamSid");
+  const callSid = string(start, "callSid");
+  // Not a stream Kav could record or answer: printable sids, and the same streamSid twice.
+  if (!SID.test(callSid) || !SID.test(streamSid) || string(start, "streamSid") !== streamSid) {
+    throw new Invalid("invalid_shape", "Cannot start a stream with malformed sids");
+  }
   let mediaFormat: MediaFormat | null = null;
   if (start["mediaFormat"] !== undefined) {
     const f = object(start, "mediaFormat");
@@ -197,11 +207,11 @@ function parseStart(m: Json): StartMessage {
   return {
     event: "start",
     sequenceNumber: count(m, "sequenceNumber"),
-    streamSid: string(m, "streamSid"),
+    streamSid,
     start: {
       accountSid: string(start, "accountSid"),
-      streamSid: string(start, "streamSid"),
-      callSid: string(start, "callSid"),
+      streamSid,
+      callSid,
       tracks: (tracks as string[] | undefined) ?? ["inbound"],
       mediaFormat,
       customParameters: stringRecord(start, "customParameters"),
@@ -232,6 +242,9 @@ function parseObject(m: Json): InboundMessage {
     }
     case "dtmf": {
       const dtmf = object(m, "dtmf");
+      if (!DTMF_DIGIT.test(string(dtmf, "digit"))) {
+        throw new Invalid("invalid_shape", "Cannot handle a DTMF digit that is not 0-9*#A-D");
+      }
       return {
         event,
         sequenceNumber: count(m, "sequenceNumber"),
@@ -266,15 +279,41 @@ function parseObject(m: Json): InboundMessage {
   }
 }
 
+export interface InboundOptions {
+  /** Largest message accepted, UTF-8 bytes (`server.max_ws_message_bytes`); default: any size. */
+  readonly maxBytes?: number;
+  /** Turns a media payload into bytes (a `PayloadSlab` reuses its frames); default: a new array. */
+  readonly decode?: PayloadDecoder;
+}
+
+/** Whether `data` (a WebSocket message) starts like a media message: the call's 50-a-second case. */
+export function looksLikeMedia(data: unknown): boolean {
+  return typeof data === "string" && data.startsWith(MEDIA_PREFIX);
+}
+
 /**
- * Parses and validates one inbound text message. Never throws. Media in Twilio's exact layout takes
- * a fast path (`_media_fast.ts`) with the same result.
+ * Parses and validates one inbound WebSocket message (`MessageEvent.data`). Never throws. Binary
+ * frames and messages over `maxBytes` are rejected before parsing; the exact byte count is only
+ * computed when the character count leaves doubt. Media in Twilio's exact layout takes a fast path
+ * (`_media_fast.ts`) with the same result.
  */
-export function parseInbound(
-  text: string,
-  decode: PayloadDecoder = decodeBase64,
-): ParseResult {
-  const media = parseMediaFast(text, decode);
+export function parseInbound(data: unknown, options: InboundOptions = {}): ParseResult {
+  if (typeof data !== "string") {
+    return { ok: false, reason: "binary", error: "Cannot handle a binary frame" };
+  }
+  const text = data;
+  const maxBytes = options.maxBytes ?? Infinity;
+  if (
+    text.length > maxBytes ||
+    (text.length * 3 > maxBytes && new TextEncoder().encode(text).length > maxBytes)
+  ) {
+    return {
+      ok: false,
+      reason: "oversized",
+      error: `Cannot handle a message over ${maxBytes} bytes`,
+    };
+  }
+  const media = parseMediaFast(text, options.decode ?? decodeBase64);
   if (media !== null) return { ok: true, msg: media };
   let value: unknown;
   try {

@@ -4,6 +4,7 @@
  * Also `runConcurrentCalls()`: N Twilio-like clients streaming at once.
  */
 import type { AudioConfig } from "../../src/config/types.ts";
+import { Greeting } from "../../src/agent/greeting.ts";
 import type { AgentContext, AgentFactory, CallAgent } from "../../src/call/agent.ts";
 import type { SttEvent } from "../../src/stt/types.ts";
 import { type CallCoreConfig, CallManager } from "../../src/call/manager.ts";
@@ -42,8 +43,9 @@ export function testCallConfig(overrides: {
 export interface CallServerOptions {
   readonly config?: CallCoreConfig;
   readonly speech?: LocalSpeechOptions;
-  /** Greeting audio (default 1 s of a recognizable ramp pattern). */
+  /** Greeting audio (default 1 s of a recognizable ramp pattern), queued before any agent's. */
   readonly greeting?: Uint8Array;
+  /** Created after the greeting is queued (as the conversation does it). */
   readonly agentFactory?: AgentFactory;
   readonly scheduler?: Scheduler;
   /** Print log lines as well as collecting them. */
@@ -89,8 +91,7 @@ export function startCallServer(options: CallServerOptions = {}): Promise<CallSe
     stt,
     store,
     logger,
-    greeting: () => greeting,
-    agentFactory: options.agentFactory,
+    agentFactory: greetingFirst(greeting, options.agentFactory),
     scheduler: options.scheduler,
   });
   const controller = new AbortController();
@@ -144,6 +145,26 @@ export function startCallServer(options: CallServerOptions = {}): Promise<CallSe
       return response;
     });
   });
+}
+
+/** An agent that does nothing (calls without an agent of their own). */
+const SILENT_AGENT: CallAgent = {
+  onInboundAudio: () => {},
+  onSpeech: () => {},
+  onMark: () => {},
+  onDtmf: () => {},
+  close: () => Promise.resolve(),
+};
+
+/**
+ * Every call starts with the real `Greeting` (the mark `greeting_end` after `audio`), then `inner`
+ * takes over; without text nothing is recorded, so call-core tests see only what they send.
+ */
+function greetingFirst(audio: Uint8Array, inner: AgentFactory | undefined): AgentFactory {
+  return (ctx) => {
+    Greeting.start(ctx, { text: "", audio, nextTurnIndex: () => 0 });
+    return inner?.(ctx) ?? SILENT_AGENT;
+  };
 }
 
 /**

@@ -1,8 +1,9 @@
 /**
- * The phone agent's brain for one call (SPEC 3): turn-taking, the streamed LLM answer cut into
- * sentences, TTS per sentence into the paced TX queue, a mark after each sentence, barge-in, and
- * the cached apology when a provider fails. It implements `CallAgent`, so the call core stays the
- * only owner of the socket and the speech session.
+ * The phone agent's brain for one call (SPEC 3): the greeting (`greeting.ts`, queued as the agent
+ * is created at Twilio's `start`), turn-taking, the streamed LLM answer cut into sentences, TTS per
+ * sentence into the paced TX queue, a mark after each sentence, barge-in, and the cached apology
+ * when a provider fails. It implements `CallAgent`, so the call core stays the only owner of the
+ * socket and the speech session.
  *
  * The history sent to the LLM, and the agent turns stored, hold what the caller heard: a sentence
  * counts once its mark came back as played (a mark pending when `clear` went out counts as not
@@ -18,9 +19,9 @@ import * as metrics from "../observe/metrics.ts";
 import type { TurnTimings } from "../store/types.ts";
 import type { SttEvent } from "../stt/types.ts";
 import type { TtsProvider } from "../tts/types.ts";
-import type { AgentContext, AgentFactory, CallAgent, MarkEcho } from "./agent.ts";
-import { GREETING_MARK } from "./_session_start.ts";
+import type { AgentContext, AgentFactory, CallAgent, MarkEcho } from "../call/agent.ts";
 import { type AgentReply, speakReply } from "./_reply.ts";
+import { Greeting } from "./greeting.ts";
 import { type EndOfTurn, systemClock, type TurnClock, TurnDetector } from "./turns.ts";
 
 /** Fixed phrases synthesized at boot (greeting, apology). */
@@ -49,15 +50,13 @@ class Conversation implements CallAgent {
   readonly #ctx: AgentContext;
   readonly #clock: TurnClock;
   readonly #detector: TurnDetector;
-  /** System prompt, then what the caller said and what the caller actually heard. */
-  readonly #history: ChatMessage[];
+  readonly #system: ChatMessage;
+  readonly #greeting: Greeting;
+  /** After the greeting: what the caller said and what the caller actually heard. */
+  readonly #history: ChatMessage[] = [];
   #turnIndex = 0;
   #reply: AgentReply | null = null;
   #replySeq = 0;
-  /** The greeting is playing until its mark comes back (or the caller barges in). */
-  #greetingPlaying = true;
-  /** Greeting text and start (epoch ms) while it waits to be recorded; null once recorded or when there is none. */
-  #greeting: { readonly text: string; readonly startedAt: number } | null = null;
   #closed = false;
   /** Onset (clock ms) of the first speech since the last caller turn, for the turn's start. */
   #speechStartAt: number | null = null;
@@ -66,17 +65,18 @@ class Conversation implements CallAgent {
     this.#deps = deps;
     this.#ctx = ctx;
     this.#clock = deps.clock ?? systemClock;
-    this.#history = [{ role: "system", content: deps.call.system_prompt }];
-    // The core queued the cached greeting before creating us; without audio nothing was said.
-    if (deps.call.greeting !== "" && deps.phrases.get("greeting") !== null) {
-      this.#greeting = { text: deps.call.greeting, startedAt: Date.now() };
-      this.#history.push({ role: "assistant", content: deps.call.greeting });
-    }
+    // First, so its first frames leave at once (SPEC: within 50 ms of `start`).
+    this.#greeting = Greeting.start(ctx, {
+      text: deps.call.greeting,
+      audio: deps.phrases.get("greeting"),
+      nextTurnIndex: () => this.#turnIndex++,
+    });
+    this.#system = { role: "system", content: deps.call.system_prompt };
     this.#detector = new TurnDetector(deps.stt, {
       endOfTurn: (turn) => this.#onEndOfTurn(turn),
       bargeIn: (event) => this.#bargeIn(event.at, event.cause),
     }, { clock: this.#clock });
-    this.#detector.setAgentSpeaking(ctx.out.queuedFrames > 0 || ctx.out.pendingMarks.length > 0);
+    this.#detector.setAgentSpeaking(this.#greeting.playing);
   }
 
   onInboundAudio(frame: Uint8Array): void {
@@ -91,10 +91,7 @@ class Conversation implements CallAgent {
   }
 
   onMark(name: string, echo: MarkEcho): void {
-    if (name === GREETING_MARK) {
-      this.#greetingPlaying = false;
-      // A cleared echo follows a barge-in, which already recorded the cut greeting.
-      if (echo.played) this.#recordGreeting({ heard: true, cut: false });
+    if (this.#greeting.onMark(name, echo)) {
       this.#updateSpeaking();
       return;
     }
@@ -115,8 +112,7 @@ class Conversation implements CallAgent {
     if (this.#closed) return;
     this.#closed = true;
     this.#detector.close();
-    // Hung up during the greeting: its mark never came back, so nothing of it counts as heard.
-    this.#recordGreeting({ heard: false, cut: false });
+    this.#greeting.close();
     const reply = this.#reply;
     if (reply !== null) {
       reply.cancel();
@@ -154,7 +150,7 @@ class Conversation implements CallAgent {
     const reply = speakReply({
       id: ++this.#replySeq,
       turn,
-      history: this.#history.slice(),
+      history: [this.#system, ...this.#greeting.history(), ...this.#history],
       ctx: this.#ctx,
       llm: this.#deps.llm,
       tts: this.#deps.tts,
@@ -175,13 +171,10 @@ class Conversation implements CallAgent {
 
   #bargeIn(at: number, cause: "vad" | "partial"): void {
     const reply = this.#reply;
-    const speaking = this.#greetingPlaying || (reply !== null && !reply.recorded);
+    const speaking = this.#greeting.playing || (reply !== null && !reply.recorded);
     if (!speaking || this.#closed) return;
     this.#ctx.out.clear();
-    if (this.#greetingPlaying) {
-      this.#greetingPlaying = false;
-      this.#recordGreeting({ heard: false, cut: true });
-    }
+    if (this.#greeting.playing) this.#greeting.cut();
     const latency = this.#clock.now() - at;
     this.#ctx.log.info("BARGE_IN", "", { cause, clear_after_ms: latency });
     this.#ctx.store.event(this.#ctx.callSid, {
@@ -198,31 +191,6 @@ class Conversation implements CallAgent {
     reply.cancel();
     reply.markCut();
     this.#finishReply(reply);
-  }
-
-  /**
-   * Records the greeting as the first agent turn, once. Not heard (barge-in, or the call ended
-   * first): its only mark never came back as played, so by the marks rule nothing of it counts as
-   * heard and it leaves the history.
-   */
-  #recordGreeting(how: { heard: boolean; cut: boolean }): void {
-    const greeting = this.#greeting;
-    if (greeting === null) return;
-    this.#greeting = null;
-    if (!how.heard) {
-      const at = this.#history.findIndex((m) => m.role === "assistant");
-      if (at >= 0) this.#history.splice(at, 1);
-    }
-    this.#ctx.store.turnCompleted(this.#ctx.callSid, {
-      index: this.#turnIndex++,
-      speaker: "agent",
-      text: how.heard ? greeting.text : "",
-      generated: how.heard ? null : greeting.text,
-      cut: how.cut,
-      startedAt: greeting.startedAt,
-      endedAt: Date.now(),
-      timings: null,
-    });
   }
 
   #finishReply(reply: AgentReply): void {
@@ -261,7 +229,7 @@ class Conversation implements CallAgent {
 
   #updateSpeaking(): void {
     const reply = this.#reply;
-    const speaking = this.#greetingPlaying ||
+    const speaking = this.#greeting.playing ||
       (reply !== null && !reply.recorded && reply.audioQueued);
     if (speaking !== this.#detector.agentSpeaking) this.#detector.setAgentSpeaking(speaking);
   }

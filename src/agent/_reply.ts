@@ -8,7 +8,7 @@ import { SentenceCutter } from "../llm/sentences.ts";
 import type { ChatMessage, LlmProvider } from "../llm/types.ts";
 import type { TurnTimings } from "../store/types.ts";
 import type { TtsProvider } from "../tts/types.ts";
-import type { AgentContext } from "./agent.ts";
+import type { AgentContext } from "../call/agent.ts";
 import type { EndOfTurn, TurnClock } from "./turns.ts";
 
 export interface ReplyOptions {
