@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { ManualScheduler } from "../src/call/manual_scheduler.ts";
+import { ManualScheduler } from "./support/manual_scheduler.ts";
 import { RealtimeScheduler, sleepUntil } from "../src/call/scheduler.ts";
 
 Deno.test("RealtimeScheduler runs many tasks in deadline order on one timer", async () => {

@@ -1,7 +1,6 @@
 import assert from "node:assert/strict";
 import alawmulaw from "alawmulaw";
 import {
-  decodeMulaw,
   encodeMulaw,
   energyToDbfs,
   frameDbfs,
@@ -10,7 +9,7 @@ import {
   MULAW_TO_PCM,
 } from "../src/audio/mulaw.ts";
 import { parseWav } from "../src/audio/wav.ts";
-import { concatBytes } from "./support/bytes.ts";
+import { concatBytes, decodeMulaw } from "./support/bytes.ts";
 import { commandRuns, ignoredWhen } from "./support/requires.ts";
 
 /** Every μ-law byte once, then a ramp: covers the whole table. */
