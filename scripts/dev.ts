@@ -15,6 +15,7 @@
  * (the LLM) set, those providers are the real ones and only the others are sandboxed. With
  * `--config FILE`, Kav runs exactly as `kav --config FILE` would.
  */
+import { readCommandLine } from "../src/command_line.ts";
 import { loadConfig, parseConfig } from "../src/config/load.ts";
 import type { Config } from "../src/config/types.ts";
 import { ConfigError, formatProblem } from "../src/errors.ts";
@@ -25,7 +26,6 @@ import {
   sandboxProviderToml,
   startProviderServers,
 } from "../tests/support/sandbox.ts";
-import { readFlags } from "./_flags.ts";
 
 /** Where the dev sandbox keeps its config and records (relative to the working directory). */
 export const DEV_DIR = ".kav-dev";
@@ -46,34 +46,21 @@ export interface DevArgs {
   readonly configPath: string | null;
 }
 
+const OPTIONS = {
+  port: { type: "string" },
+  config: { type: "string", short: "c" },
+  help: { type: "boolean", short: "h" },
+} as const;
+
 /** Parses the command line; throws RangeError naming the bad option. */
 export function parseDevArgs(argv: readonly string[]): DevArgs | "help" {
-  let port = 8080;
-  let configPath: string | null = null;
-  for (const arg of readFlags(argv)) {
-    const flag = arg.name;
-    const value = arg.value;
-    switch (flag) {
-      case "--help":
-      case "-h":
-        return "help";
-      case "--port": {
-        const raw = value();
-        port = Number(raw);
-        if (!Number.isInteger(port) || port < 0 || port > 65535) {
-          throw new RangeError(`Cannot use --port ${JSON.stringify(raw)}: expected 0-65535`);
-        }
-        break;
-      }
-      case "--config":
-      case "-c":
-        configPath = value();
-        break;
-      default:
-        throw new RangeError(`Unknown option ${JSON.stringify(arg.raw)}`);
-    }
+  const { values } = readCommandLine(argv, OPTIONS);
+  if (values.help) return "help";
+  const port = Number(values.port ?? 8080);
+  if (!Number.isInteger(port) || port < 0 || port > 65535) {
+    throw new RangeError(`Cannot use --port ${JSON.stringify(values.port)}: expected 0-65535`);
   }
-  return { port, configPath };
+  return { port, configPath: values.config ?? null };
 }
 
 /** Which providers are real (credentials present) and which are sandboxed. */

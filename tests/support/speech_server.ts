@@ -8,7 +8,8 @@
  */
 import * as grpc from "@grpc/grpc-js";
 import { ClipMatcher, findClips, type MatchEvent } from "./_clip_matcher.ts";
-import { type Clip, loadClips, parseArgs, speechService } from "./_protos.ts";
+import { readCommandLine } from "../../src/command_line.ts";
+import { type Clip, loadClips, speechService } from "./_protos.ts";
 
 type Timer = ReturnType<typeof setTimeout>;
 
@@ -324,15 +325,19 @@ export async function startSpeechServer(options: SpeechServerOptions): Promise<S
 }
 
 if (import.meta.main) {
-  const args = parseArgs(Deno.args);
-  const clipsPath = args.get("clips") ??
-    new URL("../fixtures/clips.json", import.meta.url).pathname;
+  const { values } = readCommandLine(Deno.args, {
+    clips: { type: "string", default: new URL("../fixtures/clips.json", import.meta.url).pathname },
+    port: { type: "string", default: "50051" },
+    host: { type: "string", default: "127.0.0.1" },
+    "open-delay-ms": { type: "string", default: "0" },
+    "latency-ms": { type: "string", default: "0" },
+  });
   const server = await startSpeechServer({
-    clips: loadClips(clipsPath),
-    port: Number(args.get("port") ?? 50051),
-    hostname: args.get("host") ?? "127.0.0.1",
-    openDelayMs: Number(args.get("open-delay-ms") ?? 0),
-    latencyMs: Number(args.get("latency-ms") ?? 0),
+    clips: loadClips(values.clips),
+    port: Number(values.port),
+    hostname: values.host,
+    openDelayMs: Number(values["open-delay-ms"]),
+    latencyMs: Number(values["latency-ms"]),
   });
   console.log(`speech_server listening on ${server.address}`);
   Deno.addSignalListener("SIGINT", () => server.close().then(() => Deno.exit(0)));
