@@ -7,6 +7,7 @@
  *   kav --help
  */
 
+import { splitCommandLine } from "./src/command_line.ts";
 import { loadConfig } from "./src/config/load.ts";
 import type { Config } from "./src/config/types.ts";
 import { ConfigError, formatProblem } from "./src/errors.ts";
@@ -45,52 +46,44 @@ export type Command =
   }
   | { readonly kind: "usage-error"; readonly message: string };
 
-/** Parses `args` (no side effects). `--config` may come before or after the subcommand. */
+const OPTIONS = {
+  config: { type: "string", short: "c" },
+  help: { type: "boolean", short: "h" },
+} as const;
+
+/**
+ * Parses `args` (no side effects). `--config` may come before or after the subcommand; the
+ * records commands parse the rest themselves (`src/store/cli.ts`).
+ */
 export function parseArgs(args: readonly string[]): Command {
-  let configPath: string | null = null;
-  const rest: string[] = [];
-  for (let i = 0; i < args.length; i++) {
-    const arg = args[i];
-    if (arg === "--help" || arg === "-h") return { kind: "help" };
-    // `deno task calls -- --config FILE` hands the separator on; it is not an argument.
-    if (arg === "--") continue;
-    if (arg === "--config" || arg === "-c") {
-      const value = args[i + 1];
-      if (value === undefined || value === "") {
-        return { kind: "usage-error", message: `Missing a file after ${arg}` };
-      }
-      configPath = value;
-      i++;
-    } else if (arg.startsWith("--config=")) {
-      configPath = arg.slice("--config=".length);
-    } else {
-      rest.push(arg);
-    }
+  let line: ReturnType<typeof splitCommandLine<typeof OPTIONS>>;
+  try {
+    line = splitCommandLine(args, OPTIONS);
+  } catch (error) {
+    return { kind: "usage-error", message: error instanceof Error ? error.message : String(error) };
   }
-  const [command, ...commandArgs] = rest;
+  if (line.values.help === true) return { kind: "help" };
+  const configPath = typeof line.values.config === "string" ? line.values.config : null;
+  const [command, ...commandArgs] = line.rest;
+  const unexpected = (arg: string): Command => ({
+    kind: "usage-error",
+    message: arg.startsWith("-")
+      ? `Cannot use option ${JSON.stringify(arg)}`
+      : `Unexpected argument ${JSON.stringify(arg)}`,
+  });
   switch (command) {
     case undefined:
     case "serve":
-      if (commandArgs.length > 0) {
-        return {
-          kind: "usage-error",
-          message: `Unexpected argument ${JSON.stringify(commandArgs[0])}`,
-        };
-      }
+      if (commandArgs.length > 0) return unexpected(commandArgs[0]);
       return { kind: "serve", configPath: configPath ?? DEFAULT_CONFIG_PATH };
     case "help":
       return { kind: "help" };
-    case "check-config":
-      if (commandArgs.length > 1) {
-        return {
-          kind: "usage-error",
-          message: `Unexpected argument ${JSON.stringify(commandArgs[1])}`,
-        };
-      }
-      return {
-        kind: "check-config",
-        configPath: commandArgs[0] ?? configPath ?? DEFAULT_CONFIG_PATH,
-      };
+    case "check-config": {
+      const [file, ...extra] = commandArgs;
+      if (file?.startsWith("-")) return unexpected(file);
+      if (extra.length > 0) return unexpected(extra[0]);
+      return { kind: "check-config", configPath: file ?? configPath ?? DEFAULT_CONFIG_PATH };
+    }
     case "calls":
     case "call":
       return {
@@ -101,7 +94,7 @@ export function parseArgs(args: readonly string[]): Command {
       };
     default:
       return command.startsWith("-")
-        ? { kind: "usage-error", message: `Unknown option ${JSON.stringify(command)}` }
+        ? unexpected(command)
         : { kind: "usage-error", message: `Unknown command ${JSON.stringify(command)}` };
   }
 }

@@ -9,6 +9,7 @@
  * writes move the TX cadence?). `--tx-lead-ms N` overrides `audio.tx_lead_ms` beyond the config's
  * 1000 ms bound, so a huge value turns pacing off (what pacing buys).
  */
+import { readCommandLine } from "../src/command_line.ts";
 import { loadConfig } from "../src/config/load.ts";
 import type { Config } from "../src/config/types.ts";
 import { runKav } from "../src/kav.ts";
@@ -27,23 +28,28 @@ export const NULL_STORE: CallStore = {
   close: () => Promise.resolve(),
 };
 
-function option(args: readonly string[], name: string): string | null {
-  const at = args.indexOf(name);
-  return at >= 0 && at + 1 < args.length ? args[at + 1] : null;
-}
+const OPTIONS = {
+  config: { type: "string" },
+  "no-store": { type: "boolean", default: false },
+  "tx-lead-ms": { type: "string" },
+  "lag-probe": { type: "boolean", default: false },
+  floor: { type: "boolean", default: false },
+} as const;
 
 if (import.meta.main) {
-  const args = Deno.args;
-  const path = option(args, "--config");
-  if (path === null) {
+  const { values } = readCommandLine(Deno.args, OPTIONS);
+  const path = values.config;
+  if (path === undefined) {
     console.error("Usage: _bench_kav.ts --config FILE [--no-store] [--tx-lead-ms N]");
     Deno.exit(2);
   }
   let config: Config = await loadConfig(path);
-  const lead = option(args, "--tx-lead-ms");
-  if (lead !== null) config = { ...config, audio: { ...config.audio, tx_lead_ms: Number(lead) } };
-  const store = args.includes("--no-store") ? NULL_STORE : undefined;
-  if (args.includes("--lag-probe")) {
+  const lead = values["tx-lead-ms"];
+  if (lead !== undefined) {
+    config = { ...config, audio: { ...config.audio, tx_lead_ms: Number(lead) } };
+  }
+  const store = values["no-store"] ? NULL_STORE : undefined;
+  if (values["lag-probe"]) {
     let expected = performance.now() + 5;
     const probe = setInterval(() => {
       const now = performance.now();
@@ -56,7 +62,7 @@ if (import.meta.main) {
     }, 5);
     Deno.unrefTimer(probe);
   }
-  if (args.includes("--floor")) {
+  if (values.floor) {
     const server = config.server;
     await serveFloor({
       hostname: server.hostname,

@@ -8,6 +8,7 @@
  *   deno run -A scripts/_bench_load.ts --url URL --public-url URL --token T --calls N
  *     --ramp-ms MS --turns N --duration-ms MS [--speak-first]
  */
+import { readCommandLine } from "../src/command_line.ts";
 import { type CallCounts, fixtureLines, simulate } from "./_sim_engine.ts";
 import { type HistogramJson, MsHistogram } from "./_sim_stats.ts";
 
@@ -24,19 +25,24 @@ export interface LoadReport extends CallCounts {
   readonly lag: HistogramJson;
 }
 
-function option(args: readonly string[], name: string, fallback: string): string {
-  const at = args.indexOf(name);
-  return at >= 0 && at + 1 < args.length ? args[at + 1] : fallback;
-}
+const OPTIONS = {
+  url: { type: "string", default: "http://127.0.0.1:8080" },
+  "public-url": { type: "string" },
+  token: { type: "string" },
+  calls: { type: "string", default: "1" },
+  "ramp-ms": { type: "string", default: "1000" },
+  turns: { type: "string", default: "1" },
+  "duration-ms": { type: "string", default: "0" },
+  "speak-first": { type: "boolean", default: false },
+} as const;
 
 function write(line: unknown): void {
   Deno.stdout.writeSync(new TextEncoder().encode(JSON.stringify(line) + "\n"));
 }
 
 if (import.meta.main) {
-  const args = Deno.args;
-  const baseUrl = option(args, "--url", "http://127.0.0.1:8080");
-  const token = option(args, "--token", "");
+  const { values } = readCommandLine(Deno.args, OPTIONS);
+  const baseUrl = values.url;
   const lag = new MsHistogram();
   let expected = performance.now() + 10;
   const probe = setInterval(() => {
@@ -47,17 +53,17 @@ if (import.meta.main) {
   const report = await simulate({
     target: {
       baseUrl,
-      publicUrl: option(args, "--public-url", baseUrl),
-      authToken: token === "" ? null : token,
+      publicUrl: values["public-url"] ?? baseUrl,
+      authToken: values.token ?? null,
     },
-    calls: Number(option(args, "--calls", "1")),
-    rampMs: Number(option(args, "--ramp-ms", "1000")),
-    turns: Number(option(args, "--turns", "1")),
-    minDurationMs: Number(option(args, "--duration-ms", "0")),
+    calls: Number(values.calls),
+    rampMs: Number(values["ramp-ms"]),
+    turns: Number(values.turns),
+    minDurationMs: Number(values["duration-ms"]),
     lines: fixtureLines(),
     answerTimeoutMs: 15_000,
     strict: false,
-    speakFirst: args.includes("--speak-first"),
+    speakFirst: values["speak-first"],
     onAllStarted: () => write({ event: "placed" }),
   });
   clearInterval(probe);

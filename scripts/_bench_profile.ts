@@ -5,6 +5,7 @@
  *
  *   deno run -A scripts/_bench_profile.ts --port 9229 --seconds 10 [--out kav.cpuprofile]
  */
+import { readCommandLine } from "../src/command_line.ts";
 
 interface ProfileNode {
   readonly id: number;
@@ -22,11 +23,6 @@ interface Profile {
   readonly timeDeltas: readonly number[];
   readonly startTime: number;
   readonly endTime: number;
-}
-
-function option(args: readonly string[], name: string, fallback: string): string {
-  const at = args.indexOf(name);
-  return at >= 0 && at + 1 < args.length ? args[at + 1] : fallback;
 }
 
 /** Self time per function (ms) and share of the profile, highest first. */
@@ -63,9 +59,14 @@ export function topFunctions(
 }
 
 if (import.meta.main) {
-  const port = option(Deno.args, "--port", "9229");
-  const seconds = Number(option(Deno.args, "--seconds", "10"));
-  const out = option(Deno.args, "--out", "kav.cpuprofile");
+  const { values } = readCommandLine(Deno.args, {
+    port: { type: "string", default: "9229" },
+    seconds: { type: "string", default: "10" },
+    out: { type: "string", default: "kav.cpuprofile" },
+  });
+  const port = values.port;
+  const seconds = Number(values.seconds);
+  const out = values.out;
   const targets = await (await fetch(`http://127.0.0.1:${port}/json`)).json() as {
     webSocketDebuggerUrl: string;
   }[];

@@ -6,6 +6,7 @@
  *
  *   deno run -A scripts/_bench_webhook.ts --url http://127.0.0.1:8080 --public-url URL --token T
  */
+import { readCommandLine } from "../src/command_line.ts";
 import { computeSignature } from "../src/twilio/signature.ts";
 import { MsHistogram, round2 } from "./_sim_stats.ts";
 
@@ -17,11 +18,6 @@ export interface WebhookWindow {
   readonly max: number;
   /** Answers other than 204, and failed requests. */
   readonly errors: number;
-}
-
-function option(args: readonly string[], name: string, fallback: string): string {
-  const at = args.indexOf(name);
-  return at >= 0 && at + 1 < args.length ? args[at + 1] : fallback;
 }
 
 /** A finer histogram than the simulator's: 0.1 ms bins up to 250 ms, read at 0.01 ms rounding. */
@@ -36,11 +32,16 @@ function summary(h: MsHistogram, errors: number): WebhookWindow {
 }
 
 if (import.meta.main) {
-  const args = Deno.args;
-  const baseUrl = option(args, "--url", "http://127.0.0.1:8080");
-  const publicUrl = option(args, "--public-url", baseUrl);
-  const token = option(args, "--token", "");
-  const intervalMs = Number(option(args, "--interval-ms", "10"));
+  const { values } = readCommandLine(Deno.args, {
+    url: { type: "string", default: "http://127.0.0.1:8080" },
+    "public-url": { type: "string" },
+    token: { type: "string" },
+    "interval-ms": { type: "string", default: "10" },
+  });
+  const baseUrl = values.url;
+  const publicUrl = values["public-url"] ?? baseUrl;
+  const token = values.token ?? "";
+  const intervalMs = Number(values["interval-ms"]);
   const path = "/webhook/stream_status";
   const params: [string, string][] = [
     ["AccountSid", "AC" + "0".repeat(32)],

@@ -38,6 +38,7 @@
  * Prints tables and writes `bench/results/<timestamp>.json` and `bench/results/latest.json`.
  */
 import { DatabaseSync } from "node:sqlite";
+import { readCommandLine, taskArgs } from "../src/command_line.ts";
 import {
   fixtureClips,
   mergeToml,
@@ -71,7 +72,6 @@ import {
 } from "./_bench_report.ts";
 import { runStep, type StepOptions, type StepResult } from "./_bench_step.ts";
 import { round2 } from "./_sim_stats.ts";
-import { taskArgs } from "./_flags.ts";
 
 /** Calls of the unmeasured warm-up each fresh Kav gets. */
 const WARMUP_CALLS = 20;
@@ -112,93 +112,61 @@ function benchCommand(argv: readonly string[]): string {
   return `deno task bench${flags.length > 0 ? ` -- ${flags.join(" ")}` : ""}`;
 }
 
-function parseArgs(all: readonly string[]): BenchArgs {
-  const argv = taskArgs(all);
-  const args: BenchArgs = {
-    steps: [25, 50, 100, 200, 400, 800],
-    durationMs: 22_000,
-    windowMs: 10_000,
-    turns: 3,
-    pin: true,
-    nice: true,
-    variants: true,
-    keep: false,
-    keepGoing: false,
-    kavFlags: [],
-    lagProbe: false,
-    wire: true,
-    floor: false,
-    extraToml: "",
-    speech: "google",
-    speechCompare: 0,
-    out: new URL("../bench/results/", import.meta.url).pathname,
-  };
-  for (let i = 0; i < argv.length; i++) {
-    switch (argv[i]) {
-      case "--steps":
-        args.steps = (argv[++i] ?? "").split(",").map(Number);
-        if (args.steps.some((n) => !Number.isInteger(n) || n < 1)) {
-          throw new RangeError(`Cannot use --steps ${JSON.stringify(argv[i])}`);
-        }
-        break;
-      case "--quick":
-        args.steps = [25, 50];
-        args.durationMs = 14_000;
-        args.windowMs = 5_000;
-        args.turns = 2;
-        break;
-      case "--no-pin":
-        args.pin = false;
-        break;
-      case "--no-nice":
-        args.nice = false;
-        break;
-      case "--skip-variants":
-        args.variants = false;
-        break;
-      case "--keep":
-        args.keep = true;
-        break;
-      case "--keep-going":
-        args.keepGoing = true;
-        break;
-      case "--kav-flag":
-        args.kavFlags.push(argv[++i] ?? "");
-        break;
-      case "--extra-toml":
-        args.extraToml = argv[++i] ?? "";
-        break;
-      case "--floor":
-        args.floor = true;
-        break;
-      case "--no-wire":
-        args.wire = false;
-        break;
-      case "--lag-probe":
-        args.lagProbe = true;
-        break;
-      case "--out":
-        args.out = argv[++i] ?? args.out;
-        break;
-      case "--speech": {
-        const speech = argv[++i];
-        if (speech !== "google" && speech !== "openai") {
-          throw new RangeError(`Cannot use --speech ${JSON.stringify(speech)}: google or openai`);
-        }
-        args.speech = speech;
-        break;
-      }
-      case "--speech-compare":
-        args.speechCompare = Number(argv[++i]);
-        if (!Number.isInteger(args.speechCompare) || args.speechCompare < 1) {
-          throw new RangeError(`Cannot use --speech-compare ${JSON.stringify(argv[i])}`);
-        }
-        break;
-      default:
-        throw new RangeError(`Unknown option ${JSON.stringify(argv[i])}`);
+const OPTIONS = {
+  steps: { type: "string" },
+  quick: { type: "boolean" },
+  "no-pin": { type: "boolean" },
+  "no-nice": { type: "boolean" },
+  "skip-variants": { type: "boolean" },
+  keep: { type: "boolean" },
+  "keep-going": { type: "boolean" },
+  "kav-flag": { type: "string", multiple: true },
+  "extra-toml": { type: "string" },
+  floor: { type: "boolean" },
+  "no-wire": { type: "boolean" },
+  "lag-probe": { type: "boolean" },
+  out: { type: "string" },
+  speech: { type: "string" },
+  "speech-compare": { type: "string" },
+} as const;
+
+function parseArgs(argv: readonly string[]): BenchArgs {
+  const { values } = readCommandLine(argv, OPTIONS);
+  const quick = values.quick ?? false;
+  let steps = quick ? [25, 50] : [25, 50, 100, 200, 400, 800];
+  if (values.steps !== undefined) {
+    steps = values.steps.split(",").map(Number);
+    if (steps.some((n) => !Number.isInteger(n) || n < 1)) {
+      throw new RangeError(`Cannot use --steps ${JSON.stringify(values.steps)}`);
     }
   }
-  return args;
+  const speech = values.speech ?? "google";
+  if (speech !== "google" && speech !== "openai") {
+    throw new RangeError(`Cannot use --speech ${JSON.stringify(speech)}: google or openai`);
+  }
+  const speechCompare = Number(values["speech-compare"] ?? 0);
+  if (!Number.isInteger(speechCompare) || speechCompare < 0) {
+    throw new RangeError(`Cannot use --speech-compare ${JSON.stringify(values["speech-compare"])}`);
+  }
+  return {
+    steps,
+    durationMs: quick ? 14_000 : 22_000,
+    windowMs: quick ? 5_000 : 10_000,
+    turns: quick ? 2 : 3,
+    pin: !values["no-pin"],
+    nice: !values["no-nice"],
+    variants: !values["skip-variants"],
+    keep: values.keep ?? false,
+    keepGoing: values["keep-going"] ?? false,
+    kavFlags: values["kav-flag"] ?? [],
+    lagProbe: values["lag-probe"] ?? false,
+    wire: !values["no-wire"],
+    floor: values.floor ?? false,
+    extraToml: values["extra-toml"] ?? "",
+    speech,
+    speechCompare,
+    out: values.out ?? new URL("../bench/results/", import.meta.url).pathname,
+  };
 }
 
 /** The sandbox config with the bench's differences: signed requests, room for 800+ calls. */

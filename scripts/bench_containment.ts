@@ -8,16 +8,19 @@
  *
  * Prints a table and one JSON line. Figures are per message, median of the rounds.
  */
+import { readCommandLine } from "../src/command_line.ts";
 import { inCallScope } from "../src/call/_session_escape.ts";
 import { parseInbound } from "../src/twilio/protocol.ts";
 
-function arg(name: string, fallback: number): number {
-  const i = Deno.args.indexOf(`--${name}`);
-  return i >= 0 ? Number(Deno.args[i + 1]) : fallback;
+const { values } = readCommandLine(Deno.args, {
+  messages: { type: "string", default: "200000" },
+  rounds: { type: "string", default: "5" },
+});
+const MESSAGES = Number(values.messages);
+const ROUNDS = Number(values.rounds);
+if (!Number.isInteger(MESSAGES) || MESSAGES < 1 || !Number.isInteger(ROUNDS) || ROUNDS < 1) {
+  throw new RangeError(`Cannot use --messages "${values.messages}" --rounds "${values.rounds}"`);
 }
-
-const MESSAGES = arg("messages", 200_000);
-const ROUNDS = arg("rounds", 5);
 const payload = new Uint8Array(160).map((_, i) => (i * 7) & 0xff).toBase64();
 const message = `{"event":"media","sequenceNumber":"42","streamSid":"MZ${
   "0".repeat(32)

@@ -9,28 +9,27 @@
  *    same ticker with no store running.
  * Prints one JSON document, then a table.
  */
+import { readCommandLine } from "../src/command_line.ts";
 import { createLogger } from "../src/observe/log.ts";
 import { openCallStore, type SqliteCallStore } from "../src/store/sqlite.ts";
 import type { TurnRecord } from "../src/store/types.ts";
-import { taskArgs } from "./_flags.ts";
 
 interface Args {
   calls: number;
   seconds: number;
 }
 
-function parseArgs(all: readonly string[]): Args {
-  const args: Args = { calls: 200, seconds: 10 };
-  const argv = taskArgs(all);
-  for (let i = 0; i < argv.length; i += 2) {
-    const key = argv[i].replace(/^--/, "");
-    const value = Number(argv[i + 1]);
-    if ((key !== "calls" && key !== "seconds") || !(value > 0)) {
-      throw new RangeError(`Cannot use argument "${argv[i]} ${argv[i + 1] ?? ""}"`);
-    }
-    args[key] = value;
-  }
-  return args;
+const OPTIONS = { calls: { type: "string" }, seconds: { type: "string" } } as const;
+
+function parseArgs(argv: readonly string[]): Args {
+  const { values } = readCommandLine(argv, OPTIONS);
+  const positive = (name: keyof typeof OPTIONS, fallback: number): number => {
+    const raw = values[name];
+    const value = Number(raw ?? fallback);
+    if (!(value > 0)) throw new RangeError(`Cannot use --${name} ${JSON.stringify(raw)}`);
+    return value;
+  };
+  return { calls: positive("calls", 200), seconds: positive("seconds", 10) };
 }
 
 function quantile(values: number[], q: number): number {

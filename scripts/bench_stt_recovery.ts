@@ -9,6 +9,7 @@
  * times below the timer's resolution read as 0. Prints one JSON document, then a table.
  */
 import { PassThrough } from "node:stream";
+import { readCommandLine } from "../src/command_line.ts";
 import { createLogger } from "../src/observe/log.ts";
 import { type GoogleSessionDeps, GoogleSpeechSession } from "../src/stt/_google_session.ts";
 import type { Stream } from "../src/stt/_stream_probe.ts";
@@ -17,12 +18,12 @@ import { loadClips } from "../tests/support/_protos.ts";
 import { concatBytes } from "../tests/support/bytes.ts";
 
 function parseFrames(argv: readonly string[]): number {
-  if (argv.length === 0) return 50_000;
-  const value = Number(argv[1]);
-  if (argv[0] !== "--frames" || !Number.isInteger(value) || value < 100) {
-    throw new RangeError(`Cannot use arguments "${argv.join(" ")}"`);
+  const { values } = readCommandLine(argv, { frames: { type: "string", default: "50000" } });
+  const frames = Number(values.frames);
+  if (!Number.isInteger(frames) || frames < 100) {
+    throw new RangeError(`Cannot use --frames "${values.frames}": expected a whole number >= 100`);
   }
-  return value;
+  return frames;
 }
 
 function quantile(sorted: Float64Array, q: number): number {

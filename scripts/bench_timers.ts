@@ -8,6 +8,7 @@
  * the process CPU. Usage: `deno run -A scripts/bench_timers.ts [--tasks 1,100,400] [--seconds 5]`.
  * Prints a table, then JSON.
  */
+import { readCommandLine } from "../src/command_line.ts";
 import {
   HeapScheduler,
   PHASE_GRID_MS,
@@ -155,14 +156,16 @@ async function measure(
   } satisfies Row;
 }
 
-function arg(name: string, fallback: string): string {
-  const i = Deno.args.indexOf(name);
-  return i >= 0 ? Deno.args[i + 1] ?? fallback : fallback;
-}
-
 if (import.meta.main) {
-  const counts = arg("--tasks", "1,100,400").split(",").map(Number);
-  const seconds = Number(arg("--seconds", "5"));
+  const { values } = readCommandLine(Deno.args, {
+    tasks: { type: "string", default: "1,100,400" },
+    seconds: { type: "string", default: "5" },
+  });
+  const counts = values.tasks.split(",").map(Number);
+  const seconds = Number(values.seconds);
+  if (counts.some((n) => !Number.isInteger(n) || n < 1) || !(seconds > 0)) {
+    throw new RangeError(`Cannot use --tasks "${values.tasks}" --seconds "${values.seconds}"`);
+  }
   const rows: Row[] = [];
   for (const tasks of counts) {
     rows.push(await measure("RealtimeScheduler", new RealtimeScheduler(), tasks, seconds));

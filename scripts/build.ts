@@ -14,10 +14,9 @@
  *   --notify-socket /run/systemd/notify --lib-dir /usr/local/lib/kav (bundle: where install.sh
  *   puts deno and kav.js). The path options change what the build may read and write at run time.
  */
-import { parseArgs } from "node:util";
 import { Buffer } from "node:buffer";
 import { dirname, join, resolve } from "node:path";
-import { taskArgs } from "./_flags.ts";
+import { readCommandLine } from "../src/command_line.ts";
 
 /** The directories Kav may touch at run time; the defaults match systemd/kav.service. */
 export interface RuntimePaths {
@@ -347,21 +346,16 @@ export async function bundle(options: BuildOptions & { libDir: string }): Promis
 }
 
 async function cli(args: string[]): Promise<number> {
-  const { values, positionals } = parseArgs({
-    // Here the `--` of `deno task compile -- FLAGS` would end the options early.
-    args: taskArgs(args),
-    allowPositionals: true,
-    options: {
-      entry: { type: "string", default: "main.ts" },
-      output: { type: "string" },
-      "config-dir": { type: "string", default: SYSTEM_PATHS.configDir },
-      "state-dir": { type: "string", default: SYSTEM_PATHS.stateDir },
-      "cache-dir": { type: "string", default: SYSTEM_PATHS.cacheDir },
-      "credentials-dir": { type: "string", default: SYSTEM_PATHS.credentialsDir },
-      "notify-socket": { type: "string", default: SYSTEM_PATHS.notifySocket },
-      "lib-dir": { type: "string", default: "/usr/local/lib/kav" },
-    },
-  });
+  const { values, positionals } = readCommandLine(args, {
+    entry: { type: "string", default: "main.ts" },
+    output: { type: "string" },
+    "config-dir": { type: "string", default: SYSTEM_PATHS.configDir },
+    "state-dir": { type: "string", default: SYSTEM_PATHS.stateDir },
+    "cache-dir": { type: "string", default: SYSTEM_PATHS.cacheDir },
+    "credentials-dir": { type: "string", default: SYSTEM_PATHS.credentialsDir },
+    "notify-socket": { type: "string", default: SYSTEM_PATHS.notifySocket },
+    "lib-dir": { type: "string", default: "/usr/local/lib/kav" },
+  }, { positionals: true });
   const paths: RuntimePaths = {
     configDir: values["config-dir"],
     stateDir: values["state-dir"],

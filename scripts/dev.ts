@@ -17,6 +17,7 @@
  * `tts.provider = "openai"` (SPEC 10) against a local OpenAI-compatible speech server instead of
  * the gRPC ones. With `--config FILE`, Kav runs exactly as `kav --config FILE` would.
  */
+import { readCommandLine } from "../src/command_line.ts";
 import { loadConfig, parseConfig } from "../src/config/load.ts";
 import type { Config } from "../src/config/types.ts";
 import { ConfigError, formatProblem } from "../src/errors.ts";
@@ -28,7 +29,6 @@ import {
   type SpeechProvider,
   startProviderServers,
 } from "../tests/support/sandbox.ts";
-import { readFlags } from "./_flags.ts";
 
 /** Where the dev sandbox keeps its config and records (relative to the working directory). */
 export const DEV_DIR = ".kav-dev";
@@ -54,45 +54,28 @@ export interface DevArgs {
   readonly speech: SpeechProvider;
 }
 
+const OPTIONS = {
+  port: { type: "string" },
+  config: { type: "string", short: "c" },
+  speech: { type: "string" },
+  help: { type: "boolean", short: "h" },
+} as const;
+
 /** Parses the command line; throws RangeError naming the bad option. */
 export function parseDevArgs(argv: readonly string[]): DevArgs | "help" {
-  let port = 8080;
-  let configPath: string | null = null;
-  let speech: SpeechProvider = "google";
-  for (const arg of readFlags(argv)) {
-    const flag = arg.name;
-    const value = arg.value;
-    switch (flag) {
-      case "--help":
-      case "-h":
-        return "help";
-      case "--port": {
-        const raw = value();
-        port = Number(raw);
-        if (!Number.isInteger(port) || port < 0 || port > 65535) {
-          throw new RangeError(`Cannot use --port ${JSON.stringify(raw)}: expected 0-65535`);
-        }
-        break;
-      }
-      case "--config":
-      case "-c":
-        configPath = value();
-        break;
-      case "--speech": {
-        const raw = value();
-        if (raw !== "google" && raw !== "openai") {
-          throw new RangeError(
-            `Cannot use --speech ${JSON.stringify(raw)}: expected google or openai`,
-          );
-        }
-        speech = raw;
-        break;
-      }
-      default:
-        throw new RangeError(`Unknown option ${JSON.stringify(arg.raw)}`);
-    }
+  const { values } = readCommandLine(argv, OPTIONS);
+  if (values.help) return "help";
+  const port = Number(values.port ?? 8080);
+  if (!Number.isInteger(port) || port < 0 || port > 65535) {
+    throw new RangeError(`Cannot use --port ${JSON.stringify(values.port)}: expected 0-65535`);
   }
-  return { port, configPath, speech };
+  const speech = values.speech ?? "google";
+  if (speech !== "google" && speech !== "openai") {
+    throw new RangeError(
+      `Cannot use --speech ${JSON.stringify(speech)}: expected google or openai`,
+    );
+  }
+  return { port, configPath: values.config ?? null, speech };
 }
 
 /** Which providers are real (credentials present) and which are sandboxed. */

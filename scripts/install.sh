@@ -134,6 +134,10 @@ elif ! cmp -s "$ETC/kav.toml" "$EXAMPLE"; then
 fi
 install_file "$EXAMPLE" "$DOC/kav.example.toml" 644
 [ ! -f "$SRC/README.md" ] || install_file "$SRC/README.md" "$DOC/README.md" 644
+# The README links these by relative path, so they keep it.
+for doc in "$SRC"/docs/*.md; do
+  [ ! -f "$doc" ] || install_file "$doc" "$DOC/docs/$(basename "$doc")" 644
+done
 # systemd's credential store; Kav's secrets go in as kav.<name> (see kav.service).
 make_dir "$CREDSTORE" 700
 

@@ -23,6 +23,7 @@
  */
 import { basename } from "node:path";
 import { parseWav } from "../src/audio/wav.ts";
+import { readCommandLine } from "../src/command_line.ts";
 import {
   encodeLine,
   fixtureLines,
@@ -32,7 +33,6 @@ import {
 } from "./_sim_engine.ts";
 import type { CallerLine } from "./_sim_call.ts";
 import { normalizeBaseUrl } from "./_sim_twilio.ts";
-import { readFlags } from "./_flags.ts";
 
 export const USAGE = `Places simultaneous Twilio-like calls against a Kav server and reports them.
 
@@ -69,78 +69,60 @@ export interface SimulateArgs {
   readonly quiet: boolean;
 }
 
+const OPTIONS = {
+  url: { type: "string" },
+  "public-url": { type: "string" },
+  "auth-token": { type: "string" },
+  calls: { type: "string" },
+  ramp: { type: "string" },
+  turns: { type: "string" },
+  duration: { type: "string" },
+  audio: { type: "string" },
+  "answer-timeout": { type: "string" },
+  "no-callbacks": { type: "boolean" },
+  json: { type: "boolean" },
+  quiet: { type: "boolean" },
+  help: { type: "boolean", short: "h" },
+} as const;
+
+/** `--name N`: a number >= 0 (a whole one when `integer`), or `fallback` when not given. */
+function count(
+  name: string,
+  raw: string | undefined,
+  options: { fallback: number; integer: boolean },
+): number {
+  if (raw === undefined) return options.fallback;
+  const n = Number(raw);
+  if (!Number.isFinite(n) || n < 0 || (options.integer && !Number.isInteger(n))) {
+    throw new RangeError(`Cannot use --${name} ${JSON.stringify(raw)}: expected a number >= 0`);
+  }
+  return n;
+}
+
 /** Parses the command line; throws RangeError naming the bad option. */
 export function parseSimulateArgs(
   argv: readonly string[],
   env: { TWILIO_AUTH_TOKEN?: string } = {},
 ): SimulateArgs | "help" {
-  const args = {
-    url: "http://127.0.0.1:8080",
-    publicUrl: null as string | null,
-    authToken: env.TWILIO_AUTH_TOKEN || null,
-    calls: 1,
-    rampS: 1,
-    turns: 1,
-    durationS: 0,
-    audio: null as string | null,
-    answerTimeoutS: 15,
-    callbacks: true,
-    json: false,
-    quiet: false,
+  const { values } = readCommandLine(argv, OPTIONS);
+  if (values.help) return "help";
+  const args: SimulateArgs = {
+    url: values.url ?? "http://127.0.0.1:8080",
+    publicUrl: values["public-url"] ?? null,
+    authToken: values["auth-token"] ?? (env.TWILIO_AUTH_TOKEN || null),
+    calls: count("calls", values.calls, { fallback: 1, integer: true }),
+    rampS: count("ramp", values.ramp, { fallback: 1, integer: false }),
+    turns: count("turns", values.turns, { fallback: 1, integer: true }),
+    durationS: count("duration", values.duration, { fallback: 0, integer: false }),
+    audio: values.audio ?? null,
+    answerTimeoutS: count("answer-timeout", values["answer-timeout"], {
+      fallback: 15,
+      integer: false,
+    }),
+    callbacks: !values["no-callbacks"],
+    json: values.json ?? false,
+    quiet: values.quiet ?? false,
   };
-  const numbers = {
-    "--calls": "calls",
-    "--ramp": "rampS",
-    "--turns": "turns",
-    "--duration": "durationS",
-    "--answer-timeout": "answerTimeoutS",
-  } as const;
-  for (const arg of readFlags(argv)) {
-    const flag = arg.name;
-    const value = arg.value;
-    switch (flag) {
-      case "--help":
-      case "-h":
-        return "help";
-      case "--url":
-        args.url = value();
-        break;
-      case "--public-url":
-        args.publicUrl = value();
-        break;
-      case "--auth-token":
-        args.authToken = value();
-        break;
-      case "--audio":
-        args.audio = value();
-        break;
-      case "--no-callbacks":
-        args.callbacks = false;
-        break;
-      case "--json":
-        args.json = true;
-        break;
-      case "--quiet":
-        args.quiet = true;
-        break;
-      case "--calls":
-      case "--ramp":
-      case "--turns":
-      case "--duration":
-      case "--answer-timeout": {
-        const raw = value();
-        const n = Number(raw);
-        const integer = flag === "--calls" || flag === "--turns";
-        if (!Number.isFinite(n) || n < 0 || (integer && !Number.isInteger(n))) {
-          throw new RangeError(`Cannot use ${flag} ${JSON.stringify(raw)}: expected a number >= 0`);
-        }
-        args[numbers[flag]] = n;
-        break;
-      }
-      default:
-        throw new RangeError(`Unknown option ${JSON.stringify(arg.raw)}`);
-    }
-  }
   if (args.calls < 1) throw new RangeError("Cannot simulate fewer than 1 call");
   normalizeBaseUrl(args.url);
   if (args.publicUrl !== null) normalizeBaseUrl(args.publicUrl);

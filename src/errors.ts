@@ -55,11 +55,3 @@ export class ProviderError extends Error {
         category === "server");
   }
 }
-
-/** A request whose X-Twilio-Signature did not verify. */
-export class SignatureError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = "SignatureError";
-  }
-}

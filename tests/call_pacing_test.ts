@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { ManualScheduler } from "../src/call/manual_scheduler.ts";
+import { ManualScheduler } from "./support/manual_scheduler.ts";
 import { MarkTracker } from "../src/call/marks.ts";
 import { QueueOutbound } from "../src/call/outbound.ts";
 import { RxQueue } from "../src/call/rx_queue.ts";

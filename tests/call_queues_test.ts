@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import fc from "fast-check";
-import { frameAt, frameCount, splitFrames } from "../src/audio/frames.ts";
+import { frameAt, frameCount } from "../src/audio/frames.ts";
 import { MarkTracker } from "../src/call/marks.ts";
 import { Ring } from "../src/call/ring.ts";
 import { RxQueue } from "../src/call/rx_queue.ts";
@@ -220,17 +220,18 @@ Deno.test("TxQueue push() rejects with the signal's reason when aborted", async 
   await assert.rejects(q.push("x", { signal: controller.signal }), /hung up/);
 });
 
-Deno.test("splitFrames() cuts 160-byte frames and pads the last with 0xFF", () => {
+Deno.test("frameAt() cuts 160-byte frames and pads the last with 0xFF", () => {
   const audio = new Uint8Array(400).map((_, i) => i & 0x7f);
-  const frames = splitFrames(audio);
-  assert.equal(frames.length, 3);
   assert.equal(frameCount(400), 3);
+  assert.equal(frameCount(0), 0);
+  const frames = [0, 1, 2].map((i) => frameAt(audio, i));
   for (const f of frames) assert.equal(f.length, 160);
   assert.deepEqual(frames[2].subarray(0, 80), audio.subarray(320));
   assert.ok(frames[2].subarray(80).every((b) => b === 0xff));
   assert.equal(frames[0].buffer, audio.buffer, "whole frames are views");
-  assert.deepEqual(splitFrames(new Uint8Array(0)), []);
+  assert.notEqual(frames[2].buffer, audio.buffer, "the padded tail is a copy");
   assert.throws(() => frameAt(audio, 3), /frame "3"/);
+  assert.throws(() => frameAt(audio, -1), /frame "-1"/);
 });
 
 Deno.test("MarkTracker tells played marks from marks pending at clear", () => {

@@ -7,7 +7,7 @@
  */
 import assert from "node:assert/strict";
 import { encodeMulaw } from "../src/audio/mulaw.ts";
-import { decodeMulaw } from "../src/audio/mulaw.ts";
+import { decodeMulaw } from "./support/bytes.ts";
 import { resample } from "../src/audio/resample.ts";
 import { DEFAULT_GREETING } from "../src/config/_schema.ts";
 import {

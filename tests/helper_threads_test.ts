@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { lowerHelperThreads, type ThreadSystem } from "../src/runtime/helper_threads.ts";
+import { ignoredWhen, NOT_LINUX } from "./support/requires.ts";
 
 /** A process with the given threads (tid → name) and nice values. */
 function fakeSystem(
@@ -68,8 +69,10 @@ Deno.test("helper threads: an increment outside 0-19 is refused", () => {
 });
 
 Deno.test({
-  name: "helper threads: a real Deno process gets its V8 helpers lowered, its main thread not",
-  ignore: Deno.build.os !== "linux",
+  ...ignoredWhen(
+    "helper threads: a real Deno process gets its V8 helpers lowered, its main thread not",
+    NOT_LINUX,
+  ),
   async fn() {
     const program = `
       import { lowerHelperThreads } from ${MODULE};
@@ -106,8 +109,10 @@ Deno.test({
 });
 
 Deno.test({
-  name: "helper threads: without --allow-all Deno refuses /proc/self, and nothing changes",
-  ignore: Deno.build.os !== "linux",
+  ...ignoredWhen(
+    "helper threads: without --allow-all Deno refuses /proc/self, and nothing changes",
+    NOT_LINUX,
+  ),
   async fn() {
     const program = `
       import { lowerHelperThreads } from ${MODULE};

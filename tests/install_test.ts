@@ -32,6 +32,9 @@ async function makeTree(dist: "executable" | "bundle" | "none"): Promise<Tree> {
   } catch {
     await Deno.writeTextFile(`${src}/kav.example.toml`, EXAMPLE);
   }
+  for (const doc of ["README.md", "docs/operations.md"]) {
+    await copy(`${ROOT}${doc}`, `${src}/${doc}`);
+  }
   await Deno.mkdir(`${src}/dist`, { recursive: true });
   if (dist === "executable") {
     await Deno.writeTextFile(`${src}/dist/kav`, "#!/bin/sh\necho compiled kav\n");
@@ -106,6 +109,12 @@ Deno.test("install.sh --prefix lays out the executable, unit, config and credsto
     assert.equal(await Deno.readTextFile(`${p}/usr/local/share/doc/kav/kav.example.toml`), example);
     assert.equal(await mode(`${p}/etc/credstore`), "700");
     assert.equal(await exists(`${p}/usr/local/lib/kav`), false);
+    // The unit's Documentation= and the README's relative links both resolve.
+    for (const doc of ["README.md", "docs/operations.md"]) {
+      const installed = `${p}/usr/local/share/doc/kav/${doc}`;
+      assert.equal(await Deno.readTextFile(installed), await Deno.readTextFile(`${ROOT}${doc}`));
+      assert.equal(await mode(installed), "644");
+    }
     assert.match(stdout, /Installing Kav \(executable\)/);
     assert.match(stdout, /systemctl enable --now kav/);
     assert.match(stdout, /Webhook, HTTP POST, https:\/\/\S+\/twiml/);

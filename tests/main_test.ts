@@ -64,6 +64,18 @@ Deno.test("parseArgs() refuses unknown commands, options and a missing --config 
     kind: "usage-error",
     message: 'Unknown command "frobnicate"',
   });
+  assert.deepEqual(parseArgs(["--verbose"]), {
+    kind: "usage-error",
+    message: 'Cannot use option "--verbose"',
+  });
+  assert.deepEqual(parseArgs(["--config"]), {
+    kind: "usage-error",
+    message: "Cannot use --config: a value is required",
+  });
+  assert.deepEqual(parseArgs(["check-config", "--json"]), {
+    kind: "usage-error",
+    message: 'Cannot use option "--json"',
+  });
 });
 
 async function kav(

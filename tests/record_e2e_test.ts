@@ -85,7 +85,6 @@ Deno.test("a simulated call leaves its full record and kav call / kav calls prin
       // Greeting, then at least the clip as agent speech back: both directions carried audio.
       assert.ok(counters.rx_frames >= Math.floor(clip.audio.length / 160), `${counters.rx_frames}`);
       assert.ok(counters.tx_frames > 0);
-      assert.equal(counters.tx_drops, 0);
       assert.equal(counters.malformed, 0);
       for (const name of ["e2e_latency", "llm_ttft", "tts_ttfb"] as const) {
         const { p50, p90 } = call.latency[name];

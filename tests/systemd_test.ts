@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { RUNTIME_ENV, SYSTEM_PATHS } from "../scripts/build.ts";
 import { SECRET_KEYS } from "../src/config/_schema.ts";
+import { commandRuns, ignoredWhen, NOT_LINUX } from "./support/requires.ts";
 
 const UNIT_PATH = new URL("../systemd/kav.service", import.meta.url).pathname;
 const EXAMPLE_PATH = new URL("../kav.example.toml", import.meta.url).pathname;
@@ -106,19 +107,19 @@ Deno.test("kav.service hardening leaves V8 its JIT and binds no privileged port"
   assert.match(one("RestrictAddressFamilies"), /AF_UNIX/); // sd_notify
 });
 
-async function systemdAnalyze(args: string[]): Promise<{ code: number; text: string } | null> {
-  try {
-    const out = await new Deno.Command("systemd-analyze", {
-      args,
-      stdout: "piped",
-      stderr: "piped",
-      env: { SYSTEMD_COLORS: "0", SYSTEMD_PAGER: "" },
-    }).output();
-    return { code: out.code, text: decoder.decode(out.stdout) + decoder.decode(out.stderr) };
-  } catch (error) {
-    if (error instanceof Deno.errors.NotFound) return null;
-    throw error;
-  }
+/** Why the `systemd-analyze` tests cannot run here, or null. */
+const NO_SYSTEMD_ANALYZE = commandRuns("systemd-analyze", ["--version"])
+  ? null
+  : "systemd-analyze is not installed, apt-get install systemd";
+
+async function systemdAnalyze(args: string[]): Promise<{ code: number; text: string }> {
+  const out = await new Deno.Command("systemd-analyze", {
+    args,
+    stdout: "piped",
+    stderr: "piped",
+    env: { SYSTEMD_COLORS: "0", SYSTEMD_PAGER: "" },
+  }).output();
+  return { code: out.code, text: decoder.decode(out.stdout) + decoder.decode(out.stderr) };
 }
 
 /** A copy of the unit whose ExecStart names an existing executable, as verify requires. */
@@ -134,56 +135,59 @@ async function verifiableCopy(dir: string): Promise<string> {
   return `${dir}/kav.service`;
 }
 
-Deno.test("systemd-analyze verify accepts kav.service without warnings", async () => {
-  const dir = await Deno.makeTempDir();
-  try {
-    const result = await systemdAnalyze(["verify", await verifiableCopy(dir)]);
-    if (result === null) {
-      console.log("skipped: systemd-analyze is not installed (apt-get install systemd)");
-      return;
+Deno.test({
+  ...ignoredWhen("systemd-analyze verify accepts kav.service without warnings", NO_SYSTEMD_ANALYZE),
+  async fn() {
+    const dir = await Deno.makeTempDir();
+    try {
+      const result = await systemdAnalyze(["verify", await verifiableCopy(dir)]);
+      assert.equal(result.code, 0, result.text);
+      // Unknown keys and bad values are only warnings to verify; treat them as failures.
+      assert.doesNotMatch(result.text, /Unknown|Invalid|ignoring|Failed|not executable/i);
+    } finally {
+      await Deno.remove(dir, { recursive: true });
     }
-    assert.equal(result.code, 0, result.text);
-    // Unknown keys and bad values are only warnings to verify; treat them as failures.
-    assert.doesNotMatch(result.text, /Unknown|Invalid|ignoring|Failed|not executable/i);
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
+  },
 });
 
-Deno.test("systemd-analyze verify fails on a unit whose ExecStart is missing", async () => {
-  const dir = await Deno.makeTempDir();
-  try {
-    const copy = await verifiableCopy(dir);
-    await Deno.remove(`${dir}/kav`);
-    const result = await systemdAnalyze(["verify", copy]);
-    if (result === null) {
-      console.log("skipped: systemd-analyze is not installed");
-      return;
+Deno.test({
+  ...ignoredWhen(
+    "systemd-analyze verify fails on a unit whose ExecStart is missing",
+    NO_SYSTEMD_ANALYZE,
+  ),
+  async fn() {
+    const dir = await Deno.makeTempDir();
+    try {
+      const copy = await verifiableCopy(dir);
+      await Deno.remove(`${dir}/kav`);
+      const result = await systemdAnalyze(["verify", copy]);
+      assert.notEqual(result.code, 0, result.text);
+    } finally {
+      await Deno.remove(dir, { recursive: true });
     }
-    assert.notEqual(result.code, 0, result.text);
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
+  },
 });
 
-Deno.test("systemd-analyze security rates kav.service OK and prints its exposure", async () => {
-  const dir = await Deno.makeTempDir();
-  try {
-    const result = await systemdAnalyze(["security", "--offline=yes", await verifiableCopy(dir)]);
-    if (result === null) {
-      console.log("skipped: systemd-analyze is not installed");
-      return;
+Deno.test({
+  ...ignoredWhen(
+    "systemd-analyze security rates kav.service OK and prints its exposure",
+    NO_SYSTEMD_ANALYZE,
+  ),
+  async fn() {
+    const dir = await Deno.makeTempDir();
+    try {
+      const result = await systemdAnalyze(["security", "--offline=yes", await verifiableCopy(dir)]);
+      assert.equal(result.code, 0, result.text);
+      assert.doesNotMatch(result.text, /Invalid syntax|Unknown key|ignoring/i);
+      const m = /Overall exposure level for kav\.service: ([\d.]+) (\S+)/.exec(result.text);
+      assert.ok(m, result.text);
+      console.log(`systemd-analyze security: exposure ${m[1]} ${m[2]}`);
+      // 0 = locked down, 10 = fully exposed; a network service that must JIT sits near 1.
+      assert.ok(Number(m[1]) <= 2.0, `exposure ${m[1]} is above 2.0`);
+    } finally {
+      await Deno.remove(dir, { recursive: true });
     }
-    assert.equal(result.code, 0, result.text);
-    assert.doesNotMatch(result.text, /Invalid syntax|Unknown key|ignoring/i);
-    const m = /Overall exposure level for kav\.service: ([\d.]+) (\S+)/.exec(result.text);
-    assert.ok(m, result.text);
-    console.log(`systemd-analyze security: exposure ${m[1]} ${m[2]}`);
-    // 0 = locked down, 10 = fully exposed; a network service that must JIT sits near 1.
-    assert.ok(Number(m[1]) <= 2.0, `exposure ${m[1]} is above 2.0`);
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
+  },
 });
 
 /** The shell script of `ExecStartPost=-/bin/sh -c '…'`, with systemd's `$$` escapes undone. */
@@ -207,8 +211,10 @@ Deno.test("kav.service lowers V8's helper threads like server.helper_thread_nice
 });
 
 Deno.test({
-  name: "kav.service's ExecStartPost renices a running Deno's V8 helpers, nothing else",
-  ignore: Deno.build.os !== "linux",
+  ...ignoredWhen(
+    "kav.service's ExecStartPost renices a running Deno's V8 helpers, nothing else",
+    NOT_LINUX,
+  ),
   async fn() {
     const child = new Deno.Command(Deno.execPath(), {
       args: ["eval", "--no-config", "console.log('up'); setTimeout(() => {}, 60_000);"],

@@ -5,6 +5,7 @@
  */
 import assert from "node:assert/strict";
 import { fixtureClip, sayAndWait, startKavProcess } from "./support/kav_process.ts";
+import { commandRuns, ignoredWhen } from "./support/requires.ts";
 import { startProviderServers } from "./support/sandbox.ts";
 import { TwilioClient } from "./support/twilio_client.ts";
 
@@ -44,66 +45,60 @@ async function selfSigned(dir: string): Promise<{ cert: string; key: string }> {
   return { cert, key };
 }
 
-async function haveOpenssl(): Promise<boolean> {
-  try {
-    return (await new Deno.Command("openssl", { args: ["version"], stdout: "null" }).output())
-      .success;
-  } catch {
-    return false;
-  }
-}
+const NO_OPENSSL = commandRuns("openssl", ["version"])
+  ? null
+  : "openssl is not installed, so no certificate can be generated";
 
-Deno.test("a wss:// call works end to end against Kav terminating TLS itself", async () => {
-  if (!await haveOpenssl()) {
-    console.log("skipped: openssl is not installed, so no certificate can be generated");
-    return;
-  }
-  const dir = await Deno.makeTempDir({ prefix: "kav-tls-" });
-  const servers = await startProviderServers();
-  let client: TwilioClient | null = null;
-  let http: Deno.HttpClient | null = null;
-  try {
-    const { cert, key } = await selfSigned(dir);
-    const kav = await startKavProcess({
-      servers,
-      dir,
-      extra: `[server]\ntls_cert = "${cert}"\ntls_key = "${key}"`,
-    });
+Deno.test({
+  ...ignoredWhen("a wss:// call works end to end against Kav terminating TLS itself", NO_OPENSSL),
+  async fn() {
+    const dir = await Deno.makeTempDir({ prefix: "kav-tls-" });
+    const servers = await startProviderServers();
+    let client: TwilioClient | null = null;
+    let http: Deno.HttpClient | null = null;
     try {
-      assert.match(kav.mediaUrl, /^wss:\/\/127\.0\.0\.1:\d+\/ws\/twilio-media$/);
-      http = Deno.createHttpClient({ caCerts: [await Deno.readTextFile(cert)] });
-      const health = await fetch(`${kav.baseUrl}/healthz`, { client: http });
-      assert.equal(health.status, 200);
-      assert.equal(await health.text(), "ok\n");
-      // Without the certificate the connection is refused: the trust really comes from it.
-      await assert.rejects(fetch(`${kav.baseUrl}/healthz`));
-      await assert.rejects(fetch(`http://127.0.0.1:${kav.port}/healthz`));
-
-      servers.llm.script("שלום, הגעתם בחיבור מאובטח.");
-      client = await TwilioClient.connect({ url: kav.mediaUrl, client: http });
-      client.begin();
-      await client.waitForEcho("greeting_end", { timeoutMs: TIMEOUT_MS });
-      assert.ok(client.mediaFrames > 0);
-      await sayAndWait(
-        client,
-        fixtureClip("goodbye").audio,
-        client.waitForEcho("a1_0", { timeoutMs: TIMEOUT_MS }),
-      );
-      assert.deepEqual(client.invalid, []);
-      client.sendStop();
-      await client.closed;
-      await kav.waitForLine(new RegExp(`call=${client.callSid} ended outcome=completed`), {
-        timeoutMs: TIMEOUT_MS,
+      const { cert, key } = await selfSigned(dir);
+      const kav = await startKavProcess({
+        servers,
+        dir,
+        extra: `[server]\ntls_cert = "${cert}"\ntls_key = "${key}"`,
       });
-      kav.kill("SIGTERM");
-      assert.equal((await kav.status).code, 0, kav.log());
+      try {
+        assert.match(kav.mediaUrl, /^wss:\/\/127\.0\.0\.1:\d+\/ws\/twilio-media$/);
+        http = Deno.createHttpClient({ caCerts: [await Deno.readTextFile(cert)] });
+        const health = await fetch(`${kav.baseUrl}/healthz`, { client: http });
+        assert.equal(health.status, 200);
+        assert.equal(await health.text(), "ok\n");
+        // Without the certificate the connection is refused: the trust really comes from it.
+        await assert.rejects(fetch(`${kav.baseUrl}/healthz`));
+        await assert.rejects(fetch(`http://127.0.0.1:${kav.port}/healthz`));
+
+        servers.llm.script("שלום, הגעתם בחיבור מאובטח.");
+        client = await TwilioClient.connect({ url: kav.mediaUrl, client: http });
+        client.begin();
+        await client.waitForEcho("greeting_end", { timeoutMs: TIMEOUT_MS });
+        assert.ok(client.mediaFrames > 0);
+        await sayAndWait(
+          client,
+          fixtureClip("goodbye").audio,
+          client.waitForEcho("a1_0", { timeoutMs: TIMEOUT_MS }),
+        );
+        assert.deepEqual(client.invalid, []);
+        client.sendStop();
+        await client.closed;
+        await kav.waitForLine(new RegExp(`call=${client.callSid} ended outcome=completed`), {
+          timeoutMs: TIMEOUT_MS,
+        });
+        kav.kill("SIGTERM");
+        assert.equal((await kav.status).code, 0, kav.log());
+      } finally {
+        await client?.close();
+        await kav.close();
+      }
     } finally {
-      await client?.close();
-      await kav.close();
+      http?.close();
+      await servers.close();
+      await Deno.remove(dir, { recursive: true });
     }
-  } finally {
-    http?.close();
-    await servers.close();
-    await Deno.remove(dir, { recursive: true });
-  }
+  },
 });

@@ -6,7 +6,7 @@
  * shape, and the phrase cache on top.
  */
 import assert from "node:assert/strict";
-import { decodeMulaw } from "../src/audio/mulaw.ts";
+import { decodeMulaw } from "./support/bytes.ts";
 import { parseConfig } from "../src/config/load.ts";
 import type { TtsOpenAiConfig } from "../src/config/types.ts";
 import { ProviderError } from "../src/errors.ts";

@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
-import { decodeMulaw, encodeMulaw, frameDbfs } from "../src/audio/mulaw.ts";
+import { encodeMulaw, frameDbfs } from "../src/audio/mulaw.ts";
+import { decodeMulaw } from "./support/bytes.ts";
 import { createVad, Vad, type VadTransition } from "../src/audio/vad.ts";
 import { concatBytes } from "./support/bytes.ts";
 

@@ -1,22 +1,17 @@
 /** Telephony audio framing: μ-law 8000 Hz mono, cut into the 20 ms frames Kav sends and paces. */
 
-/** Samples per second. */
+/** Samples per second of Twilio media (μ-law, mono). */
 export const SAMPLE_RATE = 8000;
 /** Duration of one frame, ms. */
 export const FRAME_MS = 20;
 /** Bytes (= samples) in one 20 ms μ-law frame. */
 export const FRAME_BYTES = 160;
-/** μ-law encoding of silence (PCM 0). */
+/** Twilio's and G.711's μ-law silence byte (+0); 0x7F (−0) decodes to 0 as well. */
 export const MULAW_SILENCE = 0xff;
 
 /** Number of 20 ms frames `bytes` of μ-law audio fills (the last one possibly partial). */
 export function frameCount(bytes: number): number {
   return Math.ceil(bytes / FRAME_BYTES);
-}
-
-/** Milliseconds of audio in `bytes` of μ-law at 8000 Hz. */
-export function mulawDurationMs(bytes: number): number {
-  return bytes / (SAMPLE_RATE / 1000);
 }
 
 /**
@@ -33,14 +28,6 @@ export function frameAt(mulaw: Uint8Array, index: number): Uint8Array {
   const padded = new Uint8Array(FRAME_BYTES).fill(MULAW_SILENCE);
   padded.set(mulaw.subarray(start));
   return padded;
-}
-
-/** All frames of `mulaw` (views plus a padded copy of the tail); empty input gives none. */
-export function splitFrames(mulaw: Uint8Array): Uint8Array[] {
-  const n = frameCount(mulaw.length);
-  const frames = new Array<Uint8Array>(n);
-  for (let i = 0; i < n; i++) frames[i] = frameAt(mulaw, i);
-  return frames;
 }
 
 /** `ms` of μ-law silence, whole frames (rounded up). */

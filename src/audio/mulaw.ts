@@ -1,19 +1,10 @@
 /**
  * G.711 μ-law helpers on top of `npm:alawmulaw`: a decode table built once, per-frame energy for
- * the VAD (no allocation), and whole-buffer conversions for WAV import/export.
+ * the VAD (no allocation), and the PCM16 → μ-law conversion for WAV import.
  */
 import alawmulaw from "alawmulaw";
 
 const codec = alawmulaw.mulaw;
-
-/** Twilio's and G.711's silence byte (+0); 0x7F (−0) decodes to 0 as well. */
-export const MULAW_SILENCE = 0xff;
-
-/** Samples per second of Twilio media (μ-law, mono). */
-export const SAMPLE_RATE = 8000;
-
-/** Bytes in one 20 ms μ-law frame at 8000 Hz. */
-export const FRAME_BYTES = 160;
 
 /** Full-scale PCM16 amplitude, the 0 dBFS reference. */
 const FULL_SCALE = 32768;
@@ -61,13 +52,6 @@ export function energyToDbfs(energy: number): number {
 /** RMS level of one μ-law frame in dBFS (`MIN_DBFS` for digital silence). Allocates nothing. */
 export function frameDbfs(frame: Uint8Array): number {
   return energyToDbfs(frameEnergy(frame));
-}
-
-/** μ-law bytes → PCM16 samples (for WAV export and analysis; not for the 20 ms path). */
-export function decodeMulaw(bytes: Uint8Array): Int16Array {
-  const pcm = new Int16Array(bytes.length);
-  for (let i = 0; i < bytes.length; i++) pcm[i] = MULAW_TO_PCM[bytes[i]];
-  return pcm;
 }
 
 /** PCM16 samples → μ-law bytes (for WAV import and fixtures). */

@@ -10,7 +10,8 @@
  * voiced frame was seen for `hangoverMs`. While speaking, frames only need to clear the threshold
  * minus `hysteresisDb`, which keeps soft word endings inside the utterance.
  */
-import { frameDbfs, SAMPLE_RATE } from "./mulaw.ts";
+import { SAMPLE_RATE } from "./frames.ts";
+import { frameDbfs } from "./mulaw.ts";
 import type { SttConfig } from "../config/types.ts";
 
 /** A change of speech state. Times are ms on the caller's clock (the `atMs` passed to `push`). */
@@ -57,7 +58,6 @@ export class Vad {
   #block = 0;
   #blockFrames = 0;
   #floorDbfs = 0;
-  #levelDbfs = 0;
   #speaking = false;
   /** Consecutive voiced frames while not speaking, and when the first of them started. */
   #run = 0;
@@ -88,11 +88,6 @@ export class Vad {
     return this.#speaking ? this.#lastVoicedEnd : null;
   }
 
-  /** Level of the last frame pushed, dBFS. */
-  get levelDbfs(): number {
-    return this.#levelDbfs;
-  }
-
   /** Current noise-floor estimate, dBFS. */
   get floorDbfs(): number {
     return this.#floorDbfs;
@@ -104,7 +99,6 @@ export class Vad {
     this.#block = 0;
     this.#blockFrames = 0;
     this.#floorDbfs = this.#priorFloorDbfs;
-    this.#levelDbfs = this.#priorFloorDbfs;
     this.#speaking = false;
     this.#run = 0;
     this.#runStartAt = 0;
@@ -118,7 +112,6 @@ export class Vad {
   push(frame: Uint8Array, atMs: number): VadTransition | null {
     const level = frameDbfs(frame);
     const endAt = atMs + (frame.length * 1000) / SAMPLE_RATE;
-    this.#levelDbfs = level;
     this.#trackFloor(level);
     let threshold = this.#floorDbfs + this.#marginDb;
     if (threshold < this.#minSpeechDbfs) threshold = this.#minSpeechDbfs;

@@ -1,10 +1,11 @@
 /**
- * WAV (RIFF) reading and writing for Kav's audio: 8000 Hz mono, μ-law or PCM16. Used for fixtures,
- * the call simulator and exports; never on the 20 ms path.
+ * WAV (RIFF) reading for Kav's audio: 8000 Hz mono, μ-law or PCM16. Used for synthesized speech
+ * (Google wraps MULAW in a WAV header) and the simulator's caller audio; never on the 20 ms path.
  */
-import { decodeMulaw, encodeMulaw, SAMPLE_RATE } from "./mulaw.ts";
+import { SAMPLE_RATE } from "./frames.ts";
+import { encodeMulaw, MULAW_TO_PCM } from "./mulaw.ts";
 
-/** Sample encodings Kav reads and writes. */
+/** Sample encodings Kav reads. */
 export type WavEncoding = "mulaw" | "pcm16";
 
 /** A parsed WAV file, its audio converted to 8000 Hz mono μ-law (Twilio's media format). */
@@ -18,7 +19,8 @@ export interface WavAudio {
 }
 
 const FORMAT_PCM = 1;
-const FORMAT_MULAW = 7;
+/** WAVE_FORMAT_MULAW. */
+export const FORMAT_MULAW = 7;
 const FORMAT_EXTENSIBLE = 0xfffe;
 
 function fourCc(view: DataView, offset: number): string {
@@ -58,18 +60,35 @@ function encodingOf(fmt: FmtChunk): WavEncoding {
   );
 }
 
+/** Whether `bytes` start with a RIFF/WAVE header (anything else is taken as raw audio). */
+export function isWav(bytes: Uint8Array): boolean {
+  if (bytes.length < 12) return false;
+  const view = new DataView(bytes.buffer, bytes.byteOffset, 12);
+  return fourCc(view, 0) === "RIFF" && fourCc(view, 8) === "WAVE";
+}
+
+/** What a WAV file's `fmt ` chunk says, and its `data` chunk's samples (a view, not a copy). */
+export interface WavChunks {
+  /** Format tag: 1 PCM, 7 μ-law (the real tag for WAVE_FORMAT_EXTENSIBLE). */
+  readonly format: number;
+  readonly channels: number;
+  /** Samples per second. */
+  readonly sampleRate: number;
+  readonly bitsPerSample: number;
+  readonly data: Uint8Array;
+}
+
 /**
- * Parses a RIFF/WAVE file holding 8000 Hz mono μ-law or PCM16 and returns its audio as μ-law.
- * Unknown chunks (LIST, fact, …) are skipped; a data chunk whose declared size runs past the end
- * (streamed writers such as `espeak-ng --stdout`) is read to the end of the file.
- * @throws TypeError when the bytes are not a supported WAV file; RangeError for another rate or
- *   channel count.
+ * Walks a RIFF/WAVE file's chunks up to `data`. Unknown chunks (LIST, fact, …) are skipped; a data
+ * chunk that declares 0 bytes or runs past the end (streamed writers such as `espeak-ng --stdout`)
+ * is read to the end of the file.
+ * @throws TypeError when the bytes are not a WAV file or its chunks are cut short.
  */
-export function parseWav(bytes: Uint8Array): WavAudio {
-  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-  if (bytes.length < 12 || fourCc(view, 0) !== "RIFF" || fourCc(view, 8) !== "WAVE") {
+export function readWavChunks(bytes: Uint8Array): WavChunks {
+  if (!isWav(bytes)) {
     throw new TypeError(`Cannot read WAV: no RIFF/WAVE header in "${bytes.length}" bytes`);
   }
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   let fmt: FmtChunk | null = null;
   let offset = 12;
   while (offset + 8 <= bytes.length) {
@@ -83,13 +102,24 @@ export function parseWav(bytes: Uint8Array): WavAudio {
       fmt = readFmt(view, body, declared);
     } else if (id === "data") {
       if (fmt === null) throw new TypeError("Cannot read WAV: data chunk comes before fmt");
-      const end = Math.min(body + declared, bytes.length);
-      return { ...convert(fmt, bytes.subarray(body, end)), sampleRate: fmt.sampleRate };
+      const end = declared === 0 || body + declared > bytes.length ? bytes.length : body + declared;
+      return { ...fmt, data: bytes.subarray(body, end) };
     }
     // Chunks are padded to an even size.
     offset = body + declared + (declared & 1);
   }
   throw new TypeError(`Cannot read WAV: no ${fmt === null ? "fmt" : "data"} chunk found`);
+}
+
+/**
+ * Parses a RIFF/WAVE file holding 8000 Hz mono μ-law or PCM16 and returns its audio as μ-law (a
+ * copy). Chunks as `readWavChunks`.
+ * @throws TypeError when the bytes are not a supported WAV file; RangeError for another rate or
+ *   channel count.
+ */
+export function parseWav(bytes: Uint8Array): WavAudio {
+  const chunks = readWavChunks(bytes);
+  return { ...convert(chunks, chunks.data), sampleRate: chunks.sampleRate };
 }
 
 function convert(fmt: FmtChunk, data: Uint8Array): { encoding: WavEncoding; mulaw: Uint8Array } {
@@ -164,8 +194,9 @@ export function writeWav(
   if (isMulaw) {
     out.set(mulaw, offset);
   } else {
-    const pcm = decodeMulaw(mulaw);
-    for (let i = 0; i < pcm.length; i++) view.setInt16(offset + i * 2, pcm[i], true);
+    for (let i = 0; i < mulaw.length; i++) {
+      view.setInt16(offset + i * 2, MULAW_TO_PCM[mulaw[i]], true);
+    }
   }
   return out;
 }

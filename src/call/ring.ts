@@ -23,10 +23,6 @@ export class Ring<T> {
     return this.#size;
   }
 
-  get full(): boolean {
-    return this.#size === this.#slots.length;
-  }
-
   /** Appends `item`; returns false (and changes nothing) when full. */
   push(item: T): boolean {
     const cap = this.#slots.length;

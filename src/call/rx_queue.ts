@@ -34,7 +34,7 @@ export class RxQueue<T> {
     return this.#ring.size;
   }
 
-  /** Media frames queued. */
+  /** Media frames queued (never more than the capacity). */
   get mediaSize(): number {
     return this.#media;
   }
@@ -77,10 +77,6 @@ export class RxQueue<T> {
     const item = this.#ring.take();
     if (item !== undefined && this.#isMedia(item)) this.#media--;
     return item;
-  }
-
-  peek(): T | undefined {
-    return this.#ring.peek();
   }
 
   /** Empties the queue; returns how many items were removed. */

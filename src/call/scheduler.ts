@@ -1,7 +1,7 @@
 /**
  * The clock every paced loop runs on. One shared scheduler serves all calls: a min-heap of task
  * deadlines and a single `setTimeout` armed for the earliest one, so 400 calls cost one timer, and
- * a tick allocates nothing (tasks are reusable handles). Tests drive a `ManualScheduler` instead.
+ * a tick allocates nothing (tasks are reusable handles). Tests drive a `ManualScheduler` (`tests/support/`) instead.
  */
 import { TaskHeap, type TaskSlot } from "./_task_heap.ts";
 

@@ -60,8 +60,6 @@ export class TxWorker {
   #paused = false;
   #playhead = 0;
   #frames = 0;
-  #marksSent = 0;
-  #clears = 0;
   #lateTicks = 0;
   #pausedTicks = 0;
   #windowFrames = 0;
@@ -90,12 +88,6 @@ export class TxWorker {
   get framesSent(): number {
     return this.#frames;
   }
-  get marksSent(): number {
-    return this.#marksSent;
-  }
-  get clearsSent(): number {
-    return this.#clears;
-  }
   /** Ticks so late the playhead fell behind by more than a frame (an audible gap). */
   get lateTicks(): number {
     return this.#lateTicks;
@@ -103,10 +95,6 @@ export class TxWorker {
   /** Ticks skipped because the socket's send buffer was over the limit. */
   get pausedTicks(): number {
     return this.#pausedTicks;
-  }
-  /** Clock time (ms) at which the audio sent so far finishes playing. */
-  get playhead(): number {
-    return this.#playhead;
   }
 
   /** Enables sending; needs the stream's encoder (from `start`). */
@@ -159,7 +147,6 @@ export class TxWorker {
     if (this.#clearPending) {
       this.#clearPending = false;
       socket.send(encoder.clear());
-      this.#clears++;
       this.#marks.clearSent();
       this.#playhead = now;
     }
@@ -225,6 +212,5 @@ export class TxWorker {
     }
     this.#socket.send(encoder.mark(item));
     this.#marks.sent(item);
-    this.#marksSent++;
   }
 }

@@ -353,10 +353,6 @@ export function crmDeliveryAttempt(result: "delivered" | "failed"): void {
 export function watchCrmOutbox(read: () => number): void {
   crmOutboxPending = read;
 }
-export function activeCalls(): number {
-  return activeCallCount;
-}
-
 /** Zeroes every counter and histogram and forgets the watchers (tests only). */
 export function resetMetrics(): void {
   for (const metric of registry) metric.reset();

@@ -2,6 +2,7 @@
  * `kav calls [--since 1h] [--limit N] [--json] [--redact]` and
  * `kav call <CallSid> [--json] [--redact]`: read the call store (read-only, safe while Kav runs).
  */
+import { readCommandLine } from "../command_line.ts";
 import { type CallReader, type CallRow, openCallReader } from "./read.ts";
 import { formatCallDetail, formatCallTable, redactCall, redactDetail } from "./_cli_format.ts";
 
@@ -44,32 +45,26 @@ interface Flags {
   readonly limit: number;
 }
 
+const OPTIONS = {
+  json: { type: "boolean" },
+  redact: { type: "boolean" },
+  since: { type: "string" },
+  limit: { type: "string" },
+} as const;
+
 function parseFlags(args: readonly string[]): Flags {
-  const positional: string[] = [];
-  let json = false;
-  let redact = false;
-  let since = "24h";
-  let limit = 100;
-  for (let i = 0; i < args.length; i++) {
-    const [flag, inline] = args[i].startsWith("--") ? args[i].split("=", 2) : [args[i], undefined];
-    const value = () => {
-      const v = inline ?? args[++i];
-      if (v === undefined) throw new RangeError(`Cannot use ${flag}: a value is required`);
-      return v;
-    };
-    if (flag === "--json") json = true;
-    else if (flag === "--redact") redact = true;
-    else if (flag === "--since") since = value();
-    else if (flag === "--limit") {
-      const raw = value();
-      limit = Number(raw);
-      if (!Number.isInteger(limit) || limit < 1) {
-        throw new RangeError(`Cannot use --limit "${raw}": expected a positive integer`);
-      }
-    } else if (flag.startsWith("--")) throw new RangeError(`Cannot use option "${flag}"`);
-    else positional.push(flag);
+  const { values, positionals } = readCommandLine(args, OPTIONS, { positionals: true });
+  const limit = Number(values.limit ?? 100);
+  if (!Number.isInteger(limit) || limit < 1) {
+    throw new RangeError(`Cannot use --limit "${values.limit}": expected a positive integer`);
   }
-  return { positional, json, redact, since, limit };
+  return {
+    positional: positionals,
+    json: values.json ?? false,
+    redact: values.redact ?? false,
+    since: values.since ?? "24h",
+    limit,
+  };
 }
 
 function listCalls(reader: CallReader, flags: Flags, now: number, out: (l: string) => void) {

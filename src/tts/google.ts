@@ -8,6 +8,8 @@
 // The v1 client alone: the package index also loads v1p1beta1, v2 and 5 MB of generated
 // protobuf code, ~7 MB of heap that every major GC would mark again.
 import * as v1 from "@google-cloud/text-to-speech/v1";
+import { SAMPLE_RATE } from "../audio/frames.ts";
+import { FORMAT_MULAW, isWav, readWavChunks, type WavChunks } from "../audio/wav.ts";
 import type { TtsConfig } from "../config/types.ts";
 import { ProviderError } from "../errors.ts";
 import * as metrics from "../observe/metrics.ts";
@@ -27,50 +29,29 @@ export interface GoogleTtsOptions {
   readonly timeoutMs?: number;
 }
 
-const WAV_MULAW = 7;
-
-function fourcc(bytes: Uint8Array, at: number): string {
-  return String.fromCharCode(bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]);
-}
-
 /**
  * The samples of a RIFF/WAVE file's `data` chunk (a view), after checking its `fmt ` chunk says
  * μ-law, 8000 Hz, mono. Bytes without a RIFF header are returned as they are (already raw).
  * Throws a non-retryable `ProviderError` for any other format: Kav never resamples.
  */
 export function stripWavHeader(bytes: Uint8Array): Uint8Array {
-  if (bytes.length < 12 || fourcc(bytes, 0) !== "RIFF" || fourcc(bytes, 8) !== "WAVE") return bytes;
-  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-  let format: { tag: number; channels: number; rate: number } | null = null;
-  let at = 12;
-  while (at + 8 <= bytes.length) {
-    const id = fourcc(bytes, at);
-    const size = view.getUint32(at + 4, true);
-    const body = at + 8;
-    if (id === "fmt " && size >= 16 && body + 16 <= bytes.length) {
-      format = {
-        tag: view.getUint16(body, true),
-        channels: view.getUint16(body + 2, true),
-        rate: view.getUint32(body + 4, true),
-      };
-    } else if (id === "data") {
-      if (!format || format.tag !== WAV_MULAW || format.channels !== 1 || format.rate !== 8000) {
-        const got = format
-          ? `format ${format.tag}, ${format.rate} Hz, ${format.channels} ch`
-          : "no fmt";
-        throw new ProviderError("tts", "invalid_request", `Cannot use synthesized audio: "${got}"`);
-      }
-      // A streamed WAV may declare 0 or 0xFFFFFFFF; the data runs to the end then.
-      const end = size === 0 || body + size > bytes.length ? bytes.length : body + size;
-      return bytes.subarray(body, end);
-    }
-    at = body + size + (size % 2); // chunks are padded to an even length
+  if (!isWav(bytes)) return bytes;
+  let wav: WavChunks;
+  try {
+    wav = readWavChunks(bytes);
+  } catch (error) {
+    throw new ProviderError(
+      "tts",
+      "server",
+      `Cannot find audio in synthesized WAV of "${bytes.length}" bytes`,
+      { cause: error },
+    );
   }
-  throw new ProviderError(
-    "tts",
-    "server",
-    `Cannot find audio in synthesized WAV of "${bytes.length}" bytes`,
-  );
+  if (wav.format !== FORMAT_MULAW || wav.channels !== 1 || wav.sampleRate !== SAMPLE_RATE) {
+    const got = `format ${wav.format}, ${wav.sampleRate} Hz, ${wav.channels} ch`;
+    throw new ProviderError("tts", "invalid_request", `Cannot use synthesized audio: "${got}"`);
+  }
+  return wav.data;
 }
 
 function toBytes(content: Uint8Array | string | null | undefined): Uint8Array {

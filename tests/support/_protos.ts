@@ -119,16 +119,3 @@ export function loadClips(jsonPath: string): Clip[] {
   }
   return clips;
 }
-
-/** Parses `--name value` pairs of a standalone server's command line. */
-export function parseArgs(args: readonly string[]): Map<string, string> {
-  const out = new Map<string, string>();
-  for (let i = 0; i < args.length; i++) {
-    const arg = args[i];
-    if (!arg.startsWith("--")) throw new TypeError(`Cannot parse argument "${arg}"`);
-    const eq = arg.indexOf("=");
-    if (eq > 0) out.set(arg.slice(2, eq), arg.slice(eq + 1));
-    else out.set(arg.slice(2), args[++i] ?? "");
-  }
-  return out;
-}

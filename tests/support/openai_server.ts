@@ -8,6 +8,7 @@
  * [--token-delay-ms 30] [--first-token-delay-ms 200]`, then `llm.base_url =
  * "http://127.0.0.1:8089/v1"`.
  */
+import { readCommandLine } from "../../src/command_line.ts";
 
 /** One chat message as received. */
 export interface ReceivedMessage {
@@ -302,19 +303,21 @@ export async function startOpenAiServer(
   };
 }
 
-function flag(args: readonly string[], name: string): number | undefined {
-  const at = args.indexOf(name);
-  if (at < 0 || at + 1 >= args.length) return undefined;
-  const value = Number(args[at + 1]);
-  if (!Number.isFinite(value)) throw new RangeError(`Cannot parse ${name}: "${args[at + 1]}"`);
-  return value;
-}
-
 if (import.meta.main) {
+  const { values } = readCommandLine(Deno.args, {
+    port: { type: "string", default: "8089" },
+    "token-delay-ms": { type: "string", default: "30" },
+    "first-token-delay-ms": { type: "string", default: "200" },
+  });
+  const number = (name: keyof typeof values): number => {
+    const value = Number(values[name]);
+    if (!Number.isFinite(value)) throw new RangeError(`Cannot parse --${name}: "${values[name]}"`);
+    return value;
+  };
   const server = await startOpenAiServer({
-    port: flag(Deno.args, "--port") ?? 8089,
-    tokenDelayMs: flag(Deno.args, "--token-delay-ms") ?? 30,
-    firstTokenDelayMs: flag(Deno.args, "--first-token-delay-ms") ?? 200,
+    port: number("port"),
+    tokenDelayMs: number("token-delay-ms"),
+    firstTokenDelayMs: number("first-token-delay-ms"),
   });
   console.log(`OpenAI-compatible server on ${server.baseUrl}`);
   Deno.addSignalListener("SIGINT", () => void server.close().then(() => Deno.exit(0)));

@@ -15,10 +15,12 @@
  * Standalone: `deno run -A tests/support/openai_speech_server.ts --port 8090`, then
  * `base_url = "http://127.0.0.1:8090/v1"` in `[stt.openai]` and `[tts.openai]`.
  */
-import { decodeMulaw, encodeMulaw } from "../../src/audio/mulaw.ts";
+import { encodeMulaw } from "../../src/audio/mulaw.ts";
+import { decodeMulaw } from "./bytes.ts";
 import { parseWav } from "../../src/audio/wav.ts";
 import { findClips } from "./_clip_matcher.ts";
-import { type Clip, loadClips, parseArgs } from "./_protos.ts";
+import { readCommandLine } from "../../src/command_line.ts";
+import { type Clip, loadClips } from "./_protos.ts";
 import { synthWaveform } from "./tts_server.ts";
 
 /** Behaviour tests may change at any time; it applies to requests received afterwards. */
@@ -437,14 +439,17 @@ export async function startOpenAiSpeechServer(
 }
 
 if (import.meta.main) {
-  const args = parseArgs(Deno.args);
-  const clipsPath = args.get("clips") ??
-    new URL("../fixtures/clips.json", import.meta.url).pathname;
+  const { values } = readCommandLine(Deno.args, {
+    clips: { type: "string", default: new URL("../fixtures/clips.json", import.meta.url).pathname },
+    port: { type: "string", default: "8090" },
+    host: { type: "string", default: "127.0.0.1" },
+    sse: { type: "string", default: "openai" },
+  });
   const server = await startOpenAiSpeechServer({
-    clips: loadClips(clipsPath),
-    port: Number(args.get("port") ?? 8090),
-    hostname: args.get("host") ?? "127.0.0.1",
-    sseFormat: args.get("sse") === "vllm" ? "vllm" : "openai",
+    clips: loadClips(values.clips),
+    port: Number(values.port),
+    hostname: values.host,
+    sseFormat: values.sse === "vllm" ? "vllm" : "openai",
   });
   console.log(`OpenAI-compatible speech server on ${server.baseUrl}`);
   Deno.addSignalListener("SIGINT", () => void server.close().then(() => Deno.exit(0)));

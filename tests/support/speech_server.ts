@@ -8,7 +8,8 @@
  */
 import * as grpc from "@grpc/grpc-js";
 import { ClipMatcher, findClips, type MatchEvent } from "./_clip_matcher.ts";
-import { type Clip, loadClips, parseArgs, speechService } from "./_protos.ts";
+import { readCommandLine } from "../../src/command_line.ts";
+import { type Clip, loadClips, speechService } from "./_protos.ts";
 
 type Timer = ReturnType<typeof setTimeout>;
 
@@ -363,17 +364,23 @@ export async function startSpeechServer(options: SpeechServerOptions): Promise<S
 }
 
 if (import.meta.main) {
-  const args = parseArgs(Deno.args);
-  const clipsPath = args.get("clips") ??
-    new URL("../fixtures/clips.json", import.meta.url).pathname;
+  const { values } = readCommandLine(Deno.args, {
+    clips: { type: "string", default: new URL("../fixtures/clips.json", import.meta.url).pathname },
+    port: { type: "string", default: "50051" },
+    host: { type: "string", default: "127.0.0.1" },
+    "open-delay-ms": { type: "string", default: "0" },
+    "latency-ms": { type: "string", default: "0" },
+    headers: { type: "string", default: "immediate" },
+    "no-final-end-time": { type: "boolean", default: false },
+  });
   const server = await startSpeechServer({
-    clips: loadClips(clipsPath),
-    port: Number(args.get("port") ?? 50051),
-    hostname: args.get("host") ?? "127.0.0.1",
-    openDelayMs: Number(args.get("open-delay-ms") ?? 0),
-    latencyMs: Number(args.get("latency-ms") ?? 0),
-    headers: args.get("headers") === "with-first-result" ? "with_first_result" : "immediate",
-    finalEndTime: args.get("final-end-time") !== "no",
+    clips: loadClips(values.clips),
+    port: Number(values.port),
+    hostname: values.host,
+    openDelayMs: Number(values["open-delay-ms"]),
+    latencyMs: Number(values["latency-ms"]),
+    headers: values.headers === "with-first-result" ? "with_first_result" : "immediate",
+    finalEndTime: !values["no-final-end-time"],
   });
   console.log(`speech_server listening on ${server.address}`);
   Deno.addSignalListener("SIGINT", () => server.close().then(() => Deno.exit(0)));

@@ -10,7 +10,8 @@
  */
 import * as grpc from "@grpc/grpc-js";
 import alawmulaw from "alawmulaw";
-import { parseArgs, ttsService } from "./_protos.ts";
+import { readCommandLine } from "../../src/command_line.ts";
+import { ttsService } from "./_protos.ts";
 
 export interface TtsScript {
   /** Delay (ms) before answering. */
@@ -221,12 +222,17 @@ export async function startTtsServer(
 }
 
 if (import.meta.main) {
-  const args = parseArgs(Deno.args);
+  const { values } = readCommandLine(Deno.args, {
+    port: { type: "string", default: "50052" },
+    host: { type: "string", default: "127.0.0.1" },
+    "latency-ms": { type: "string", default: "0" },
+    "ms-per-char": { type: "string", default: "60" },
+  });
   const server = await startTtsServer({
-    port: Number(args.get("port") ?? 50052),
-    hostname: args.get("host") ?? "127.0.0.1",
-    latencyMs: Number(args.get("latency-ms") ?? 0),
-    msPerChar: Number(args.get("ms-per-char") ?? 60),
+    port: Number(values.port),
+    hostname: values.host,
+    latencyMs: Number(values["latency-ms"]),
+    msPerChar: Number(values["ms-per-char"]),
   });
   console.log(`tts_server listening on ${server.address}`);
   Deno.addSignalListener("SIGINT", () => server.close().then(() => Deno.exit(0)));

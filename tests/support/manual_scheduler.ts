@@ -2,7 +2,7 @@
  * A scheduler whose clock only moves when told: for unit tests of the paced workers and for
  * simulations faster than real time.
  */
-import { HeapScheduler } from "./scheduler.ts";
+import { HeapScheduler } from "../../src/call/scheduler.ts";
 
 export class ManualScheduler extends HeapScheduler {
   #now: number;
