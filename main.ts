@@ -27,7 +27,8 @@ Usage:
 
 Secrets come from the environment or systemd credentials, never from the file:
   TWILIO_AUTH_TOKEN / twilio_auth_token, OPENAI_API_KEY / openai_api_key,
-  GOOGLE_APPLICATION_CREDENTIALS / google_credentials, KAV_CRM_SECRET / crm_secret.
+  GOOGLE_APPLICATION_CREDENTIALS / google_credentials, KAV_CRM_SECRET / crm_secret,
+  PGPASSWORD / db_password (storage.url).
 `;
 
 /** What the command line asks for. */
