@@ -141,6 +141,8 @@ export async function main(args: readonly string[]): Promise<number> {
       if (config === null) return 1;
       return await runCallsCommand([command.name, ...command.args], {
         storagePath: config.storage.path,
+        storageUrl: config.storage.url,
+        storagePassword: config.storage.password,
       });
     }
     case "serve":
