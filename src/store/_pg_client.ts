@@ -39,6 +39,9 @@ export function createPgClient(options: PgClientOptions): PgSql {
     max: options.max ?? 4,
     connect_timeout: options.connectTimeoutS ?? 5,
     idle_timeout: 300,
+    // Seconds before reconnecting after a failed connection; the driver's default grows to 20 s,
+    // which would keep records waiting that long after the database is back.
+    backoff: (retries: number) => Math.min(0.05 * 2 ** retries, 1),
     onnotice: () => {},
     types: { int8: INT8_AS_NUMBER },
     connection: { application_name: options.applicationName ?? "kav" },

@@ -331,6 +331,7 @@ export class PgWriteQueue {
     for (const entry of entries) {
       if (entry.boot === this.#o.boot && entry.seq > this.#appliedSeq) this.#appliedSeq = entry.seq;
     }
+    if (this.pending() === 0) this.#caughtUp();
     if (this.#waiters.length === 0) return;
     const still: Waiter[] = [];
     for (const waiter of this.#waiters) {

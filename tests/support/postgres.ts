@@ -153,7 +153,8 @@ export async function startPostgres(options: StartPostgresOptions = {}): Promise
     append: true,
   });
   const logFile = `${dir}/postgres.log`;
-  const pgStart = () => run(`${bin}/pg_ctl`, ["-D", data, "-l", logFile, "-w", "-t", "60", "start"]);
+  const pgStart = () =>
+    run(`${bin}/pg_ctl`, ["-D", data, "-l", logFile, "-w", "-t", "60", "start"]);
   const pgStop = () => run(`${bin}/pg_ctl`, ["-D", data, "-m", "fast", "-w", "stop"]);
   await pgStart();
   const admins: postgres.Sql[] = [];
