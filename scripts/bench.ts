@@ -3,6 +3,7 @@
  *
  *   deno task bench [-- --steps 25,50,100,200,400,800] [--quick] [--no-pin] [--skip-variants]
  *                      [--floor] [--no-wire] [--keep-going] [--extra-toml TOML] [--kav-flag FLAG]
+ *                      [--store sqlite|postgres]
  *
  * Kav runs as a subprocess (`_bench_kav.ts`, i.e. `runKav` with a config file) pinned to core 0 with
  * `taskset`; the local provider servers (gRPC Speech and TTS, OpenAI-compatible SSE; answering
@@ -22,6 +23,9 @@
  * 4. Store on vs off at 200 calls (issue 6), alternated twice: TX p99 must not move by more than
  *    1 ms (median of the runs).
  * 5. STT slow to open (2 s) with 50 calls speaking from their first frame: inbound frames lost.
+ * 6. With `--store postgres` (issue 18): the ramp records to a local PostgreSQL (Debian's, started
+ *    in a temp dir with fsync on, pinned to the load core) through `storage.url`, and SQLite and
+ *    PostgreSQL alternate twice at 100 calls: TX p99 and status-callback p99 side by side.
  *
  * Timing is measured twice: at the client (the load generators), and on the wire by `tcpdump` on
  * loopback when it can run (`_bench_wire.ts`: kernel timestamps of Kav's own packets, so the
@@ -31,6 +35,8 @@
  * Prints tables and writes `bench/results/<timestamp>.json` and `bench/results/latest.json`.
  */
 import { DatabaseSync } from "node:sqlite";
+import postgres from "postgres";
+import { type LocalPostgres, PG_PASSWORD, startPostgres } from "../tests/support/postgres.ts";
 import {
   fixtureClips,
   mergeToml,
@@ -91,6 +97,8 @@ interface BenchArgs {
   floor: boolean;
   /** Also time Kav on the wire with `tcpdump` (`_bench_wire.ts`). */
   wire: boolean;
+  /** Where Kav records calls: its SQLite file, or a local PostgreSQL via `storage.url`. */
+  store: "sqlite" | "postgres";
   out: string;
 }
 
@@ -117,6 +125,7 @@ function parseArgs(all: readonly string[]): BenchArgs {
     wire: true,
     floor: false,
     extraToml: "",
+    store: "sqlite",
     out: new URL("../bench/results/", import.meta.url).pathname,
   };
   for (let i = 0; i < argv.length; i++) {
@@ -163,6 +172,14 @@ function parseArgs(all: readonly string[]): BenchArgs {
       case "--lag-probe":
         args.lagProbe = true;
         break;
+      case "--store": {
+        const value = argv[++i];
+        if (value !== "sqlite" && value !== "postgres") {
+          throw new RangeError(`Cannot use --store ${JSON.stringify(value)}: sqlite or postgres`);
+        }
+        args.store = value;
+        break;
+      }
       case "--out":
         args.out = argv[++i] ?? args.out;
         break;
@@ -188,14 +205,25 @@ function kavToml(
   );
 }
 
+const AGENT_TURNS = "SELECT server_latency AS ms, started_at AS at FROM turns " +
+  "WHERE speaker = 'agent' AND server_latency IS NOT NULL";
+
 /** `server_latency` (ms) and start time (epoch ms) of every agent turn in Kav's store. */
-function agentTurns(dbPath: string): { ms: number; at: number }[] {
-  const db = new DatabaseSync(dbPath, { readOnly: true });
+async function agentTurns(
+  store: { dbPath: string; url: string | null },
+): Promise<{ ms: number; at: number }[]> {
+  if (store.url !== null) {
+    const sql = postgres(store.url, { password: PG_PASSWORD, max: 1, onnotice: () => {} });
+    try {
+      const rows = await sql.unsafe(AGENT_TURNS);
+      return rows.map((row) => ({ ms: Number(row.ms), at: Number(row.at) }));
+    } finally {
+      await sql.end();
+    }
+  }
+  const db = new DatabaseSync(store.dbPath, { readOnly: true });
   try {
-    return db.prepare(
-      "SELECT server_latency AS ms, started_at AS at FROM turns " +
-        "WHERE speaker = 'agent' AND server_latency IS NOT NULL",
-    ).all() as { ms: number; at: number }[];
+    return db.prepare(AGENT_TURNS).all() as { ms: number; at: number }[];
   } finally {
     db.close();
   }
@@ -271,6 +299,15 @@ async function main(): Promise<void> {
   const niced = args.nice && useNice(NICE);
   if (niced) log(`Kav, load generators and prober at nice ${NICE} (other jobs on this machine)`);
   const servers = await startProviderServers();
+  let pg: LocalPostgres | null = null;
+  if (args.store === "postgres" && !args.floor) {
+    // fsync on: what a real database pays for each commit.
+    pg = await startPostgres({ fast: false });
+    if (pinned) pinProcess(pg.pid(), 1);
+    log(`PostgreSQL in ${pg.dir} on port ${pg.port}${pinned ? ", on the load core" : ""}`);
+  }
+  /** The PostgreSQL URL each launch recorded to (null: its SQLite file). */
+  const storeUrls = new Map<string, string | null>();
   const token = crypto.randomUUID().replaceAll("-", "");
   const dir = await Deno.makeTempDir({ prefix: "kav-bench-" });
   const common = {
@@ -284,13 +321,25 @@ async function main(): Promise<void> {
   };
   let kav: KavProcess | null = null;
   let prober: Prober | null = null;
-  const launch = async (name: string, extraArgs: string[] = []) => {
+  const launch = async (
+    name: string,
+    extraArgs: string[] = [],
+    store: BenchArgs["store"] = args.store,
+  ) => {
     const port = freePort();
     const dbPath = `${dir}/${name}.db`;
+    let storeToml = "";
+    let url: string | null = null;
+    if (store === "postgres" && pg !== null) {
+      url = await pg.createDatabase(name.replace(/[^a-z0-9_]/g, "_"));
+      storeToml = `\n[storage]\nurl = "${url}"\n`;
+    }
+    storeUrls.set(dbPath, url);
     kav = await startKav({
       dir,
       name,
-      toml: kavToml(servers, port, dbPath, args.extraToml),
+      env: url === null ? {} : { PGPASSWORD: PG_PASSWORD },
+      toml: kavToml(servers, port, dbPath, args.extraToml + storeToml),
       port,
       dbPath,
       core: cores.kav,
@@ -366,7 +415,9 @@ async function main(): Promise<void> {
       if (result.hardFailure && !args.keepGoing) break;
     }
     await shutdown();
-    const turns = args.floor ? [] : agentTurns(ramp.kav.dbPath);
+    const turns = args.floor
+      ? []
+      : await agentTurns({ dbPath: ramp.kav.dbPath, url: storeUrls.get(ramp.kav.dbPath) ?? null });
     const server = new Map(steps.map((s) => [s, latencyOf(turns, [s])]));
     // "Max calls": the largest step at which every invariant held (all steps are in the table; on a
     // shared machine a small step can miss a timing invariant that a larger one then meets).
@@ -400,6 +451,18 @@ async function main(): Promise<void> {
         await shutdown();
       }
     }
+    // 6. SQLite and PostgreSQL alternate at 100 calls (issue 18); --store postgres asks for it, so
+    // --skip-variants (2-5) leaves it in.
+    if (pg !== null) {
+      for (const round of [1, 2]) {
+        const sqlite = await launch(`store_sqlite_${round}`, [], "sqlite");
+        variants.push(await step("store_sqlite", sqlite, 100));
+        await shutdown();
+        const onPg = await launch(`store_pg_${round}`, [], "postgres");
+        variants.push(await step("store_pg", onPg, 100));
+        await shutdown();
+      }
+    }
 
     // Report.
     const extras = stepExtras(steps, idle.rssMiB, server);
@@ -414,6 +477,9 @@ async function main(): Promise<void> {
       variants.filter((v) => v.label === label).map((v) => v.tx.p99);
     const on = storeP99("store_on");
     const off = storeP99("store_off");
+    const byLabel = (label: string) => variants.filter((v) => v.label === label);
+    const sqliteRuns = byLabel("store_sqlite");
+    const pgRuns = byLabel("store_pg");
     const paced = steps.find((s) => s.calls === 100) ?? null;
     const unpaced = variants.find((v) => v.label === "pacing_off") ?? null;
     const topIndex = top === null ? -1 : steps.indexOf(top);
@@ -453,6 +519,27 @@ async function main(): Promise<void> {
         }
         : null,
       pacing: paced && unpaced ? { calls: 100, paced: paced.tx, unpaced: unpaced.tx } : null,
+      storePostgresVsSqlite: pgRuns.length > 0 && sqliteRuns.length > 0
+        ? {
+          calls: 100,
+          txP99Ms: {
+            sqlite: sqliteRuns.map((v) => v.tx.p99),
+            postgres: pgRuns.map((v) => v.tx.p99),
+          },
+          webhookP99Ms: {
+            sqlite: sqliteRuns.map((v) => v.webhook.p99),
+            postgres: pgRuns.map((v) => v.webhook.p99),
+          },
+          txMedianDeltaMs: round2(
+            median(pgRuns.map((v) => v.tx.p99)) - median(sqliteRuns.map((v) => v.tx.p99)),
+          ),
+          webhookMedianDeltaMs: round2(
+            median(pgRuns.map((v) => v.webhook.p99)) -
+              median(sqliteRuns.map((v) => v.webhook.p99)),
+          ),
+          allCallsOk: [...sqliteRuns, ...pgRuns].every((v) => v.outcome.ok === v.calls),
+        }
+        : null,
     };
     const result = {
       meta: {
@@ -465,6 +552,7 @@ async function main(): Promise<void> {
         pinned,
         nice: niced ? NICE : null,
         warmupCalls: WARMUP_CALLS,
+        store: args.store,
         kavCore: cores.kav,
         loadCore: cores.load,
         clkTck: CLK_TCK,
@@ -502,6 +590,7 @@ async function main(): Promise<void> {
   } finally {
     await shutdown();
     await servers.close();
+    await pg?.close();
     if (args.keep) log(`kept Kav's configs, logs and stores in ${dir}`);
     else await Deno.remove(dir, { recursive: true }).catch(() => {});
   }

@@ -224,6 +224,10 @@ Deno.test({
           `${sid}: each mark once, in order`,
         );
       }
+      assert.ok(
+        !kav.lines.some((l) => /write rejected|already recorded|unknown or ended|lost/.test(l)),
+        kav.log(),
+      );
       kav.kill("SIGTERM");
       assert.equal((await kav.status).code, 0, kav.log());
     } finally {

@@ -146,6 +146,7 @@ export const SCHEMA: ReadonlyMap<string, Rule> = new Map<string, Rule>([
   ["server.bad_signature_per_ip_per_min", int(30, 1, 1_000_000)],
   ["server.helper_thread_nice", int(10, 0, 19)],
   ["server.node_id", { kind: "nullable_string", default: null, check: checkNodeId }],
+  ["server.voice_url", { kind: "nullable_string", default: null, check: checkHttpUrl }],
   ["twilio.validate_signatures", bool(true)],
   ["call.language", str("he-IL", checkLanguage)],
   ["call.greeting", str(DEFAULT_GREETING, checkNonEmpty)],

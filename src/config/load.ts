@@ -163,6 +163,7 @@ function buildConfig(
       bad_signature_per_ip_per_min: num("server.bad_signature_per_ip_per_min"),
       helper_thread_nice: num("server.helper_thread_nice"),
       node_id: optStr("server.node_id") ?? hostName(),
+      voice_url: optStr("server.voice_url")?.replace(/\/+$/, "") ?? null,
     },
     twilio: {
       validate_signatures: bool("twilio.validate_signatures"),

@@ -33,6 +33,11 @@ export interface ServerConfig {
   readonly helper_thread_nice: number;
   /** This node's name in a fleet's records (`server.node_id`, default the host name). */
   readonly node_id: string;
+  /**
+   * A fleet's shared base URL in front of `/twiml` (a load balancer), without trailing slash: a
+   * `/twiml` request signed for it is accepted too. Null: only `public_url`.
+   */
+  readonly voice_url: string | null;
 }
 
 export interface TwilioConfig {

@@ -74,6 +74,8 @@ export interface LocalPostgres {
   stop(): Promise<void>;
   /** Starts it again on the same port. */
   start(): Promise<void>;
+  /** The postmaster's pid (the bench pins it; backends it forks inherit the pinning). */
+  pid(): number;
   /** Stops it and removes the data directory. */
   close(): Promise<void>;
 }
@@ -201,6 +203,7 @@ export async function startPostgres(options: StartPostgresOptions = {}): Promise
       await pgStart();
       running = true;
     },
+    pid: () => Number(Deno.readTextFileSync(`${data}/postmaster.pid`).split("\n")[0]),
     async close() {
       await Promise.allSettled(admins.map((sql) => sql.end({ timeout: 1 })));
       if (running) await pgStop().catch(() => {});
