@@ -191,7 +191,7 @@ Deno.test({
       await admin`INSERT INTO kav_schema (version, applied_at, node_id) VALUES (99, 0, 'future')`;
       await assert.rejects(
         openPostgresStore(node("race", "n5")),
-        /^Error: Cannot use the PostgreSQL store: Cannot use the PostgreSQL store: schema version 99 is newer than this build's 1/,
+        /^RangeError: Cannot use the PostgreSQL store: schema version 99 is newer than this build's 1$/,
       );
     });
   },
@@ -472,8 +472,11 @@ Deno.test({
         "kav-b",
       ]]);
       const table = await run(["calls"]);
-      assert.match(table.out, /CA_ON_A/);
-      assert.match(table.out, /CA_ON_B/);
+      assert.match(table.out, /^TIME\s+CALL\s+NODE\s+FROM\s+DURATION/);
+      assert.match(table.out, /CA_ON_A\s+kav-a\s/);
+      assert.match(table.out, /CA_ON_B\s+kav-b\s/);
+      const shown = await run(["call", "CA_ON_B"]);
+      assert.match(shown.out, /^Answered by node kav-b$/m);
       const one = await run(["call", "CA_ON_B", "--json"]);
       assert.equal(JSON.parse(one.out).turns.length, 4);
       const missing = await run(["call", "CA_NOPE"]);

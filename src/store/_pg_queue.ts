@@ -242,6 +242,7 @@ export class PgWriteQueue {
         );
       } catch (error) {
         this.#firstAttempt.resolve(error);
+        if (error instanceof DOMException && error.name === "TimeoutError") this.#o.pool.reset();
         throw error;
       }
       this.#stage = "replay";

@@ -261,7 +261,11 @@ export async function openPostgresStore(
   });
   const first = await Promise.race([store.firstAttempt(), waited]);
   clearTimeout(timer);
-  if (first instanceof RangeError || (first !== null && isConfigurationError(first))) {
+  if (first instanceof RangeError) {
+    await store.close();
+    throw first;
+  }
+  if (first !== null && isConfigurationError(first)) {
     await store.close();
     throw new Error(`Cannot use the PostgreSQL store: ${describePgError(first)}`, {
       cause: first,
