@@ -288,7 +288,20 @@ export class PgWriteQueue {
     const now = this.#o.now();
     try {
       await this.#transaction(async (tx) => {
-        for (const entry of entries) await writer.apply(tx, entry, now);
+        // Turns and events need no answer: pipelined on the transaction's connection (sent in
+        // order, one round trip for many). A start or an end reads, so it waits for those first.
+        let inflight: Promise<void>[] = [];
+        for (const entry of entries) {
+          const kind = entry.op.kind;
+          if (kind === "turn" || kind === "event") {
+            inflight.push(writer.apply(tx, entry, now));
+            continue;
+          }
+          await Promise.all(inflight);
+          inflight = [];
+          await writer.apply(tx, entry, now);
+        }
+        await Promise.all(inflight);
       });
     } catch (error) {
       if (!isRejectedForGood(error)) throw error;
