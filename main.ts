@@ -28,9 +28,9 @@ Usage:
 
 Secrets come from the environment or systemd credentials, never from the file:
   TWILIO_AUTH_TOKEN / twilio_auth_token, OPENAI_API_KEY / openai_api_key,
-  GOOGLE_APPLICATION_CREDENTIALS / google_credentials, KAV_CRM_SECRET / crm_secret;
-  OpenAI-compatible speech servers with keys of their own: OPENAI_STT_API_KEY /
-  openai_stt_api_key, OPENAI_TTS_API_KEY / openai_tts_api_key.
+  GOOGLE_APPLICATION_CREDENTIALS / google_credentials, KAV_CRM_SECRET / crm_secret,
+  PGPASSWORD / db_password (storage.url); OpenAI-compatible speech servers with keys of their
+  own: OPENAI_STT_API_KEY / openai_stt_api_key, OPENAI_TTS_API_KEY / openai_tts_api_key.
 `;
 
 /** What the command line asks for. */
@@ -135,6 +135,8 @@ export async function main(args: readonly string[]): Promise<number> {
       if (config === null) return 1;
       return await runCallsCommand([command.name, ...command.args], {
         storagePath: config.storage.path,
+        storageUrl: config.storage.url,
+        storagePassword: config.storage.password,
       });
     }
     case "serve":

@@ -68,6 +68,8 @@ export async function startKav(options: {
   extraArgs?: readonly string[];
   /** Extra `deno run` flags (e.g. `--v8-flags=...`). */
   denoFlags?: readonly string[];
+  /** Extra environment (e.g. PGPASSWORD for `storage.url`). */
+  env?: Readonly<Record<string, string>>;
 }): Promise<KavProcess> {
   const config = `${options.dir}/${options.name}.toml`;
   const logPath = `${options.dir}/${options.name}.log`;
@@ -89,7 +91,7 @@ export async function startKav(options: {
   // service's would go to the journal, so a slow reader can never block Kav's writes.
   const child = new Deno.Command("sh", {
     args: ["-c", `exec ${command} > ${quote(logPath)} 2>&1`],
-    env: { TWILIO_AUTH_TOKEN: options.token },
+    env: { ...options.env, TWILIO_AUTH_TOKEN: options.token },
     stdin: "null",
     stdout: "null",
     stderr: "null",

@@ -4,6 +4,7 @@
  *   deno task bench [-- --steps 25,50,100,200,400,800] [--quick] [--no-pin] [--skip-variants]
  *                      [--floor] [--no-wire] [--keep-going] [--extra-toml TOML] [--kav-flag FLAG]
  *                      [--speech google|openai] [--speech-compare CALLS]
+ *                      [--store sqlite|postgres]
  *
  * Kav runs as a subprocess (`_bench_kav.ts`, i.e. `runKav` with a config file) pinned to core 0 with
  * `taskset`; the local provider servers (gRPC Speech and TTS, OpenAI-compatible SSE; answering
@@ -29,6 +30,9 @@
  *
  * `--speech openai` runs every step with `stt.provider` and `tts.provider` "openai" against the
  * local OpenAI-compatible speech server instead of the gRPC Speech and Text-to-Speech servers.
+ * 7. With `--store postgres` (issue 18): the ramp records to a local PostgreSQL (Debian's, started
+ *    in a temp dir with fsync on, pinned to the load core) through `storage.url`, and SQLite and
+ *    PostgreSQL alternate twice at 100 calls: TX p99 and status-callback p99 side by side.
  *
  * Timing is measured twice: at the client (the load generators), and on the wire by `tcpdump` on
  * loopback when it can run (`_bench_wire.ts`: kernel timestamps of Kav's own packets, so the
@@ -39,6 +43,8 @@
  */
 import { DatabaseSync } from "node:sqlite";
 import { readCommandLine, taskArgs } from "../src/command_line.ts";
+import postgres from "postgres";
+import { type LocalPostgres, PG_PASSWORD, startPostgres } from "../tests/support/postgres.ts";
 import {
   fixtureClips,
   mergeToml,
@@ -103,6 +109,8 @@ interface BenchArgs {
   speech: SpeechProvider;
   /** Calls of the Google-vs-OpenAI speech comparison; 0 skips it. */
   speechCompare: number;
+  /** Where Kav records calls: its SQLite file, or a local PostgreSQL via `storage.url`. */
+  store: "sqlite" | "postgres";
   out: string;
 }
 
@@ -128,6 +136,7 @@ const OPTIONS = {
   out: { type: "string" },
   speech: { type: "string" },
   "speech-compare": { type: "string" },
+  store: { type: "string" },
 } as const;
 
 function parseArgs(argv: readonly string[]): BenchArgs {
@@ -148,6 +157,10 @@ function parseArgs(argv: readonly string[]): BenchArgs {
   if (!Number.isInteger(speechCompare) || speechCompare < 0) {
     throw new RangeError(`Cannot use --speech-compare ${JSON.stringify(values["speech-compare"])}`);
   }
+  const store = values.store ?? "sqlite";
+  if (store !== "sqlite" && store !== "postgres") {
+    throw new RangeError(`Cannot use --store ${JSON.stringify(store)}: sqlite or postgres`);
+  }
   return {
     steps,
     durationMs: quick ? 14_000 : 22_000,
@@ -165,6 +178,7 @@ function parseArgs(argv: readonly string[]): BenchArgs {
     extraToml: values["extra-toml"] ?? "",
     speech,
     speechCompare,
+    store,
     out: values.out ?? new URL("../bench/results/", import.meta.url).pathname,
   };
 }
@@ -190,14 +204,25 @@ function kavToml(
   );
 }
 
+const AGENT_TURNS = "SELECT server_latency AS ms, started_at AS at FROM turns " +
+  "WHERE speaker = 'agent' AND server_latency IS NOT NULL";
+
 /** `server_latency` (ms) and start time (epoch ms) of every agent turn in Kav's store. */
-function agentTurns(dbPath: string): { ms: number; at: number }[] {
-  const db = new DatabaseSync(dbPath, { readOnly: true });
+async function agentTurns(
+  store: { dbPath: string; url: string | null },
+): Promise<{ ms: number; at: number }[]> {
+  if (store.url !== null) {
+    const sql = postgres(store.url, { password: PG_PASSWORD, max: 1, onnotice: () => {} });
+    try {
+      const rows = await sql.unsafe(AGENT_TURNS);
+      return rows.map((row) => ({ ms: Number(row.ms), at: Number(row.at) }));
+    } finally {
+      await sql.end();
+    }
+  }
+  const db = new DatabaseSync(store.dbPath, { readOnly: true });
   try {
-    return db.prepare(
-      "SELECT server_latency AS ms, started_at AS at FROM turns " +
-        "WHERE speaker = 'agent' AND server_latency IS NOT NULL",
-    ).all() as { ms: number; at: number }[];
+    return db.prepare(AGENT_TURNS).all() as { ms: number; at: number }[];
   } finally {
     db.close();
   }
@@ -274,6 +299,15 @@ async function main(): Promise<void> {
   const niced = args.nice && useNice(NICE);
   if (niced) log(`Kav, load generators and prober at nice ${NICE} (other jobs on this machine)`);
   const servers = await startProviderServers();
+  let pg: LocalPostgres | null = null;
+  if (args.store === "postgres" && !args.floor) {
+    // fsync on: what a real database pays for each commit.
+    pg = await startPostgres({ fast: false });
+    if (pinned) pinProcess(pg.pid(), 1);
+    log(`PostgreSQL in ${pg.dir} on port ${pg.port}${pinned ? ", on the load core" : ""}`);
+  }
+  /** The PostgreSQL URL each launch recorded to (null: its SQLite file). */
+  const storeUrls = new Map<string, string | null>();
   const token = crypto.randomUUID().replaceAll("-", "");
   const dir = await Deno.makeTempDir({ prefix: "kav-bench-" });
   const common = {
@@ -287,13 +321,26 @@ async function main(): Promise<void> {
   };
   let kav: KavProcess | null = null;
   let prober: Prober | null = null;
-  const launch = async (name: string, extraArgs: string[] = [], speech = args.speech) => {
+  const launch = async (
+    name: string,
+    extraArgs: string[] = [],
+    speech = args.speech,
+    store: BenchArgs["store"] = args.store,
+  ) => {
     const port = freePort();
     const dbPath = `${dir}/${name}.db`;
+    let storeToml = "";
+    let url: string | null = null;
+    if (store === "postgres" && pg !== null) {
+      url = await pg.createDatabase(name.replace(/[^a-z0-9_]/g, "_"));
+      storeToml = `\n[storage]\nurl = "${url}"\n`;
+    }
+    storeUrls.set(dbPath, url);
     kav = await startKav({
       dir,
       name,
-      toml: kavToml(servers, port, dbPath, args.extraToml, speech),
+      env: url === null ? {} : { PGPASSWORD: PG_PASSWORD },
+      toml: kavToml(servers, port, dbPath, args.extraToml + storeToml, speech),
       port,
       dbPath,
       core: cores.kav,
@@ -369,7 +416,9 @@ async function main(): Promise<void> {
       if (result.hardFailure && !args.keepGoing) break;
     }
     await shutdown();
-    const turns = args.floor ? [] : agentTurns(ramp.kav.dbPath);
+    const turns = args.floor
+      ? []
+      : await agentTurns({ dbPath: ramp.kav.dbPath, url: storeUrls.get(ramp.kav.dbPath) ?? null });
     const server = new Map(steps.map((s) => [s, latencyOf(turns, [s])]));
     // "Max calls": the largest step at which every invariant held (all steps are in the table; on a
     // shared machine a small step can miss a timing invariant that a larger one then meets).
@@ -400,6 +449,18 @@ async function main(): Promise<void> {
         await shutdown();
         const none = await launch(`store_off_${round}`, ["--no-store"]);
         variants.push(await step("store_off", none, 200));
+        await shutdown();
+      }
+    }
+    // 6. SQLite and PostgreSQL alternate at 100 calls (issue 18); --store postgres asks for it, so
+    // --skip-variants (2-5) leaves it in.
+    if (pg !== null) {
+      for (const round of [1, 2]) {
+        const sqlite = await launch(`store_sqlite_${round}`, [], args.speech, "sqlite");
+        variants.push(await step("store_sqlite", sqlite, 100));
+        await shutdown();
+        const onPg = await launch(`store_pg_${round}`, [], args.speech, "postgres");
+        variants.push(await step("store_pg", onPg, 100));
         await shutdown();
       }
     }
@@ -438,6 +499,9 @@ async function main(): Promise<void> {
       variants.filter((v) => v.label === label).map((v) => v.tx.p99);
     const on = storeP99("store_on");
     const off = storeP99("store_off");
+    const byLabel = (label: string) => variants.filter((v) => v.label === label);
+    const sqliteRuns = byLabel("store_sqlite");
+    const pgRuns = byLabel("store_pg");
     const paced = steps.find((s) => s.calls === 100) ?? null;
     const unpaced = variants.find((v) => v.label === "pacing_off") ?? null;
     const topIndex = top === null ? -1 : steps.indexOf(top);
@@ -478,6 +542,27 @@ async function main(): Promise<void> {
         }
         : null,
       pacing: paced && unpaced ? { calls: 100, paced: paced.tx, unpaced: unpaced.tx } : null,
+      storePostgresVsSqlite: pgRuns.length > 0 && sqliteRuns.length > 0
+        ? {
+          calls: 100,
+          txP99Ms: {
+            sqlite: sqliteRuns.map((v) => v.tx.p99),
+            postgres: pgRuns.map((v) => v.tx.p99),
+          },
+          webhookP99Ms: {
+            sqlite: sqliteRuns.map((v) => v.webhook.p99),
+            postgres: pgRuns.map((v) => v.webhook.p99),
+          },
+          txMedianDeltaMs: round2(
+            median(pgRuns.map((v) => v.tx.p99)) - median(sqliteRuns.map((v) => v.tx.p99)),
+          ),
+          webhookMedianDeltaMs: round2(
+            median(pgRuns.map((v) => v.webhook.p99)) -
+              median(sqliteRuns.map((v) => v.webhook.p99)),
+          ),
+          allCallsOk: [...sqliteRuns, ...pgRuns].every((v) => v.outcome.ok === v.calls),
+        }
+        : null,
     };
     const result = {
       meta: {
@@ -491,6 +576,7 @@ async function main(): Promise<void> {
         speech: args.speech,
         nice: niced ? NICE : null,
         warmupCalls: WARMUP_CALLS,
+        store: args.store,
         kavCore: cores.kav,
         loadCore: cores.load,
         clkTck: CLK_TCK,
@@ -528,6 +614,7 @@ async function main(): Promise<void> {
   } finally {
     await shutdown();
     await servers.close();
+    await pg?.close();
     if (args.keep) log(`kept Kav's configs, logs and stores in ${dir}`);
     else await Deno.remove(dir, { recursive: true }).catch(() => {});
   }

@@ -13,7 +13,7 @@ import type { LlmProvider } from "./llm/types.ts";
 import type { Logger } from "./observe/log.ts";
 import { sdNotifierFromEnv } from "./observe/sd_notify.ts";
 import { lowerHelperThreads } from "./runtime/helper_threads.ts";
-import { openCallStore } from "./store/sqlite.ts";
+import { openConfiguredStore } from "./store/open.ts";
 import type { CallEventKind, CallStore } from "./store/types.ts";
 import { createGoogleStt } from "./stt/google.ts";
 import { createOpenAiStt } from "./stt/openai.ts";
@@ -64,7 +64,10 @@ export interface RunKavOptions {
    */
   readonly reload?: () => Promise<Config>;
   readonly onListen?: (addr: Deno.NetAddr) => void;
-  /** Defaults to the SQLite store at `storage.path` (benchmarks compare against a no-op store). */
+  /**
+   * Defaults to the store the config names: SQLite at `storage.path`, or PostgreSQL at
+   * `storage.url` (benchmarks compare against a no-op store).
+   */
   readonly store?: CallStore;
 }
 
@@ -77,12 +80,7 @@ export async function runKav(options: RunKavOptions): Promise<void> {
   lowerHelperThreadsOnce(config.server.helper_thread_nice, log);
   const notifier = sdNotifierFromEnv({ log });
   const providers = options.providers ?? createProviders(config, log);
-  const store: CallStore = options.store ?? await openCallStore({
-    path: config.storage.path,
-    log,
-    retentionDays: config.storage.retention_days,
-    crm: config.crm,
-  });
+  const store: CallStore = options.store ?? await openConfiguredStore(config, log);
   // The voice the phrases are synthesized with; SIGHUP may change it.
   let voice = ttsVoice(config.tts);
   const phrases = new PhraseCache(withVoice(providers.tts, () => voice), {
@@ -158,7 +156,13 @@ export async function runKav(options: RunKavOptions): Promise<void> {
     Deno.removeSignalListener("SIGHUP", onSighup);
     lifetime.abort();
     await reloads;
-    await store.flush();
+    // close() keeps writing for a while; what it cannot write stays queued (SQLite) or journaled.
+    await store.flush().catch((error) => {
+      log.warn("STORE", "records not yet written at stop", {
+        error: error instanceof Error ? error.message : String(error),
+        pending: store.pending(),
+      });
+    });
     await store.close();
     await Promise.allSettled([providers.stt.close(), providers.tts.close()]);
     await notifier.close();

@@ -100,7 +100,12 @@ Deno.test("parseConfig() fills every key with the SPEC section 4 defaults", () =
     temperature: 0.3,
     max_tokens: 300,
   });
-  assert.deepEqual(config.storage, { path: "/var/lib/kav/kav.db", retention_days: 0 });
+  assert.deepEqual(config.storage, {
+    path: "/var/lib/kav/kav.db",
+    retention_days: 0,
+    url: null,
+    password: null,
+  });
   assert.deepEqual(config.log, { transcripts: true });
   assert.deepEqual(config.crm, { url: null, secret: null });
   assert.deepEqual(config.google, { credentials_path: null });
@@ -489,4 +494,53 @@ Deno.test("parseConfig() names bad openai speech keys with their lines", () => {
     problems[3].message,
     "is not read from the file: set env OPENAI_TTS_API_KEY or the systemd credential openai_tts_api_key",
   );
+});
+
+Deno.test("parseConfig() reads storage.url, its password from PGPASSWORD or db_password, and node_id", async () => {
+  const text = MINIMAL + '[storage]\nurl = "postgres://kav@db1.example.com:5433/kav"\n';
+  const plain = parseConfig(text, NO_SECRETS);
+  assert.equal(plain.storage.url, "postgres://kav@db1.example.com:5433/kav");
+  assert.equal(plain.storage.password, null);
+  assert.equal(parseConfig(text, { env: { PGPASSWORD: "pw-env" } }).storage.password, "pw-env");
+  const dir = await Deno.makeTempDir({ prefix: "kav_creds_" });
+  try {
+    await Deno.writeTextFile(`${dir}/db_password`, "pw-cred\n");
+    assert.equal(parseConfig(text, { env: {}, credentialsDir: dir }).storage.password, "pw-cred");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+  // Several hosts (a primary and its standby) and driver options are kept as written.
+  const multi = "postgres://kav@db1:5432,db2:5432/kav?target_session_attrs=read-write";
+  assert.equal(
+    parseConfig(MINIMAL + `[storage]\nurl = "${multi}"\n`, NO_SECRETS).storage.url,
+    multi,
+  );
+  assert.equal(parseConfig(MINIMAL + '[storage]\nurl = ""\n', NO_SECRETS).storage.url, null);
+  const named = parseConfig(
+    MINIMAL.replace("[server]\n", '[server]\nnode_id = "kav-b"\n'),
+    NO_SECRETS,
+  );
+  assert.equal(named.server.node_id, "kav-b");
+  const host = Deno.hostname().split(".")[0];
+  assert.equal(parseConfig(MINIMAL, NO_SECRETS).server.node_id, host);
+});
+
+Deno.test("parseConfig() refuses a password in storage.url, a bad URL and a bad node_id", () => {
+  const secret = only(
+    problemsOf(MINIMAL + '[storage]\nurl = "postgres://kav:hunter2@db/kav"\n'),
+  );
+  assert.equal(secret.key, "storage.url");
+  assert.match(secret.message, /must not carry a password.*PGPASSWORD.*db_password/);
+  assert.ok(!secret.message.includes("hunter2"), "the password is not echoed");
+  for (const url of ["mysql://kav@db/kav", "postgres://db/kav", "postgres://kav@db", "db/kav"]) {
+    const problem = only(problemsOf(MINIMAL + `[storage]\nurl = "${url}"\n`));
+    assert.equal(problem.key, "storage.url", url);
+  }
+  const inFile = only(problemsOf(MINIMAL + '[storage]\npassword = "x"\n'));
+  assert.deepEqual([inFile.key, inFile.message], [
+    "storage.password",
+    "is not read from the file: set env PGPASSWORD or the systemd credential db_password",
+  ]);
+  const node = only(problemsOf(MINIMAL.replace("[server]\n", '[server]\nnode_id = "a b"\n')));
+  assert.equal(node.key, "server.node_id");
 });

@@ -4,6 +4,7 @@ import { createLogger, type Logger } from "../src/observe/log.ts";
 import { openCallStore } from "../src/store/sqlite.ts";
 import { openCallReader } from "../src/store/read.ts";
 import { summarize } from "../src/store/_stats.ts";
+import { LATENCY_NAMES } from "../src/store/_schema.ts";
 import { startCheckpointer } from "../src/store/_checkpointer.ts";
 import type { CallEnded, CallEvent, CallStarted, TurnRecord } from "../src/store/types.ts";
 
@@ -342,11 +343,42 @@ Deno.test("openCallStore() migrates a fresh file to the current schema in WAL mo
   await store.close();
   const db = new DatabaseSync(path, { readOnly: true });
   try {
-    assert.equal(db.prepare("PRAGMA user_version").get()?.user_version, 1);
+    assert.equal(db.prepare("PRAGMA user_version").get()?.user_version, 2);
     assert.equal(db.prepare("PRAGMA journal_mode").get()?.journal_mode, "wal");
     assert.ok(!lines.some((l) => l.includes("checkpoints on the main thread")), lines.join("\n"));
   } finally {
     db.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("openCallStore() names the node on each call and reads calls recorded before as node null", async () => {
+  const { dir, path } = await tempDb();
+  try {
+    // A version 1 file (before node_id) with one call in it.
+    const old = new DatabaseSync(path);
+    old.exec(
+      "CREATE TABLE calls (call_sid TEXT PRIMARY KEY, stream_sid TEXT NOT NULL, account_sid TEXT NOT NULL, from_number TEXT, to_number TEXT, custom_parameters TEXT NOT NULL, started_at INTEGER NOT NULL, ended_at INTEGER, outcome TEXT, reason TEXT, rx_frames INTEGER, rx_drops INTEGER, tx_frames INTEGER, tx_drops INTEGER, tx_late INTEGER, malformed INTEGER, " +
+        LATENCY_NAMES.map((n) => `${n}_p50 REAL, ${n}_p90 REAL`).join(", ") +
+        "); CREATE TABLE turns (call_sid TEXT NOT NULL, idx INTEGER NOT NULL, speaker TEXT NOT NULL, text TEXT NOT NULL, generated TEXT, cut INTEGER NOT NULL, started_at INTEGER NOT NULL, ended_at INTEGER NOT NULL, has_timings INTEGER NOT NULL, " +
+        LATENCY_NAMES.map((n) => `${n} REAL`).join(", ") +
+        ", PRIMARY KEY (call_sid, idx)); CREATE TABLE events (id INTEGER PRIMARY KEY, call_sid TEXT NOT NULL, at INTEGER NOT NULL, kind TEXT NOT NULL, detail TEXT NOT NULL); CREATE TABLE crm_outbox (id TEXT PRIMARY KEY, call_sid TEXT NOT NULL, body TEXT NOT NULL, created_at INTEGER NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, next_attempt_at INTEGER NOT NULL, delivered_at INTEGER, last_status INTEGER, last_error TEXT);" +
+        "INSERT INTO calls (call_sid, stream_sid, account_sid, custom_parameters, started_at, ended_at, outcome, reason) VALUES ('CA_OLD', 'MZ', 'AC', '{}', 1, 2, 'completed', 'stop');" +
+        "PRAGMA user_version = 1;",
+    );
+    old.close();
+    const store = await openCallStore({
+      path,
+      log: collectingLogger().log,
+      retentionDays: 0,
+      nodeId: "kav-a",
+    });
+    store.callStarted(started("CA_NEW"));
+    await store.flush();
+    assert.equal(store.getCall("CA_OLD")?.call.node, null);
+    assert.equal(store.getCall("CA_NEW")?.call.node, "kav-a");
+    await store.close();
+  } finally {
     await Deno.remove(dir, { recursive: true });
   }
 });

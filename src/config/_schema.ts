@@ -53,6 +53,38 @@ function checkNonEmpty(value: string): string | null {
   return value.trim() === "" ? "must not be empty" : null;
 }
 
+/** A fleet node's name: letters, digits, ".", "_" and "-", as host names are. */
+function checkNodeId(value: string): string | null {
+  return /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/.test(value)
+    ? null
+    : `must be 1-63 letters, digits, ".", "_" or "-": current value is ${JSON.stringify(value)}`;
+}
+
+/**
+ * `postgres://user@host[:port][,host2[:port]]/database[?options]`. The password never comes from
+ * the file (env PGPASSWORD or the credential db_password), so a URL that carries one is refused.
+ */
+export function checkPostgresUrl(value: string): string | null {
+  const match = /^postgres(?:ql)?:\/\/(?:([^@/?#]*)@)?([^/?#]+)(?:\/([^?#]*))?(?:\?[^#]*)?$/.exec(
+    value,
+  );
+  if (match === null) {
+    return `must be a URL like "postgres://kav@db.example.com/kav": current value is ${
+      JSON.stringify(value)
+    }`;
+  }
+  const userInfo = match[1] ?? "";
+  if (userInfo.includes(":")) {
+    return "must not carry a password: remove it from the URL and set env PGPASSWORD or the systemd credential db_password";
+  }
+  if (userInfo === "" || (match[3] ?? "") === "") {
+    return `must name the user and the database ("postgres://kav@db.example.com/kav"): current value is ${
+      JSON.stringify(value)
+    }`;
+  }
+  return null;
+}
+
 function checkLanguage(value: string): string | null {
   return /^[A-Za-z]{2,3}(?:-[A-Za-z0-9]{2,8})*$/.test(value)
     ? null
@@ -96,6 +128,8 @@ export const SCHEMA: ReadonlyMap<string, Rule> = new Map<string, Rule>([
   ["server.max_call_duration_s", num(3600, 1, 86_400)],
   ["server.bad_signature_per_ip_per_min", int(30, 1, 1_000_000)],
   ["server.helper_thread_nice", int(10, 0, 19)],
+  ["server.node_id", { kind: "nullable_string", default: null, check: checkNodeId }],
+  ["server.voice_url", { kind: "nullable_string", default: null, check: checkHttpUrl }],
   ["twilio.validate_signatures", bool(true)],
   ["call.language", str("he-IL", checkLanguage)],
   ["call.greeting", str(DEFAULT_GREETING, checkNonEmpty)],
@@ -152,6 +186,7 @@ export const SCHEMA: ReadonlyMap<string, Rule> = new Map<string, Rule>([
   ["llm.max_tokens", int(300, 1, 100_000)],
   ["storage.path", str("/var/lib/kav/kav.db", checkNonEmpty)],
   ["storage.retention_days", int(0, 0, 36_500)],
+  ["storage.url", { kind: "nullable_string", default: null, check: checkPostgresUrl }],
   ["log.transcripts", bool(true)],
   ["crm.url", { kind: "nullable_string", default: null, check: checkHttpUrl }],
 ]);
@@ -164,6 +199,7 @@ export const SECRET_KEYS: ReadonlyMap<string, { env: string; credential: string 
   ["stt.openai.api_key", { env: "OPENAI_STT_API_KEY", credential: "openai_stt_api_key" }],
   ["tts.openai.api_key", { env: "OPENAI_TTS_API_KEY", credential: "openai_tts_api_key" }],
   ["crm.secret", { env: "KAV_CRM_SECRET", credential: "crm_secret" }],
+  ["storage.password", { env: "PGPASSWORD", credential: "db_password" }],
   [
     "google.credentials_path",
     { env: "GOOGLE_APPLICATION_CREDENTIALS", credential: "google_credentials" },

@@ -177,6 +177,8 @@ function buildConfig(
       max_call_duration_s: num("server.max_call_duration_s"),
       bad_signature_per_ip_per_min: num("server.bad_signature_per_ip_per_min"),
       helper_thread_nice: num("server.helper_thread_nice"),
+      node_id: optStr("server.node_id") ?? hostName(),
+      voice_url: optStr("server.voice_url")?.replace(/\/+$/, "") ?? null,
     },
     twilio: {
       validate_signatures: bool("twilio.validate_signatures"),
@@ -245,11 +247,23 @@ function buildConfig(
     storage: {
       path: str("storage.path"),
       retention_days: num("storage.retention_days"),
+      url: optStr("storage.url"),
+      password: secrets.get("storage.password") ?? null,
     },
     log: { transcripts: bool("log.transcripts") },
     crm: { url: optStr("crm.url"), secret: secrets.get("crm.secret") ?? null },
     google: { credentials_path: secrets.get("google.credentials_path") ?? null },
   };
+}
+
+/** The default `server.node_id`: the host name, or "kav" where it cannot be read. */
+function hostName(): string {
+  try {
+    const name = Deno.hostname().split(".")[0].replace(/[^A-Za-z0-9._-]/g, "-").slice(0, 63);
+    return /^[A-Za-z0-9]/.test(name) ? name : "kav";
+  } catch {
+    return "kav";
+  }
 }
 
 function deepFreeze<T>(value: T): T {

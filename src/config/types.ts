@@ -31,6 +31,13 @@ export interface ServerConfig {
    * them alone): on a shared core they wait instead of taking turns with frames and webhooks.
    */
   readonly helper_thread_nice: number;
+  /** This node's name in a fleet's records (`server.node_id`, default the host name). */
+  readonly node_id: string;
+  /**
+   * A fleet's shared base URL in front of `/twiml` (a load balancer), without trailing slash: a
+   * `/twiml` request signed for it is accepted too. Null: only `public_url`.
+   */
+  readonly voice_url: string | null;
 }
 
 export interface TwilioConfig {
@@ -140,9 +147,14 @@ export interface LlmConfig {
 }
 
 export interface StorageConfig {
+  /** The SQLite file; with `url` set, its directory holds the PostgreSQL outage journal. */
   readonly path: string;
   /** Calls older than this are deleted; 0 keeps everything. */
   readonly retention_days: number;
+  /** "postgres://user@host/db": records in PostgreSQL (a fleet) instead of SQLite; null for SQLite. */
+  readonly url: string | null;
+  /** From env PGPASSWORD or credential `db_password`; null when absent. */
+  readonly password: string | null;
 }
 
 export interface LogConfig {

@@ -83,10 +83,14 @@ function refuseBadSignature(
   }
 }
 
-/** Reads a form-encoded webhook and checks its signature; a Response means stop there. */
+/**
+ * Reads a form-encoded webhook and checks its signature against each base URL Twilio may have
+ * called (`server.public_url`, and for `/twiml` a fleet's `server.voice_url`); a Response means stop.
+ */
 async function readSignedForm(
   env: RouteEnv,
   ctx: RouteContext,
+  bases: readonly string[] = [env.deps.config.server.public_url],
 ): Promise<{ ok: true; params: FormParams } | { ok: false; response: Response }> {
   const body = await readBody(ctx.req, {
     maxBytes: env.deps.config.server.max_body_bytes,
@@ -97,23 +101,33 @@ async function readSignedForm(
     return { ok: false, response: empty(status, { connection: "close" }) };
   }
   const params: FormParams = [...new URLSearchParams(decoder.decode(body.bytes))];
-  const url = signedUrl(env.deps.config.server.public_url, ctx.req.url, { websocket: false });
+  const urls = bases.map((base) => signedUrl(base, ctx.req.url, { websocket: false }));
   // A `bodySHA256` query parameter marks a JSON webhook (signed over the URL alone).
-  const isJson = /[?&]bodySHA256=/.test(url);
+  const isJson = /[?&]bodySHA256=/.test(urls[0]);
   const refused = refuseBadSignature(
     env,
     ctx,
     (authToken, signature) =>
-      isJson
-        ? validateJsonWebhookSignature(authToken, { url, body: body.bytes, signature })
-        : validateWebhookSignature(authToken, { url, params, signature }),
+      urls.some((url) =>
+        isJson
+          ? validateJsonWebhookSignature(authToken, { url, body: body.bytes, signature })
+          : validateWebhookSignature(authToken, { url, params, signature })
+      ),
   );
   return refused === null ? { ok: true, params } : { ok: false, response: refused };
 }
 
 /** `POST /twiml`: the Voice URL. Answers `<Connect><Stream>`, or busy when Kav cannot take it. */
 export async function handleTwiml(env: RouteEnv, ctx: RouteContext): Promise<Response> {
-  const form = await readSignedForm(env, ctx);
+  const { public_url, voice_url } = env.deps.config.server;
+  const form = await readSignedForm(
+    env,
+    ctx,
+    voice_url === null ? [public_url] : [
+      voice_url,
+      public_url,
+    ],
+  );
   if (!form.ok) return form.response;
   const { deps } = env;
   const fields = new Map(form.params);

@@ -181,6 +181,18 @@ new Gauge(
   "Call-store writes queued, not yet on disk",
   () => storeQueueDepth(),
 );
+let storeBehind: () => boolean = () => false;
+let storeJournalRecords: () => number = () => 0;
+new Gauge(
+  "kav_store_behind",
+  "1 while call records wait for the fleet database (down, slow or a journal to write), else 0",
+  () => storeBehind() ? 1 : 0,
+);
+new Gauge(
+  "kav_store_journal_records",
+  "Call records in the fleet store's disk journal, waiting for the database",
+  () => storeJournalRecords(),
+);
 const callsTotal = new Counter("kav_calls_total", "Calls ended, by outcome", { labelled: true });
 const rxFrames = new Counter("kav_rx_frames_total", "Inbound media frames received");
 const rxDrops = new Counter(
@@ -341,6 +353,11 @@ export function e2eLatencyObserved(seconds: number): void {
 export function watchStoreQueue(read: () => number): void {
   storeQueueDepth = read;
 }
+/** The fleet store registers whether records wait, and how many are in its disk journal. */
+export function watchStoreBehind(behind: () => boolean, journalRecords: () => number): void {
+  storeBehind = behind;
+  storeJournalRecords = journalRecords;
+}
 /** A store batch failed and stays queued (`retried`), or SQLite rejected one write (`dropped`). */
 export function storeWriteFailed(action: "retried" | "dropped"): void {
   storeWriteFailures.inc({ action });
@@ -358,6 +375,8 @@ export function resetMetrics(): void {
   for (const metric of registry) metric.reset();
   activeCallCount = 0;
   storeQueueDepth = () => 0;
+  storeBehind = () => false;
+  storeJournalRecords = () => 0;
   crmOutboxPending = () => 0;
 }
 

@@ -69,15 +69,26 @@ function table(rows: readonly (readonly string[])[]): string[] {
   );
 }
 
-/** The `kav calls` table, one line per call plus a header. */
+/** The `kav calls` table, one line per call plus a header; NODE when calls come from several nodes. */
 export function formatCallTable(calls: readonly CallRow[]): string[] {
   if (calls.length === 0) return ["No calls in that period"];
-  const rows = [["TIME", "CALL", "FROM", "DURATION", "TURNS", "OUTCOME", "E2E P50"]];
+  const nodes = new Set(calls.map((call) => call.node)).size > 1;
+  const rows = [[
+    "TIME",
+    "CALL",
+    ...(nodes ? ["NODE"] : []),
+    "FROM",
+    "DURATION",
+    "TURNS",
+    "OUTCOME",
+    "E2E P50",
+  ]];
   for (const call of calls) {
     const p50 = call.latency.e2e_latency.p50;
     rows.push([
       formatTime(call.startedAt),
       call.callSid,
+      ...(nodes ? [call.node ?? "-"] : []),
       call.from ?? "-",
       call.endedAt === null ? "-" : formatDuration(call.endedAt - call.startedAt),
       String(call.turns),
@@ -128,6 +139,7 @@ export function formatCallDetail(detail: CallDetail): string[] {
     `Call ${call.callSid} (stream ${call.streamSid}, account ${call.accountSid})`,
     `From ${call.from ?? "-"} to ${call.to ?? "-"}`,
   ];
+  if (call.node !== null) lines.push(`Answered by node ${call.node}`);
   const ended = call.endedAt === null
     ? "still open"
     : `ended ${formatTime(call.endedAt)} (${formatDuration(call.endedAt - call.startedAt)})`;

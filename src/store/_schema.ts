@@ -79,6 +79,8 @@ CREATE TABLE crm_outbox (
 CREATE INDEX crm_outbox_due ON crm_outbox (next_attempt_at) WHERE delivered_at IS NULL;
 CREATE INDEX crm_outbox_call ON crm_outbox (call_sid);
 `,
+  // 2: the node that answered the call (server.node_id); null for calls recorded before.
+  "ALTER TABLE calls ADD COLUMN node_id TEXT;",
 ];
 
 /** The schema version this build writes. */

@@ -22,6 +22,8 @@ export interface StoreWriterOptions {
   readonly log: Logger;
   /** Whether ending a call also inserts a CRM outbox row. */
   readonly crm: boolean;
+  /** `server.node_id`, written on each call row; null leaves it empty. */
+  readonly nodeId?: string | null;
   readonly newId?: () => string;
 }
 
@@ -31,6 +33,7 @@ export class StoreWriter {
   readonly #log: Logger;
   readonly #crm: boolean;
   readonly #newId: () => string;
+  readonly #nodeId: string | null;
   readonly #reader: CallReader;
   readonly #insertCall: StatementSync;
   readonly #upsertTurn: StatementSync;
@@ -48,10 +51,11 @@ export class StoreWriter {
     this.#log = options.log;
     this.#crm = options.crm;
     this.#newId = options.newId ?? (() => crypto.randomUUID());
+    this.#nodeId = options.nodeId ?? null;
     this.#reader = new CallReader(db);
     this.#insertCall = db.prepare(
       `INSERT INTO calls (call_sid, stream_sid, account_sid, from_number, to_number,
-        custom_parameters, started_at) VALUES (?, ?, ?, ?, ?, ?, ?)
+        custom_parameters, started_at, node_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
        ON CONFLICT (call_sid) DO NOTHING`,
     );
     const timingColumns = LATENCY_NAMES.join(", ");
@@ -101,6 +105,7 @@ export class StoreWriter {
           c.to,
           JSON.stringify(c.customParameters),
           c.startedAt,
+          this.#nodeId,
         );
         if (result.changes === 0) {
           this.#log.warn("STORE", "call already recorded", { call: c.callSid });

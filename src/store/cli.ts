@@ -1,14 +1,22 @@
 /**
  * `kav calls [--since 1h] [--limit N] [--json] [--redact]` and
  * `kav call <CallSid> [--json] [--redact]`: read the call store (read-only, safe while Kav runs).
+ * With `storage.url` they read the fleet's PostgreSQL: every node's calls.
  */
 import { readCommandLine } from "../command_line.ts";
-import { type CallReader, type CallRow, openCallReader } from "./read.ts";
+import { type CallDetail, type CallReader, type CallRow, openCallReader } from "./read.ts";
 import { formatCallDetail, formatCallTable, redactCall, redactDetail } from "./_cli_format.ts";
+import { createPgClient, describePgError } from "./_pg_client.ts";
+import { PgCallReader } from "./_pg_read.ts";
+import { PG_SCHEMA_VERSION, pgSchemaVersion } from "./_pg_schema.ts";
 
 export interface CallsCommandOptions {
   /** The SQLite file (`storage.path`). */
   readonly storagePath: string;
+  /** `storage.url`: read the fleet's PostgreSQL instead of the SQLite file. */
+  readonly storageUrl?: string | null;
+  /** `storage.password` for `storageUrl`. */
+  readonly storagePassword?: string | null;
   /** Standard output, one line per call; default `console.log`. */
   readonly out?: (line: string) => void;
   /** Errors and usage; default `console.error`. */
@@ -67,9 +75,46 @@ function parseFlags(args: readonly string[]): Flags {
   };
 }
 
-function listCalls(reader: CallReader, flags: Flags, now: number, out: (l: string) => void) {
+/** The reads the commands need, from SQLite or PostgreSQL. */
+interface RecordsReader {
+  listCalls(options: { sinceMs: number; limit: number }): Promise<CallRow[]> | CallRow[];
+  getCall(callSid: string): Promise<CallDetail | null> | CallDetail | null;
+  close(): Promise<void> | void;
+}
+
+/** Opens the PostgreSQL reader; throws an Error naming the store when it cannot be read. */
+async function openPgReader(url: string, password: string | null): Promise<RecordsReader> {
+  const sql = createPgClient({ url, password, max: 1, applicationName: "kav calls" });
+  try {
+    const version = await pgSchemaVersion(sql);
+    if (version !== PG_SCHEMA_VERSION) {
+      throw new RangeError(
+        `Cannot read call store "${url}": schema version ${version}, this build reads ${PG_SCHEMA_VERSION}`,
+      );
+    }
+  } catch (error) {
+    await sql.end({ timeout: 1 }).catch(() => {});
+    if (error instanceof RangeError) throw error;
+    throw new Error(`Cannot open call store "${url}": ${describePgError(error)}`, {
+      cause: error,
+    });
+  }
+  const reader = new PgCallReader(sql);
+  return {
+    listCalls: (options) => reader.listCalls(options),
+    getCall: (callSid) => reader.getCall(callSid),
+    close: () => sql.end({ timeout: 1 }),
+  };
+}
+
+async function listCalls(
+  reader: RecordsReader,
+  flags: Flags,
+  now: number,
+  out: (l: string) => void,
+) {
   const sinceMs = now - parseSince(flags.since);
-  let calls: CallRow[] = reader.listCalls({ sinceMs, limit: flags.limit });
+  let calls: CallRow[] = await reader.listCalls({ sinceMs, limit: flags.limit });
   if (flags.redact) calls = calls.map(redactCall);
   if (flags.json) out(JSON.stringify({ since: new Date(sinceMs).toISOString(), calls }, null, 2));
   else for (const line of formatCallTable(calls)) out(line);
@@ -79,15 +124,10 @@ function listCalls(reader: CallReader, flags: Flags, now: number, out: (l: strin
  * Runs `calls …` or `call …` (`args[0]` is the subcommand). Resolves to the exit code: 0 done,
  * 1 the store or call could not be read, 2 bad usage.
  */
-export function runCallsCommand(
+export async function runCallsCommand(
   args: readonly string[],
   options: CallsCommandOptions,
 ): Promise<number> {
-  // node:sqlite is synchronous; the promise keeps the door open for an async reader.
-  return Promise.resolve(run(args, options));
-}
-
-function run(args: readonly string[], options: CallsCommandOptions): number {
   const out = options.out ?? ((line: string) => console.log(line));
   const err = options.err ?? ((line: string) => console.error(line));
   const [command, ...rest] = args;
@@ -109,22 +149,26 @@ function run(args: readonly string[], options: CallsCommandOptions): number {
     err(CALLS_USAGE);
     return 2;
   }
-  let reader: ReturnType<typeof openCallReader>;
+  const url = options.storageUrl ?? null;
+  const where = url ?? options.storagePath;
+  let reader: RecordsReader;
   try {
-    reader = openCallReader(options.storagePath);
+    reader = url === null
+      ? openCallReader(options.storagePath)
+      : await openPgReader(url, options.storagePassword ?? null);
   } catch (error) {
     err((error as Error).message);
     return 1;
   }
   try {
     if (command === "calls") {
-      listCalls(reader, flags, (options.now ?? Date.now)(), out);
+      await listCalls(reader, flags, (options.now ?? Date.now)(), out);
       return 0;
     }
     const callSid = flags.positional[0];
-    const found = reader.getCall(callSid);
+    const found = await reader.getCall(callSid);
     if (!found) {
-      err(`Cannot find call "${callSid}" in "${options.storagePath}"`);
+      err(`Cannot find call "${callSid}" in "${where}"`);
       return 1;
     }
     const detail = flags.redact ? redactDetail(found) : found;
@@ -132,9 +176,9 @@ function run(args: readonly string[], options: CallsCommandOptions): number {
     else for (const line of formatCallDetail(detail)) out(line);
     return 0;
   } catch (error) {
-    err(`Cannot read call store "${options.storagePath}": ${(error as Error).message}`);
+    err(`Cannot read call store "${where}": ${(error as Error).message}`);
     return 1;
   } finally {
-    reader.close();
+    await reader.close();
   }
 }

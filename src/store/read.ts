@@ -26,6 +26,8 @@ export type LatencySummary = { readonly [K in LatencyName]: LatencyPercentiles }
 /** One call as stored. Times are epoch ms; `endedAt`/`outcome` are null while the call is open. */
 export interface CallRow {
   readonly callSid: string;
+  /** The node that answered (`server.node_id`); null for calls recorded before nodes were named. */
+  readonly node: string | null;
   readonly streamSid: string;
   readonly accountSid: string;
   readonly from: string | null;
@@ -75,7 +77,7 @@ const EVENT_KIND_NAMES: Readonly<Record<CallEventKind, true>> = {
 const OUTCOMES: ReadonlySet<string> = new Set(Object.keys(OUTCOME_NAMES));
 const EVENT_KINDS: ReadonlySet<string> = new Set(Object.keys(EVENT_KIND_NAMES));
 
-type Row = Record<string, unknown>;
+export type Row = Record<string, unknown>;
 
 function text(row: Row, key: string): string {
   const value = row[key];
@@ -107,7 +109,8 @@ function parseParameters(json: string): Record<string, string> {
   return out;
 }
 
-function toCallRow(row: Row): CallRow {
+/** A `calls` row (with `turn_count`) as a `CallRow`; SQLite and PostgreSQL rows read alike. */
+export function toCallRow(row: Row): CallRow {
   const outcome = optText(row, "outcome");
   const latency = {} as Record<LatencyName, LatencyPercentiles>;
   for (const name of LATENCY_NAMES) {
@@ -115,6 +118,7 @@ function toCallRow(row: Row): CallRow {
   }
   return {
     callSid: text(row, "call_sid"),
+    node: optText(row, "node_id"),
     streamSid: text(row, "stream_sid"),
     accountSid: text(row, "account_sid"),
     from: optText(row, "from_number"),
@@ -137,7 +141,8 @@ function toCallRow(row: Row): CallRow {
   };
 }
 
-function toTurn(row: Row): TurnRecord {
+/** A `turns` row as a `TurnRecord`. */
+export function toTurn(row: Row): TurnRecord {
   let timings: TurnTimings | null = null;
   if (num(row, "has_timings") === 1) {
     const t = {} as Record<LatencyName, number | null>;
@@ -157,7 +162,8 @@ function toTurn(row: Row): TurnRecord {
   };
 }
 
-function toEvent(row: Row): CallEvent | null {
+/** An `events` row as a `CallEvent`; null for a kind this build does not know. */
+export function toEvent(row: Row): CallEvent | null {
   const kind = text(row, "kind");
   if (!EVENT_KINDS.has(kind)) return null;
   return { kind: kind as CallEventKind, at: num(row, "at"), detail: text(row, "detail") };

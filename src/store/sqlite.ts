@@ -17,7 +17,7 @@ import { type StoreOp, StoreWriter } from "./_writer.ts";
 import { STORE_DEFAULTS, type StoreTuning, WriteQueue } from "./_write_queue.ts";
 import { RETENTION_CHUNK, sweepRetentionChunk, sweepRetentionOrphans } from "./_retention.ts";
 import { type Checkpointer, startCheckpointer } from "./_checkpointer.ts";
-import { type CrmBackoff, CrmOutbox } from "./crm_outbox.ts";
+import { type CrmBackoff, CrmOutbox, sqliteOutboxTable } from "./crm_outbox.ts";
 import { type CallDetail, CallReader, type CallRow } from "./read.ts";
 
 export { STORE_DEFAULTS, type StoreTuning };
@@ -25,6 +25,8 @@ export { STORE_DEFAULTS, type StoreTuning };
 export interface OpenCallStoreOptions {
   readonly path: string;
   readonly log: Logger;
+  /** `server.node_id`, written on each call row. */
+  readonly nodeId?: string;
   /** Calls older than this many days are deleted at open and daily; 0 keeps everything. */
   readonly retentionDays: number;
   /** CRM delivery; absent or a null url disables it. */
@@ -180,7 +182,11 @@ function prepare(db: DatabaseSync, options: OpenCallStoreOptions, busyTimeoutMs:
   if (mode !== "wal") log.warn("STORE", "not in WAL mode", { mode: String(mode) });
   db.exec("PRAGMA synchronous = NORMAL");
   migrate(db, path);
-  const writer = new StoreWriter(db, { log, crm: (options.crm?.url ?? null) !== null });
+  const writer = new StoreWriter(db, {
+    log,
+    crm: (options.crm?.url ?? null) !== null,
+    nodeId: options.nodeId ?? null,
+  });
   db.exec("BEGIN IMMEDIATE");
   const interrupted = writer.closeInterrupted((options.now ?? Date.now)());
   db.exec("COMMIT");
@@ -217,7 +223,7 @@ export async function openCallStore(options: OpenCallStoreOptions): Promise<Sqli
     : { offThread: false, stop: () => Promise.resolve() };
   const crmUrl = options.crm?.url ?? null;
   const outbox = crmUrl === null ? null : new CrmOutbox({
-    db,
+    table: sqliteOutboxTable(db),
     url: crmUrl,
     secret: options.crm?.secret ?? null,
     log,

@@ -215,7 +215,11 @@ export interface CliResult {
 }
 
 /** Runs `kav <args> --config <file>` (e.g. `calls`, `call <sid> --json`) with the `calls` task's flags. */
-export async function runKavCli(configPath: string, args: readonly string[]): Promise<CliResult> {
+export async function runKavCli(
+  configPath: string,
+  args: readonly string[],
+  env: Readonly<Record<string, string>> = {},
+): Promise<CliResult> {
   const out = await new Deno.Command(Deno.execPath(), {
     args: [
       "run",
@@ -223,13 +227,14 @@ export async function runKavCli(configPath: string, args: readonly string[]): Pr
       "--allow-write",
       "--allow-env",
       "--allow-sys",
+      "--allow-net",
       "main.ts",
       ...args,
       "--config",
       configPath,
     ],
     cwd: ROOT,
-    env: { NO_COLOR: "1" },
+    env: { NO_COLOR: "1", ...env },
     stdin: "null",
     stdout: "piped",
     stderr: "piped",
