@@ -128,6 +128,7 @@ export const SCHEMA: ReadonlyMap<string, Rule> = new Map<string, Rule>([
   ["server.max_call_duration_s", num(3600, 1, 86_400)],
   ["server.bad_signature_per_ip_per_min", int(30, 1, 1_000_000)],
   ["server.helper_thread_nice", int(10, 0, 19)],
+  ["server.workers", int(0, 0, 256)],
   ["server.node_id", { kind: "nullable_string", default: null, check: checkNodeId }],
   ["server.voice_url", { kind: "nullable_string", default: null, check: checkHttpUrl }],
   ["twilio.validate_signatures", bool(true)],

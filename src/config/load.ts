@@ -177,6 +177,7 @@ function buildConfig(
       max_call_duration_s: num("server.max_call_duration_s"),
       bad_signature_per_ip_per_min: num("server.bad_signature_per_ip_per_min"),
       helper_thread_nice: num("server.helper_thread_nice"),
+      workers: num("server.workers"),
       node_id: optStr("server.node_id") ?? hostName(),
       voice_url: optStr("server.voice_url")?.replace(/\/+$/, "") ?? null,
     },

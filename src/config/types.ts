@@ -31,6 +31,11 @@ export interface ServerConfig {
    * them alone): on a shared core they wait instead of taking turns with frames and webhooks.
    */
   readonly helper_thread_nice: number;
+  /**
+   * Call workers (SPEC 8): each an event loop of its own on the shared listen port. 0 = one per
+   * core this process may run on (CPU affinity and cgroup quota); 1 runs calls on the main thread.
+   */
+  readonly workers: number;
   /** This node's name in a fleet's records (`server.node_id`, default the host name). */
   readonly node_id: string;
   /**

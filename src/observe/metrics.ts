@@ -5,11 +5,11 @@
 
 type Labels = Readonly<Record<string, string>>;
 
+/** A series' label set as rendered inside the braces (`a="x",b="y"`), sorted; "" for none. */
 function labelKey(labels: Labels | undefined): string {
   if (!labels) return "";
   const keys = Object.keys(labels).sort();
-  if (keys.length === 0) return "";
-  return "{" + keys.map((k) => `${k}="${escapeLabel(labels[k])}"`).join(",") + "}";
+  return keys.map((k) => `${k}="${escapeLabel(labels[k])}"`).join(",");
 }
 
 function escapeLabel(value: string): string {
@@ -23,9 +23,49 @@ function formatNumber(value: number): string {
   return String(value);
 }
 
+/**
+ * One metric family as plain data: what a call worker sends to the main thread, and what the
+ * exposition is rendered from. Series are keyed by their rendered label set without braces
+ * (`outcome="completed"`; "" for none).
+ */
+export type FamilySnapshot =
+  | {
+    readonly kind: "counter";
+    readonly name: string;
+    readonly help: string;
+    /** Labelled counters show no series before the first `inc`. */
+    readonly labelled: boolean;
+    readonly series: readonly (readonly [string, number])[];
+  }
+  | {
+    readonly kind: "gauge";
+    readonly name: string;
+    readonly help: string;
+    readonly value: number;
+  }
+  | {
+    readonly kind: "histogram";
+    readonly name: string;
+    readonly help: string;
+    readonly bounds: readonly number[];
+    /** A histogram without labels always shows its one series. */
+    readonly labelled: boolean;
+    readonly series: readonly (readonly [string, HistogramSeries])[];
+  };
+
+export interface HistogramSeries {
+  /** Observations at or below each bound (cumulative, as rendered). */
+  readonly counts: readonly number[];
+  readonly sum: number;
+  readonly count: number;
+}
+
+/** Every family of one registry, in registration order. */
+export type MetricsSnapshot = readonly FamilySnapshot[];
+
 interface Metric {
   readonly name: string;
-  render(): string;
+  snapshot(): FamilySnapshot;
   /** Back to the initial state (tests). */
   reset(): void;
 }
@@ -54,11 +94,14 @@ class Counter implements Metric {
   reset(): void {
     this.#values.clear();
   }
-  render(): string {
-    let out = `# HELP ${this.name} ${this.#help}\n# TYPE ${this.name} counter\n`;
-    if (this.#values.size === 0 && !this.#labelled) out += `${this.name} 0\n`;
-    for (const [key, value] of this.#values) out += `${this.name}${key} ${formatNumber(value)}\n`;
-    return out;
+  snapshot(): FamilySnapshot {
+    return {
+      kind: "counter",
+      name: this.name,
+      help: this.#help,
+      labelled: this.#labelled,
+      series: [...this.#values],
+    };
   }
 }
 
@@ -73,7 +116,7 @@ class Gauge implements Metric {
     registry.push(this);
   }
   reset(): void {}
-  render(): string {
+  snapshot(): FamilySnapshot {
     let value: number;
     try {
       value = this.#read();
@@ -81,68 +124,43 @@ class Gauge implements Metric {
       // A scrape must not fail because one source (e.g. a closed store) cannot be read.
       value = NaN;
     }
-    return `# HELP ${this.name} ${this.#help}\n# TYPE ${this.name} gauge\n${this.name} ${
-      formatNumber(value)
-    }\n`;
+    return { kind: "gauge", name: this.name, help: this.#help, value };
   }
 }
 
+interface MutableSeries {
+  counts: number[];
+  sum: number;
+  count: number;
+}
+
+/**
+ * A histogram, optionally per label set (e.g. per provider). Without labels its one series is
+ * always shown; with labels a series appears with its first observation.
+ */
 class Histogram implements Metric {
   readonly name: string;
   readonly #help: string;
   readonly #bounds: readonly number[];
-  readonly #counts: number[];
-  #sum = 0;
-  #count = 0;
-  constructor(name: string, help: string, bounds: readonly number[]) {
+  readonly #labelled: boolean;
+  readonly #series = new Map<string, MutableSeries>();
+  constructor(
+    name: string,
+    help: string,
+    bounds: readonly number[],
+    options?: { labelled?: boolean },
+  ) {
     this.name = name;
     this.#help = help;
     this.#bounds = bounds;
-    this.#counts = bounds.map(() => 0);
-    registry.push(this);
-  }
-  reset(): void {
-    this.#counts.fill(0);
-    this.#sum = 0;
-    this.#count = 0;
-  }
-  observe(value: number): void {
-    this.#sum += value;
-    this.#count++;
-    for (let i = 0; i < this.#bounds.length; i++) {
-      if (value <= this.#bounds[i]) this.#counts[i]++;
-    }
-  }
-  render(): string {
-    let out = `# HELP ${this.name} ${this.#help}\n# TYPE ${this.name} histogram\n`;
-    for (let i = 0; i < this.#bounds.length; i++) {
-      out += `${this.name}_bucket{le="${this.#bounds[i]}"} ${this.#counts[i]}\n`;
-    }
-    out += `${this.name}_bucket{le="+Inf"} ${this.#count}\n`;
-    out += `${this.name}_sum ${formatNumber(this.#sum)}\n${this.name}_count ${this.#count}\n`;
-    return out;
-  }
-}
-
-/** A histogram per label set (e.g. per provider); a series appears with its first observation. */
-class LabelledHistogram implements Metric {
-  readonly name: string;
-  readonly #help: string;
-  readonly #bounds: readonly number[];
-  readonly #series = new Map<string, { counts: number[]; sum: number; count: number }>();
-  constructor(name: string, help: string, bounds: readonly number[]) {
-    this.name = name;
-    this.#help = help;
-    this.#bounds = bounds;
+    this.#labelled = options?.labelled ?? false;
     registry.push(this);
   }
   reset(): void {
     this.#series.clear();
   }
-  observe(labels: Labels, value: number): void {
-    const key = Object.keys(labels).sort().map((k) => `${k}="${escapeLabel(labels[k])}"`).join(
-      ",",
-    );
+  observe(value: number, labels?: Labels): void {
+    const key = labelKey(labels);
     let series = this.#series.get(key);
     if (series === undefined) {
       series = { counts: this.#bounds.map(() => 0), sum: 0, count: 0 };
@@ -154,20 +172,122 @@ class LabelledHistogram implements Metric {
       if (value <= this.#bounds[i]) series.counts[i]++;
     }
   }
-  render(): string {
-    let out = `# HELP ${this.name} ${this.#help}\n# TYPE ${this.name} histogram\n`;
-    for (const [key, series] of this.#series) {
-      const sep = key === "" ? "" : ",";
-      for (let i = 0; i < this.#bounds.length; i++) {
-        out += `${this.name}_bucket{${key}${sep}le="${this.#bounds[i]}"} ${series.counts[i]}\n`;
-      }
-      out += `${this.name}_bucket{${key}${sep}le="+Inf"} ${series.count}\n`;
-      const labels = key === "" ? "" : `{${key}}`;
-      out += `${this.name}_sum${labels} ${formatNumber(series.sum)}\n`;
-      out += `${this.name}_count${labels} ${series.count}\n`;
+  snapshot(): FamilySnapshot {
+    const series: [string, HistogramSeries][] = [];
+    for (const [key, s] of this.#series) {
+      series.push([key, { counts: [...s.counts], sum: s.sum, count: s.count }]);
     }
-    return out;
+    return {
+      kind: "histogram",
+      name: this.name,
+      help: this.#help,
+      bounds: this.#bounds,
+      labelled: this.#labelled,
+      series,
+    };
   }
+}
+
+function renderFamily(family: FamilySnapshot): string {
+  const { name } = family;
+  const head = `# HELP ${name} ${family.help}\n# TYPE ${name} ${family.kind}\n`;
+  switch (family.kind) {
+    case "gauge":
+      return `${head}${name} ${formatNumber(family.value)}\n`;
+    case "counter": {
+      let out = head;
+      if (family.series.length === 0 && !family.labelled) out += `${name} 0\n`;
+      for (const [key, value] of family.series) {
+        out += `${name}${key === "" ? "" : `{${key}}`} ${formatNumber(value)}\n`;
+      }
+      return out;
+    }
+    case "histogram": {
+      let out = head;
+      const series: readonly (readonly [string, HistogramSeries])[] =
+        family.series.length === 0 && !family.labelled
+          ? [["", { counts: family.bounds.map(() => 0), sum: 0, count: 0 }]]
+          : family.series;
+      for (const [key, s] of series) {
+        const sep = key === "" ? "" : ",";
+        for (let i = 0; i < family.bounds.length; i++) {
+          out += `${name}_bucket{${key}${sep}le="${family.bounds[i]}"} ${s.counts[i]}\n`;
+        }
+        out += `${name}_bucket{${key}${sep}le="+Inf"} ${s.count}\n`;
+        const labels = key === "" ? "" : `{${key}}`;
+        out += `${name}_sum${labels} ${formatNumber(s.sum)}\n`;
+        out += `${name}_count${labels} ${s.count}\n`;
+      }
+      return out;
+    }
+    default: {
+      const unreachable: never = family;
+      throw new TypeError(`Cannot render metric family ${JSON.stringify(unreachable)}`);
+    }
+  }
+}
+
+/**
+ * Sums registries family by family, series by series (counters, histograms and gauges alike: every
+ * gauge here is a count or a 0/1 flag, so the process's value is the sum of its event loops').
+ * Families keep the first snapshot's order; a family or series only some have is kept as it is.
+ */
+export function mergeSnapshots(snapshots: readonly MetricsSnapshot[]): MetricsSnapshot {
+  const order: string[] = [];
+  const merged = new Map<string, FamilySnapshot>();
+  for (const snapshot of snapshots) {
+    for (const family of snapshot) {
+      const seen = merged.get(family.name);
+      if (seen === undefined) {
+        order.push(family.name);
+        merged.set(family.name, family);
+      } else {
+        merged.set(family.name, addFamilies(seen, family));
+      }
+    }
+  }
+  return order.map((name) => merged.get(name)!);
+}
+
+function addSeries<T>(
+  a: readonly (readonly [string, T])[],
+  b: readonly (readonly [string, T])[],
+  add: (x: T, y: T) => T,
+): [string, T][] {
+  const out = new Map<string, T>(a);
+  for (const [key, value] of b) {
+    const seen = out.get(key);
+    out.set(key, seen === undefined ? value : add(seen, value));
+  }
+  return [...out];
+}
+
+function addFamilies(a: FamilySnapshot, b: FamilySnapshot): FamilySnapshot {
+  if (a.kind === "gauge" && b.kind === "gauge") return { ...a, value: a.value + b.value };
+  if (a.kind === "counter" && b.kind === "counter") {
+    return { ...a, series: addSeries(a.series, b.series, (x, y) => x + y) };
+  }
+  if (a.kind === "histogram" && b.kind === "histogram" && sameBounds(a.bounds, b.bounds)) {
+    const add = (x: HistogramSeries, y: HistogramSeries): HistogramSeries => ({
+      counts: x.counts.map((c, i) => c + (y.counts[i] ?? 0)),
+      sum: x.sum + y.sum,
+      count: x.count + y.count,
+    });
+    return { ...a, series: addSeries(a.series, b.series, add) };
+  }
+  throw new TypeError(`Cannot merge metric ${a.name}: ${a.kind} and ${b.kind} differ`);
+}
+
+function sameBounds(a: readonly number[], b: readonly number[]): boolean {
+  return a.length === b.length && a.every((bound, i) => bound === b[i]);
+}
+
+/**
+ * What a finished event loop leaves behind: its counters and histograms (a dead worker's counts
+ * must not vanish from the process's totals), not its gauges (its calls are gone).
+ */
+export function retiredPart(snapshot: MetricsSnapshot): MetricsSnapshot {
+  return snapshot.filter((family) => family.kind !== "gauge");
 }
 
 const LATENCY_BUCKETS_S = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5];
@@ -257,15 +377,17 @@ const e2eLatency = new Histogram(
 );
 
 const PROVIDER_BUCKETS_S = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
-const sttFinalLatency = new LabelledHistogram(
+const sttFinalLatency = new Histogram(
   "kav_stt_final_latency_seconds",
   "End of a caller utterance (cut by Kav's VAD) to its final transcript, by STT provider",
   PROVIDER_BUCKETS_S,
+  { labelled: true },
 );
-const ttsFirstByte = new LabelledHistogram(
+const ttsFirstByte = new Histogram(
   "kav_tts_first_byte_seconds",
   "TTS request sent to its first audio bytes, by provider",
   PROVIDER_BUCKETS_S,
+  { labelled: true },
 );
 const sttRetries = new Counter(
   "kav_stt_retries_total",
@@ -317,11 +439,11 @@ export function providerError(provider: string, category: string): void {
 }
 /** An utterance's final transcript arrived `seconds` after the utterance ended. */
 export function sttFinalLatencyObserved(provider: string, seconds: number): void {
-  sttFinalLatency.observe({ provider }, seconds);
+  sttFinalLatency.observe(seconds, { provider });
 }
 /** A TTS answer's first audio bytes arrived `seconds` after the request was sent. */
 export function ttsFirstByteObserved(provider: string, seconds: number): void {
-  ttsFirstByte.observe({ provider }, seconds);
+  ttsFirstByte.observe(seconds, { provider });
 }
 /** An utterance's transcription failed and will be tried again. */
 export function sttRetried(provider: string): void {
@@ -380,9 +502,19 @@ export function resetMetrics(): void {
   crmOutboxPending = () => 0;
 }
 
-/** The whole registry in Prometheus text format. */
-export function renderMetrics(): string {
+/** This event loop's registry as plain data (a call worker sends it to the main thread). */
+export function snapshotMetrics(): MetricsSnapshot {
+  return registry.map((metric) => metric.snapshot());
+}
+
+/** Renders a snapshot (e.g. the sum over workers) in Prometheus text format. */
+export function renderSnapshot(snapshot: MetricsSnapshot): string {
   let out = "";
-  for (const metric of registry) out += metric.render();
+  for (const family of snapshot) out += renderFamily(family);
   return out;
+}
+
+/** This event loop's registry in Prometheus text format. */
+export function renderMetrics(): string {
+  return renderSnapshot(snapshotMetrics());
 }

@@ -135,6 +135,7 @@ export function sandboxToml(
 listen = "${listen}"
 public_url = "${publicUrl}"
 drain_timeout_s = 5
+workers = 1
 [twilio]
 validate_signatures = false${sandboxProviderToml(servers, undefined, options.speech ?? "google")}
 [storage]
