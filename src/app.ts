@@ -15,6 +15,13 @@ export interface StartServerOptions {
   readonly signal?: AbortSignal;
   /** Called with the bound address (port 0 resolves to the real port). */
   readonly onListen?: (addr: Deno.NetAddr) => void;
+  /** Bind this port instead of `server.listen`'s (call workers after the first bound port 0). */
+  readonly port?: number;
+  /**
+   * SO_REUSEPORT: every call worker binds the same address and the kernel spreads new
+   * connections over them (needs `--unstable-net`, in deno.json's "unstable").
+   */
+  readonly reusePort?: boolean;
 }
 
 /** `Deno.serve` on `server.listen`; throws Error when a TLS file cannot be read. */
@@ -25,7 +32,8 @@ export function startServer(options: StartServerOptions): Deno.HttpServer<Deno.N
     : {};
   return Deno.serve({
     hostname: server.hostname,
-    port: server.port,
+    port: options.port ?? server.port,
+    ...(options.reusePort ? { reusePort: true } : {}),
     signal: options.signal,
     onListen: options.onListen ?? (() => {}),
     // The handler has its own boundary; this only catches what escapes it.
@@ -50,6 +58,8 @@ export interface RunServerOptions {
   readonly log: Logger;
   readonly calls: MediaCallAcceptor;
   readonly onStatusEvent: HandlerDeps["onStatusEvent"];
+  /** The calls' shared facts (`src/call/call_state.ts`), handed to the routes. */
+  readonly callState?: HandlerDeps["callState"];
   /**
    * Called once on SIGTERM/SIGINT (or `signal`) after /healthz turned 503: let active calls end
    * and flush records. `signal` aborts at `server.drain_timeout_s`.
@@ -71,6 +81,7 @@ export async function runServer(options: RunServerOptions): Promise<void> {
     calls: options.calls,
     onStatusEvent: options.onStatusEvent,
     isDraining: () => draining,
+    callState: options.callState,
   });
   const server = startServer({
     config,

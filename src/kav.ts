@@ -4,57 +4,32 @@
  * in-process on a free port.
  */
 import { runServer } from "./app.ts";
+import { LocalCallState } from "./call/call_state.ts";
 import { CallManager, installEscapeHandlers } from "./call/manager.ts";
-import type { AgentFactory } from "./call/agent.ts";
-import { createConversationFactory } from "./agent/conversation.ts";
 import type { Config } from "./config/types.ts";
-import { createOpenAiLlm } from "./llm/openai.ts";
-import type { LlmProvider } from "./llm/types.ts";
+import {
+  callScript,
+  createProviders,
+  type KavProviders,
+  recordStatus,
+  ttsVoice,
+  withVoice,
+} from "./kav_calls.ts";
 import type { Logger } from "./observe/log.ts";
 import { sdNotifierFromEnv } from "./observe/sd_notify.ts";
+import { availableCores, type CoreCount } from "./runtime/cores.ts";
 import { lowerHelperThreads } from "./runtime/helper_threads.ts";
 import { openConfiguredStore } from "./store/open.ts";
-import type { CallEventKind, CallStore } from "./store/types.ts";
-import { createGoogleStt } from "./stt/google.ts";
-import { createOpenAiStt } from "./stt/openai.ts";
-import type { SttProvider } from "./stt/types.ts";
+import type { CallStore } from "./store/types.ts";
 import { PhraseCache } from "./tts/cache.ts";
-import { createGoogleTts } from "./tts/google.ts";
-import { createOpenAiTts } from "./tts/openai.ts";
-import type { TtsProvider } from "./tts/types.ts";
+import { runSupervised } from "./workers/supervisor.ts";
 
-export interface KavProviders {
-  readonly stt: SttProvider;
-  readonly tts: TtsProvider;
-  readonly llm: LlmProvider;
-}
-
-/**
- * Builds the providers the config names: Google (plaintext gRPC for `insecure` endpoints) or an
- * OpenAI-compatible speech server for `stt.provider` and `tts.provider` (SPEC 10), and the LLM.
- */
-export function createProviders(config: Config, log: Logger): KavProviders {
-  const credentialsPath = config.google.credentials_path;
-  return {
-    stt: config.stt.provider === "openai"
-      ? createOpenAiStt(config.stt, { log })
-      : createGoogleStt(config.stt, { credentialsPath, log }),
-    tts: config.tts.provider === "openai"
-      ? createOpenAiTts(config.tts.openai)
-      : createGoogleTts({ ...config.tts, language: config.call.language }, { credentialsPath }),
-    llm: createOpenAiLlm(config.llm, { log }),
-  };
-}
-
-/** The voice of the configured TTS provider (`tts.voice` is Google's, `tts.openai.voice` OpenAI's). */
-export function ttsVoice(tts: Config["tts"]): string {
-  return tts.provider === "openai" ? tts.openai.voice : tts.voice;
-}
+export { createProviders, type KavProviders, ttsVoice };
 
 export interface RunKavOptions {
   readonly config: Config;
   readonly log: Logger;
-  /** Defaults to `createProviders(config)`. */
+  /** Defaults to `createProviders(config)`; given ones run calls on the main thread only. */
   readonly providers?: KavProviders;
   /** Stops Kav like SIGTERM does. */
   readonly signal?: AbortSignal;
@@ -71,13 +46,44 @@ export interface RunKavOptions {
   readonly store?: CallStore;
 }
 
+/** How many call workers `server.workers` asks for here (0: one per usable core). */
+export function workerCount(config: Config): { workers: number; cores: CoreCount | null } {
+  if (config.server.workers > 0) return { workers: config.server.workers, cores: null };
+  const cores = availableCores();
+  return { workers: cores.cores, cores };
+}
+
 /**
  * Runs Kav until SIGTERM/SIGINT (or `signal`): /healthz turns 503, new calls are refused, active
- * calls finish up to `server.drain_timeout_s` (then are closed), records are flushed.
+ * calls finish up to `server.drain_timeout_s` (then are closed), records are flushed. With one
+ * worker the calls run on this thread; with more, on call workers this thread supervises
+ * (`src/workers/supervisor.ts`, SPEC 8).
  */
 export async function runKav(options: RunKavOptions): Promise<void> {
   const { config, log } = options;
   lowerHelperThreadsOnce(config.server.helper_thread_nice, log);
+  const { workers, cores } = workerCount(config);
+  if (workers === 1) return await runOnMainThread(options);
+  if (options.providers !== undefined) {
+    throw new RangeError(
+      `Cannot run ${workers} call workers with providers given in-process: set server.workers = 1`,
+    );
+  }
+  await runSupervised({
+    config,
+    log,
+    workers,
+    cores,
+    signal: options.signal,
+    reload: options.reload,
+    onListen: options.onListen,
+    store: options.store,
+  });
+}
+
+/** `server.workers = 1`: every call on this thread's event loop. */
+async function runOnMainThread(options: RunKavOptions): Promise<void> {
+  const { config, log } = options;
   const notifier = sdNotifierFromEnv({ log });
   const providers = options.providers ?? createProviders(config, log);
   const store: CallStore = options.store ?? await openConfiguredStore(config, log);
@@ -92,7 +98,8 @@ export async function runKav(options: RunKavOptions): Promise<void> {
   for (const failed of boot.failed) {
     log.error("TTS", "phrase not cached", { phrase: failed.name, error: failed.error.message });
   }
-  let script = callScript(config, config, providers, phrases);
+  let script = callScript(config, config, providers, phraseAudio(phrases));
+  const callState = new LocalCallState();
   const calls = new CallManager({
     config,
     stt: providers.stt,
@@ -112,7 +119,7 @@ export async function runKav(options: RunKavOptions): Promise<void> {
         signal: lifetime.signal,
         phrases: { greeting: next.call.greeting, apology: next.call.apology },
       });
-      script = callScript(config, next, providers, phrases);
+      script = callScript(config, next, providers, phraseAudio(phrases));
       log.info("KAV", "reloaded for new calls", {
         voice,
         phrases: report.loaded.length,
@@ -144,6 +151,7 @@ export async function runKav(options: RunKavOptions): Promise<void> {
         options.onListen?.(addr);
       },
       onStatusEvent: (params, webhook) => recordStatus(store, params, webhook),
+      callState,
       drain: async ({ signal }) => {
         await notifier.stopping({ extendTimeoutMs: config.server.drain_timeout_s * 1000 + 5000 });
         const timeoutMs = config.server.drain_timeout_s * 1000;
@@ -169,54 +177,14 @@ export async function runKav(options: RunKavOptions): Promise<void> {
   }
 }
 
-/**
- * What a new call gets: the agent of `next`'s greeting, prompt, apology and voice (every other
- * setting stays `boot`'s). SIGHUP replaces it; active calls keep theirs.
- */
-function callScript(
-  boot: Config,
-  next: Config,
-  providers: KavProviders,
-  phrases: PhraseCache,
-): AgentFactory {
-  // A snapshot, so a later reload cannot change an active call's greeting or apology audio.
-  const audio = new Map(phrases.names.map((name) => [name, phrases.get(name)]));
-  const { greeting, system_prompt, apology } = next.call;
-  const voice = ttsVoice(next.tts);
-  return createConversationFactory({
-    call: { ...boot.call, greeting, system_prompt, apology },
-    stt: boot.stt,
-    log: boot.log,
-    llm: providers.llm,
-    tts: withVoice(providers.tts, () => voice),
-    phrases: { get: (name) => audio.get(name) ?? null },
-  });
-}
-
-/** `tts` speaking with `voice()` unless a request names its own voice; closing it is a no-op. */
-function withVoice(tts: TtsProvider, voice: () => string): TtsProvider {
-  const stream = tts.stream?.bind(tts);
-  return {
-    synthesize: (text, options) =>
-      tts.synthesize(text, { ...options, voice: options.voice ?? voice() }),
-    ...(stream
-      ? { stream: (text, options) => stream(text, { ...options, voice: options.voice ?? voice() }) }
-      : {}),
-    close: () => Promise.resolve(),
-  };
-}
-
-/** Status callbacks are recorded against their call, off the response path. */
-function recordStatus(
-  store: CallStore,
-  params: Readonly<Record<string, string>>,
-  webhook: string,
-): void {
-  const callSid = params.CallSid;
-  if (!callSid) return;
-  const kind: CallEventKind = "stream_status";
-  const detail = [webhook, params.StreamEvent, params.StreamError].filter(Boolean).join(" ");
-  store.event(callSid, { kind, at: Date.now(), detail });
+/** The phrases' audio as the cache holds it now. */
+function phraseAudio(phrases: PhraseCache): Map<string, Uint8Array> {
+  const audio = new Map<string, Uint8Array>();
+  for (const name of phrases.names) {
+    const bytes = phrases.get(name);
+    if (bytes !== null) audio.set(name, bytes);
+  }
+  return audio;
 }
 
 let helperThreadsLowered = false;

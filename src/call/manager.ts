@@ -1,12 +1,14 @@
 /**
- * `CallManager`: owns every live `CallSession`, admits new media sockets under `server.max_calls`,
- * and drains on shutdown. A failure inside one call ends at most that call.
+ * `CallManager`: owns every live `CallSession` of its event loop, admits new media sockets under
+ * `server.max_calls` (a count shared by every call worker, see `admission.ts`), and drains on
+ * shutdown. A failure inside one call ends at most that call.
  */
 import type { AudioConfig, CallConfig, LogConfig, ServerConfig } from "../config/types.ts";
 import type { Logger } from "../observe/log.ts";
 import type { CallEnded, CallStore } from "../store/types.ts";
 import type { SttProvider } from "../stt/types.ts";
 import { settlesWithin } from "./_cap.ts";
+import { type CallAdmission, LocalAdmission } from "./admission.ts";
 import type { AgentFactory } from "./agent.ts";
 import { type Scheduler, sharedScheduler } from "./scheduler.ts";
 import { CallSession } from "./session.ts";
@@ -35,6 +37,25 @@ export interface CallManagerDeps {
   readonly agentFactory?: AgentFactory;
   /** Defaults to the process-wide shared scheduler. */
   readonly scheduler?: Scheduler;
+  /** The `max_calls` count; defaults to this manager's own (calls on one event loop). */
+  readonly admission?: CallAdmission;
+  /** Which call worker this is (in `snapshot()`); null on the main thread. */
+  readonly worker?: number | null;
+}
+
+/**
+ * One live call as plain data: what `/metrics`-style fan-outs and the operator console merge
+ * across call workers (each worker answers for its own calls).
+ */
+export interface LiveCall {
+  readonly connectionId: string;
+  /** Null until Twilio's `start`. */
+  readonly callSid: string | null;
+  readonly remoteAddr: string;
+  /** Epoch ms the socket was accepted. */
+  readonly acceptedAt: number;
+  /** The call worker it lives on; null on the main thread. */
+  readonly worker: number | null;
 }
 
 export interface DrainResult {
@@ -50,13 +71,14 @@ const TRY_AGAIN_LATER = 1013;
 export class CallManager {
   readonly #deps: CallManagerDeps;
   readonly #scheduler: Scheduler;
-  readonly #sessions = new Set<CallSession>();
+  readonly #admission: CallAdmission;
+  readonly #sessions = new Map<CallSession, { remoteAddr: string; acceptedAt: number }>();
   #draining = false;
-  #connections = 0;
 
   constructor(deps: CallManagerDeps) {
     this.#deps = deps;
     this.#scheduler = deps.scheduler ?? sharedScheduler();
+    this.#admission = deps.admission ?? new LocalAdmission(deps.config.server.max_calls);
   }
 
   /** Calls with a live socket. */
@@ -69,9 +91,9 @@ export class CallManager {
     return this.#draining;
   }
 
-  /** True while under `server.max_calls` and not draining. */
+  /** True while under `server.max_calls` (process-wide) and not draining. */
   canAccept(): boolean {
-    return !this.#draining && this.#sessions.size < this.#deps.config.server.max_calls;
+    return !this.#draining && this.#admission.taken() < this.#admission.max;
   }
 
   /**
@@ -80,20 +102,38 @@ export class CallManager {
    * Returns the session, or null when refused.
    */
   attach(socket: WebSocket, meta: { remoteAddr: string }): CallSession | null {
-    const connectionId = `conn-${++this.#connections}`;
-    const { config, logger } = this.#deps;
-    if (!this.canAccept()) {
+    const connectionId = `conn-${this.#admission.nextConnection()}`;
+    const { logger } = this.#deps;
+    // One atomic take: of many sockets arriving at once on any worker, at most max_calls get in.
+    if (this.#draining || !this.#admission.tryTake()) {
       logger.warn("CALL", "media socket refused", {
         conn: connectionId,
         remote: meta.remoteAddr,
-        active: this.#sessions.size,
+        active: this.#admission.taken(),
         draining: this.#draining,
       });
       refuse(socket);
       return null;
     }
     logger.info("CALL", "media socket accepted", { conn: connectionId, remote: meta.remoteAddr });
-    const session = new CallSession(socket, {
+    let session: CallSession;
+    try {
+      session = this.#newSession(socket, connectionId, meta.remoteAddr);
+    } catch (error) {
+      this.#admission.give();
+      throw error;
+    }
+    this.#sessions.set(session, { remoteAddr: meta.remoteAddr, acceptedAt: Date.now() });
+    session.done.then(() => {
+      this.#sessions.delete(session);
+      this.#admission.give();
+    });
+    return session;
+  }
+
+  #newSession(socket: WebSocket, connectionId: string, remoteAddr: string): CallSession {
+    const { config, logger } = this.#deps;
+    return new CallSession(socket, {
       server: config.server,
       audio: config.audio,
       language: config.call.language,
@@ -104,16 +144,25 @@ export class CallManager {
       agentFactory: this.#deps.agentFactory,
       scheduler: this.#scheduler,
       connectionId,
-      remoteAddr: meta.remoteAddr,
+      remoteAddr,
     });
-    this.#sessions.add(session);
-    session.done.then(() => this.#sessions.delete(session));
-    return session;
   }
 
   /** The live sessions (a snapshot). */
   sessions(): CallSession[] {
-    return [...this.#sessions];
+    return [...this.#sessions.keys()];
+  }
+
+  /** This event loop's live calls as plain data, oldest first. */
+  snapshot(): LiveCall[] {
+    const worker = this.#deps.worker ?? null;
+    return [...this.#sessions].map(([session, meta]) => ({
+      connectionId: session.connectionId,
+      callSid: session.callSid,
+      remoteAddr: meta.remoteAddr,
+      acceptedAt: meta.acceptedAt,
+      worker,
+    }));
   }
 
   /**
@@ -123,7 +172,7 @@ export class CallManager {
    */
   async drain(options: { timeoutMs: number; signal?: AbortSignal }): Promise<DrainResult> {
     this.#draining = true;
-    const all = [...this.#sessions];
+    const all = [...this.#sessions.keys()];
     if (all.length === 0) return { finished: 0, forced: 0 };
     this.#deps.logger.info("CALL", "draining", {
       active: all.length,

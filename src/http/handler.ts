@@ -21,6 +21,7 @@ export type { HandlerDeps, MediaCallAcceptor, StatusParams, StreamWebhook } from
 export type KavHandler = (req: Request, info: Deno.ServeHandlerInfo) => Promise<Response>;
 
 type RouteName =
+  | "test_hook"
   | "healthz"
   | "metrics"
   | "twiml"
@@ -37,6 +38,13 @@ const ROUTES: ReadonlyMap<string, { readonly name: RouteName; readonly methods: 
     [TWILIO_ROUTES.streamEnded, { name: "stream_ended", methods: ["POST"] }],
     [TWILIO_ROUTES.media, { name: "media", methods: ["GET"] }],
   ]);
+
+/** Only when `deps.testHook` is set (`KAV_TEST_HOOKS=1`): never on a production process. */
+const TEST_HOOK_PATH = "/__test/worker";
+const TEST_HOOK_ROUTE: { readonly name: RouteName; readonly methods: string[] } = {
+  name: "test_hook",
+  methods: ["POST"],
+};
 
 function text(status: number, body: string, headers?: Record<string, string>): Response {
   return new Response(body, {
@@ -74,7 +82,9 @@ export function createHandler(deps: HandlerDeps): KavHandler {
     let path = new URL(req.url).pathname;
     // Twilio and consoles may add a trailing "/"; the signed URL keeps whatever was sent.
     if (path.length > 1 && path.endsWith("/")) path = path.slice(0, -1);
-    const route = ROUTES.get(path);
+    const route = path === TEST_HOOK_PATH && deps.testHook !== undefined
+      ? TEST_HOOK_ROUTE
+      : ROUTES.get(path);
     if (route === undefined) return Promise.resolve(text(404, "not found\n"));
     if (!route.methods.includes(req.method)) {
       return Promise.resolve(
@@ -84,18 +94,22 @@ export function createHandler(deps: HandlerDeps): KavHandler {
     const routeCtx: RouteContext = { ...ctx, route: route.name };
     switch (route.name) {
       case "healthz": {
-        const draining = deps.isDraining();
-        const response = text(draining ? 503 : 200, draining ? "draining\n" : "ok\n");
+        const state = deps.isDraining()
+          ? "draining"
+          : deps.isStarting?.() === true
+          ? "starting"
+          : "ok";
+        const response = text(state === "ok" ? 200 : 503, `${state}\n`);
         return Promise.resolve(
           req.method === "HEAD" ? new Response(null, response) : response,
         );
       }
       case "metrics":
-        return Promise.resolve(
-          text(200, renderMetrics(), {
-            "content-type": "text/plain; version=0.0.4; charset=utf-8",
-          }),
+        return Promise.resolve(deps.metricsText?.() ?? renderMetrics()).then((body) =>
+          text(200, body, { "content-type": "text/plain; version=0.0.4; charset=utf-8" })
         );
+      case "test_hook":
+        return req.text().then((body) => deps.testHook!(new URLSearchParams(body)));
       case "twiml":
         return handleTwiml(env, routeCtx);
       case "stream_status":

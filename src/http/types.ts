@@ -1,5 +1,6 @@
 /** What the HTTP layer needs from the rest of Kav. */
 
+import type { SharedCallState } from "../call/call_state.ts";
 import type { Config } from "../config/types.ts";
 import type { Logger } from "../observe/log.ts";
 
@@ -28,6 +29,17 @@ export interface HandlerDeps {
   onStatusEvent(params: StatusParams, webhook: StreamWebhook): void | Promise<void>;
   /** True once shutdown began: /healthz says 503 and new calls are refused. */
   isDraining(): boolean;
+  /** True until every call worker listens: /healthz says 503 "starting". Default never. */
+  isStarting?(): boolean;
+  /** The `/metrics` body: the process's series, summed over call workers. Default this thread's. */
+  metricsText?(): string | Promise<string>;
+  /**
+   * Per-call facts a later request for a call may need, from any worker (`src/call/call_state.ts`);
+   * the routes of the `<Connect action>` and `<Dial action>` answers read it.
+   */
+  readonly callState?: SharedCallState;
+  /** `POST /__test/worker` (only with `KAV_TEST_HOOKS=1`): ends a call worker (tests). */
+  testHook?(form: URLSearchParams): Promise<Response>;
   /** Time allowed to receive a webhook body, ms (default `BODY_TIMEOUT_MS`, 10 s); then 408. */
   readonly bodyTimeoutMs?: number;
 }

@@ -111,6 +111,18 @@ class LineLogger implements Logger {
   child(fields: LogFields): Logger {
     return new LineLogger(this.#prefix + formatFields(fields), this.#sink);
   }
+  static sinkOf(log: LineLogger): LogSink {
+    return log.#sink;
+  }
+}
+
+/**
+ * Where `log`'s finished lines go, so lines formatted elsewhere (a call worker's) can join them in
+ * order. A logger not made by `createLogger` gets each line as the message of a `[LOG]` line.
+ */
+export function lineSinkOf(log: Logger): LogSink {
+  if (log instanceof LineLogger) return LineLogger.sinkOf(log);
+  return (line, level) => log[level]("LOG", line);
 }
 
 /** Creates the root logger; tests pass a sink that collects lines. */

@@ -412,6 +412,10 @@ export function callEnded(outcome: string): void {
   activeCallCount--;
   callsTotal.inc({ outcome });
 }
+/** A call whose call worker died, recorded by the main thread (its worker's counts are gone). */
+export function callRecordedAsLost(outcome: string): void {
+  callsTotal.inc({ outcome });
+}
 export function rxFrameReceived(): void {
   rxFrames.inc();
 }

@@ -143,12 +143,12 @@ export class PgWriter {
           ended.endedAt,
           ended.outcome,
           clean(ended.reason),
-          c.rx_frames,
-          c.rx_drops,
-          c.tx_frames,
-          c.tx_drops,
-          c.tx_late,
-          c.malformed,
+          c?.rx_frames ?? null,
+          c?.rx_drops ?? null,
+          c?.tx_frames ?? null,
+          c?.tx_drops ?? null,
+          c?.tx_late ?? null,
+          c?.malformed ?? null,
           op.callSid,
         ]);
         if (result.count === 0) {

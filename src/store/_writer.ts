@@ -139,12 +139,12 @@ export class StoreWriter {
           ended.endedAt,
           ended.outcome,
           ended.reason,
-          c.rx_frames,
-          c.rx_drops,
-          c.tx_frames,
-          c.tx_drops,
-          c.tx_late,
-          c.malformed,
+          c?.rx_frames ?? null,
+          c?.rx_drops ?? null,
+          c?.tx_frames ?? null,
+          c?.tx_drops ?? null,
+          c?.tx_late ?? null,
+          c?.malformed ?? null,
           op.callSid,
         );
         if (result.changes === 0) {

@@ -84,7 +84,8 @@ export interface CallEnded {
   readonly endedAt: number;
   readonly outcome: CallOutcome;
   readonly reason: string;
-  readonly counters: CallCounters;
+  /** Null when they were lost with the call worker that held the call (SPEC 8). */
+  readonly counters: CallCounters | null;
 }
 
 export interface CallStore {

@@ -1,0 +1,126 @@
+/**
+ * A call worker's view of what the main thread owns: the call store (its single writer), the log
+ * (one writer of stdout), and the shared call state. Writes are batched: what one event-loop turn
+ * produced goes to the main thread in one message at the end of the turn, and a warning, an error
+ * or any request first sends what is waiting, so lines and records keep their order.
+ */
+import type { CallStateFields, SetOptions, SharedCallState } from "../call/call_state.ts";
+import type { LogSink } from "../observe/log.ts";
+import type { CallEnded, CallEvent, CallStarted, CallStore, TurnRecord } from "../store/types.ts";
+import type {
+  FromWorker,
+  LogLevel,
+  MessageLink,
+  RecordOp,
+  Requests,
+  WorkerReplies,
+  WorkerRequest,
+} from "./protocol.ts";
+
+/** Log lines and records waiting for the end of the turn. */
+export class Outbox {
+  readonly #link: MessageLink;
+  #logs: [LogLevel, string][] = [];
+  #records: RecordOp[] = [];
+  #timer: ReturnType<typeof setTimeout> | undefined;
+
+  constructor(link: MessageLink) {
+    this.#link = link;
+  }
+
+  /** Records not yet handed to the main thread. */
+  get pendingRecords(): number {
+    return this.#records.length;
+  }
+
+  /** The worker's log sink: info lines at the end of the turn, the rest at once. */
+  readonly logSink: LogSink = (line, level) => {
+    this.#logs.push([level, line]);
+    if (level === "info") this.#schedule();
+    else this.flush();
+  };
+
+  record(op: RecordOp): void {
+    this.#records.push(op);
+    this.#schedule();
+  }
+
+  /** Sends what is waiting now. */
+  readonly flush = (): void => {
+    if (this.#timer !== undefined) clearTimeout(this.#timer);
+    this.#timer = undefined;
+    if (this.#logs.length === 0 && this.#records.length === 0) return;
+    const message: FromWorker = { type: "out", logs: this.#logs, records: this.#records };
+    this.#logs = [];
+    this.#records = [];
+    this.#link.postMessage(message);
+  };
+
+  /** Posts `message` after what is waiting. */
+  post(message: FromWorker): void {
+    this.flush();
+    this.#link.postMessage(message);
+  }
+
+  #schedule(): void {
+    if (this.#timer === undefined) this.#timer = setTimeout(this.flush, 0);
+  }
+}
+
+/**
+ * The call store as a worker sees it: every write goes to the main thread's store, in order, at the
+ * end of the turn it was made in. `flush` resolves once the main thread's store has it on disk.
+ */
+export class RemoteCallStore implements CallStore {
+  readonly #outbox: Outbox;
+  readonly #requests: Requests<WorkerRequest, WorkerReplies>;
+
+  constructor(outbox: Outbox, requests: Requests<WorkerRequest, WorkerReplies>) {
+    this.#outbox = outbox;
+    this.#requests = requests;
+  }
+
+  callStarted(call: CallStarted): void {
+    this.#outbox.record({ kind: "start", call });
+  }
+  turnCompleted(callSid: string, turn: TurnRecord): void {
+    this.#outbox.record({ kind: "turn", callSid, turn });
+  }
+  event(callSid: string, event: CallEvent): void {
+    this.#outbox.record({ kind: "event", callSid, event });
+  }
+  callEnded(callSid: string, ended: CallEnded): void {
+    this.#outbox.record({ kind: "end", callSid, ended });
+  }
+  pending(): number {
+    return this.#outbox.pendingRecords;
+  }
+  async flush(): Promise<void> {
+    await this.#requests.request({ kind: "records-flush" });
+  }
+  close(): Promise<void> {
+    return this.flush();
+  }
+}
+
+/** The shared call state, kept on the main thread (see `src/call/call_state.ts`). */
+export class RemoteCallState implements SharedCallState {
+  readonly #requests: Requests<WorkerRequest, WorkerReplies>;
+
+  constructor(requests: Requests<WorkerRequest, WorkerReplies>) {
+    this.#requests = requests;
+  }
+
+  async set(callSid: string, fields: CallStateFields, options: SetOptions = {}): Promise<void> {
+    // Resolves once the main thread holds the fields, so any worker's later `get` sees them.
+    await this.#requests.request({ kind: "state-set", callSid, fields, ttlMs: options.ttlMs });
+  }
+
+  get(callSid: string): Promise<CallStateFields | null> {
+    return this.#requests.request({ kind: "state-get", callSid });
+  }
+
+  async delete(callSid: string): Promise<void> {
+    await this.#requests.request({ kind: "state-delete", callSid });
+  }
+}
