@@ -115,7 +115,12 @@ export class CallManager {
       refuse(socket);
       return null;
     }
-    logger.info("CALL", "media socket accepted", { conn: connectionId, remote: meta.remoteAddr });
+    const worker = this.#deps.worker ?? null;
+    logger.info("CALL", "media socket accepted", {
+      conn: connectionId,
+      remote: meta.remoteAddr,
+      ...(worker === null ? {} : { worker }),
+    });
     let session: CallSession;
     try {
       session = this.#newSession(socket, connectionId, meta.remoteAddr);

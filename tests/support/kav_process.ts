@@ -271,6 +271,21 @@ export async function sayAndWait<T>(
   }
 }
 
+/**
+ * Registers `fn` once with the calls on Kav's main thread (`server.workers = 1`) and once on two
+ * call workers (SPEC 8); `fn` gets the TOML line to merge into its `[server]` table.
+ */
+export function testWithWorkers(
+  name: string,
+  fn: (workers: number, serverToml: string) => Promise<void>,
+  counts: readonly number[] = [1, 2],
+): void {
+  for (const workers of counts) {
+    Deno.test(`${name} (workers=${workers})`, () =>
+      fn(workers, `[server]\nworkers = ${workers}\n`));
+  }
+}
+
 /** The fixture clip `name` ("appointment", "hours", "goodbye", "tomorrow"). */
 export function fixtureClip(name: string): Clip {
   const clip = fixtureClips().find((c) => c.name === name);
