@@ -3,10 +3,15 @@
  * what is the process's: the call store (the one writer: workers send their records here), the
  * log (workers send their lines), the fixed phrases (synthesized once, sent to every worker), the
  * shared call state, systemd notification, signals (SIGHUP reload, SIGTERM drain), and the
- * `/metrics` sum. It starts the workers, and replaces one that dies: an uncaught error, an isolate
- * out of memory (each worker's heap is limited, so only that isolate stops), or an event loop that
- * stopped moving its heartbeat. A dead worker's calls are logged and recorded as errors; the
- * other workers' calls go on.
+ * `/metrics` sum. It starts the workers, and replaces one that dies: an uncaught error, or an
+ * isolate out of memory (each worker's heap is limited, so only that isolate stops). A dead
+ * worker's calls are logged and recorded as errors; the other workers' calls go on.
+ *
+ * A worker whose event loop stops moving its heartbeat (stuck in a loop that never yields) cannot
+ * be replaced: Deno 2.9 cannot stop such a thread (`terminate()` leaves it running,
+ * denoland/deno#35657), and its listening socket would keep taking a share of new connections and
+ * never answer them. So its calls are recorded as errors, the other workers' calls drain, and Kav
+ * exits with an error for systemd to restart it (`Restart=on-failure`).
  */
 import v8 from "node:v8";
 import { Worker as NodeWorker } from "node:worker_threads";
@@ -106,6 +111,9 @@ class Supervisor {
   #port = 0;
   #retired: MetricsSnapshot = [];
   #stopping = false;
+  /** Resolves when a worker stopped answering: Kav then drains and exits for a restart. */
+  readonly #stuck = Promise.withResolvers<string>();
+  #stuckWorker: number | null = null;
 
   constructor(options: SupervisorOptions) {
     this.#options = options;
@@ -166,9 +174,15 @@ class Supervisor {
           }
         });
       });
-      const reason = await signals.stopRequested;
+      const reason = await Promise.race([signals.stopRequested, this.#stuck.promise]);
       clearInterval(watch);
       await this.#drain(reason);
+      if (this.#stuckWorker !== null) {
+        throw new Error(
+          `call worker ${this.#stuckWorker} stopped answering; Deno cannot stop a thread that never ` +
+            "yields, so Kav stopped for a restart",
+        );
+      }
     } finally {
       signals.close();
       this.#stopping = true;
@@ -433,7 +447,9 @@ class Supervisor {
         handle.lastBeat = beat;
         handle.lastBeatAt = now;
       } else if (now - handle.lastBeatAt > STALL_MS) {
-        void this.#lost(handle, `no heartbeat for ${STALL_MS / 1000} s (out of memory or stuck)`);
+        this.#stuckWorker ??= handle.slot;
+        void this.#lost(handle, `no heartbeat for ${STALL_MS / 1000} s`, { replace: false });
+        this.#stuck.resolve(`call worker ${handle.slot} stuck`);
       }
     }
   }
@@ -456,7 +472,11 @@ class Supervisor {
    * A worker is gone (or must go): log it, record its calls as errors, keep its counts, stop its
    * isolate, free its share of `max_calls`, and start a new worker in its slot.
    */
-  async #lost(handle: Handle, reason: string): Promise<void> {
+  async #lost(
+    handle: Handle,
+    reason: string,
+    options: { replace: boolean } = { replace: true },
+  ): Promise<void> {
     if (handle.gone) return;
     handle.gone = true;
     handle.requests.close(`call worker ${handle.slot} is gone`);
@@ -475,7 +495,9 @@ class Supervisor {
     this.#retired = mergeSnapshots([this.#retired, retiredPart(handle.lastSnapshot)]);
     await handle.worker.terminate().catch(() => {});
     this.#state.clearSlot(handle.slot);
-    if (!stopping && !this.#stopping && !this.#state.draining && handle.listening) {
+    if (
+      options.replace && !stopping && !this.#stopping && !this.#state.draining && handle.listening
+    ) {
       await this.#replace(handle);
     }
   }
