@@ -44,6 +44,7 @@ import {
   type RecordOp,
   Requests,
   type WorkerInit,
+  type WorkerReplies,
   type WorkerRequest,
 } from "./protocol.ts";
 import { SharedProcessState } from "./shared_state.ts";
@@ -326,13 +327,9 @@ class Supervisor {
       case "records-flush":
         return this.#store.flush().then(() => null);
       case "state-set":
-        this.#registry.set(body.callSid, body.fields, { ttlMs: body.ttlMs });
-        return null;
       case "state-get":
-        return this.#registry.get(body.callSid);
       case "state-delete":
-        this.#registry.delete(body.callSid);
-        return null;
+        return answerCallState(this.#registry, body);
       case "test-crash":
         return this.#testCrash(body.slot, body.how);
       default: {
@@ -534,6 +531,27 @@ class Supervisor {
         worker: dead.slot,
         error: errorText(error),
       });
+    }
+  }
+}
+
+/** The main thread's answer to a worker's call-state request: the registry is the one truth. */
+export function answerCallState(
+  registry: CallStateRegistry,
+  body: Extract<WorkerRequest, { kind: "state-set" | "state-get" | "state-delete" }>,
+): WorkerReplies[typeof body.kind] {
+  switch (body.kind) {
+    case "state-set":
+      registry.set(body.callSid, body.fields, { ttlMs: body.ttlMs });
+      return null;
+    case "state-get":
+      return registry.get(body.callSid);
+    case "state-delete":
+      registry.delete(body.callSid);
+      return null;
+    default: {
+      const unreachable: never = body;
+      throw new TypeError(`Cannot answer ${JSON.stringify(unreachable)}`);
     }
   }
 }

@@ -1,0 +1,86 @@
+/**
+ * A test thread for tests/workers_test.ts: takes `max_calls` places from the shared state as fast
+ * as it can once the main thread says go, or gets and sets call state through the main thread,
+ * exactly as a call worker does (`SharedProcessState`, `RemoteCallState` over `Requests`).
+ */
+import { parentPort, workerData } from "node:worker_threads";
+import type { CallStateFields } from "../../src/call/call_state.ts";
+import {
+  type Reply,
+  Requests,
+  type WorkerReplies,
+  type WorkerRequest,
+} from "../../src/workers/protocol.ts";
+import { RemoteCallState } from "../../src/workers/remote.ts";
+import { SharedProcessState } from "../../src/workers/shared_state.ts";
+
+export interface ThreadData {
+  readonly shared: SharedArrayBuffer;
+  readonly slot: number;
+  /** Two words: the go flag, and how many threads hold a place now (the churn test). */
+  readonly go: SharedArrayBuffer;
+  readonly max: number;
+  readonly attempts: number;
+}
+
+export type Command =
+  | { readonly type: "take" }
+  | { readonly type: "churn" }
+  | { readonly type: "give"; readonly count: number }
+  | { readonly type: "set"; readonly callSid: string; readonly fields: CallStateFields }
+  | { readonly type: "get"; readonly callSid: string };
+
+if (parentPort !== null) {
+  const port = parentPort;
+  const data = workerData as ThreadData;
+  const state = new SharedProcessState(data.shared);
+  const requests = new Requests<WorkerRequest, WorkerReplies>(port);
+  const callState = new RemoteCallState(requests);
+  port.on("message", async (message: Command | Reply) => {
+    switch (message.type) {
+      case "reply":
+        requests.settle(message);
+        return;
+      case "take": {
+        // Every thread starts at once, then takes as fast as it can.
+        const go = new Int32Array(data.go);
+        Atomics.wait(go, 0, 0);
+        let taken = 0;
+        for (let i = 0; i < data.attempts; i++) {
+          if (state.tryTake(data.slot, data.max)) taken++;
+        }
+        port.postMessage({ type: "taken", taken });
+        return;
+      }
+      case "churn": {
+        // Take and give back at the limit. `go[1]` counts the threads holding a place (one up
+        // after a take, one down before the give): it can pass max only if admission over-admits.
+        const go = new Int32Array(data.go);
+        Atomics.wait(go, 0, 0);
+        let over = 0;
+        let taken = 0;
+        for (let i = 0; i < data.attempts; i++) {
+          if (!state.tryTake(data.slot, data.max)) continue;
+          taken++;
+          if (Atomics.add(go, 1, 1) + 1 > data.max) over++;
+          Atomics.sub(go, 1, 1);
+          state.give(data.slot);
+        }
+        port.postMessage({ type: "churned", over, taken });
+        return;
+      }
+      case "give":
+        for (let i = 0; i < message.count; i++) state.give(data.slot);
+        port.postMessage({ type: "given" });
+        return;
+      case "set":
+        await callState.set(message.callSid, message.fields);
+        port.postMessage({ type: "set-done" });
+        return;
+      case "get":
+        port.postMessage({ type: "got", value: await callState.get(message.callSid) });
+        return;
+    }
+  });
+  port.postMessage({ type: "up" });
+}
