@@ -278,6 +278,20 @@ export function findWorkerRefs(code: string): WorkerRef[] {
   return refs;
 }
 
+/** esbuild's `require` for CommonJS code: based on the module's URL, which is data: in a worker. */
+const CREATE_REQUIRE = "__deno_internal_createRequire(import.meta.url)";
+
+/**
+ * A worker's esbuild output as a data: URL module: its `require` (node built-ins only, everything
+ * else is bundled) gets a file path to start from, and `__dirname` / `__filename` exist as in the
+ * main bundle (a data: URL has no directory; nothing bundled reads files beside itself).
+ */
+export function finishWorker(code: string): string {
+  const base = JSON.stringify("/kav-worker.js");
+  return `var __dirname = "/", __filename = ${base};\n` +
+    code.replaceAll(CREATE_REQUIRE, `__deno_internal_createRequire(${base})`);
+}
+
 /**
  * Makes esbuild output self-contained: workers become data: URLs, CommonJS `__dirname` and
  * `__filename` (undefined in ES modules) point beside the bundle, and nothing may still import
@@ -286,7 +300,8 @@ export function findWorkerRefs(code: string): WorkerRef[] {
 export function finishBundle(code: string, workers: ReadonlyMap<string, string>): string {
   let out = code;
   for (const [expression, workerCode] of workers) {
-    const url = `data:text/javascript;base64,${Buffer.from(workerCode).toString("base64")}`;
+    const module = finishWorker(workerCode);
+    const url = `data:text/javascript;base64,${Buffer.from(module).toString("base64")}`;
     out = out.replaceAll(expression, `new URL(${JSON.stringify(url)})`);
   }
   const external =

@@ -32,7 +32,10 @@ Deno.test("finishBundle() inlines workers as data: URLs and defines __dirname", 
   assert.match(out, /var __dirname = import\.meta\.dirname, __filename = import\.meta\.filename;/);
   const url = /new URL\("(data:text\/javascript;base64,[^"]+)"\)/.exec(out)?.[1];
   assert.ok(url, out);
-  assert.equal(atob(url.split(",")[1]), "postMessage(1);");
+  assert.equal(
+    atob(url.split(",")[1]),
+    `var __dirname = "/", __filename = "/kav-worker.js";\npostMessage(1);`,
+  );
   assert.doesNotMatch(out, /import\.meta\.url\)/);
 });
 
@@ -244,9 +247,9 @@ const CALL_TIMEOUT_MS = 30_000;
 
 /**
  * Builds Kav, runs it from an empty DENO_DIR with only its baked permissions on a temp config
- * against the local providers, checks /healthz, completes a simulated call (greeting, then a
- * caller turn answered and played), then SIGTERM: exit 0, READY=1 then STOPPING=1 on the notify
- * socket.
+ * against the local providers, on two call workers (SPEC 8: the worker module must be inside the
+ * build), checks /healthz, completes a simulated call (greeting, then a caller turn answered and
+ * played), then SIGTERM: exit 0, READY=1 then STOPPING=1 on the notify socket.
  */
 async function buildAndServe(t: Deno.TestContext, launch: Launch): Promise<void> {
   const { root, paths } = await tempPaths();
@@ -261,6 +264,7 @@ async function buildAndServe(t: Deno.TestContext, launch: Launch): Promise<void>
     const kav = await startKavProcess({
       servers,
       dir: paths.stateDir,
+      extra: "[server]\nworkers = 2",
       command: {
         cmd,
         args,
@@ -298,6 +302,7 @@ async function buildAndServe(t: Deno.TestContext, launch: Launch): Promise<void>
         await kav.waitForLine(new RegExp(`call=${client.callSid} ended outcome=completed`), {
           timeoutMs: CALL_TIMEOUT_MS,
         });
+        assert.ok(kav.lines.some((l) => /\[KAV\] call workers workers=2/.test(l)), kav.log());
       } finally {
         await client.close();
       }

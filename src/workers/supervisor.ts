@@ -252,7 +252,7 @@ class Supervisor {
     this.#handles[slot] = handle;
     worker.on("message", (message: FromWorker) => this.#onMessage(handle, message));
     worker.on("error", (error: Error) => {
-      void this.#lost(handle, `uncaught error: ${error.message}`);
+      void this.#lost(handle, `uncaught error: ${errorText(error)}`);
     });
     worker.on("exit", (code: number) => {
       void this.#lost(handle, `exited with code ${code}`);
@@ -276,7 +276,7 @@ class Supervisor {
         return;
       case "failed":
         handle.listened.reject(new Error(message.error));
-        void this.#lost(handle, `failed to start: ${message.error}`);
+        void this.#lost(handle, `failed to start: ${errorText(message.error)}`);
         return;
       case "request":
         handle.requests.answer(message.id, () => this.#serve(message.body));
@@ -587,8 +587,10 @@ class Signals {
   }
 }
 
+/** An error's message for a log line, capped (a worker's error can quote its whole source). */
 function errorText(error: unknown): string {
-  return error instanceof Error ? error.message : String(error);
+  const text = error instanceof Error ? error.message : String(error);
+  return text.length > 300 ? `${text.slice(0, 300)}…` : text;
 }
 
 function readEnv(name: string): string | undefined {
