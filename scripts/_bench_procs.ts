@@ -166,6 +166,7 @@ export async function scrapeCounters(baseUrl: string): Promise<KavCounters> {
 
 /** The status-callback prober: `window()` returns the latencies since the previous call. */
 export interface Prober {
+  readonly pid: number;
   window(): Promise<WebhookWindow>;
   stop(): Promise<void>;
 }
@@ -190,6 +191,7 @@ export function startProber(options: {
   const lines = readLines(child.stdout);
   const encoder = new TextEncoder();
   return {
+    pid: child.pid,
     async window() {
       await writer.write(encoder.encode("window\n"));
       const next = await lines.next();
@@ -207,6 +209,7 @@ export function startProber(options: {
 
 /** One load generator: `placed` resolves once its calls are all placed, `report` at its end. */
 export interface Generator {
+  readonly pid: number;
   readonly placed: Promise<void>;
   readonly report: Promise<LoadReport>;
 }
@@ -256,5 +259,5 @@ export function startGenerator(options: {
     return result;
   })();
   report.catch(() => placed.resolve());
-  return { placed: placed.promise, report };
+  return { pid: child.pid, placed: placed.promise, report };
 }

@@ -64,6 +64,7 @@ const COLUMNS: readonly [string, number, (s: StepResult, x: StepExtras) => unkno
   ["tx_drop", 7, (s) => s.agent.dropped],
   ["ok", 7, (s) => `${s.outcome.ok}/${s.calls}`],
   ["load%", 5, (s) => s.load.loadCoreBusyPct],
+  ["load_cpu%", 9, (s) => s.load.cpuPct ?? null],
   ["lag99", 5, (s) => s.load.lagP99Ms],
   ["probe_ms", 11, (s) => `${s.coreProbeMs.before}/${s.coreProbeMs.after}`],
 ];

@@ -117,6 +117,11 @@ export interface StepResult {
     /** Busy % of the load core and of Kav's core (Kav included) over the window. */
     readonly loadCoreBusyPct: number;
     readonly kavCoreBusyPct: number;
+    /**
+     * CPU of the load side over the window, % of one core: the generators, the prober and this
+     * process (the provider servers). Unpinned, this is what the load took from Kav's cores.
+     */
+    readonly cpuPct: number;
   };
   /** Measured on the wire; null when `tcpdump` could not run. */
   readonly wire: WireTiming | null;
@@ -179,13 +184,17 @@ export async function runStep(
   });
   await Promise.all(generators.map((g) => g.placed));
   await sleep(o.settleMs);
+  const loadPids = [Deno.pid, o.prober.pid, ...generators.map((g) => g.pid)];
+  const loadCpu = () => loadPids.reduce((sum, pid) => sum + processCpuOrZero(pid), 0);
   const cpu0 = processCpuSeconds(o.kav.pid);
+  const load0 = loadCpu();
   const cores0 = coreTicks();
   await o.prober.window(); // drop what came before the window
   const windowFrom = Date.now();
   const t0 = performance.now();
   await sleep(o.windowMs);
   const cpu1 = processCpuSeconds(o.kav.pid);
+  const load1 = loadCpu();
   const cores1 = coreTicks();
   const seconds = (performance.now() - t0) / 1000;
   const rssMiB = processRssMiB(o.kav.pid);
@@ -299,11 +308,21 @@ export async function runStep(
       lagP99Ms: round1(lag.quantile(0.99)),
       loadCoreBusyPct: round1(cores.load === null ? NaN : busy[cores.load]),
       kavCoreBusyPct: round1(cores.kav === null ? NaN : busy[cores.kav]),
+      cpuPct: round1((100 * (load1 - load0)) / seconds),
     },
     wire,
     coreProbeMs: { before: probeBefore, after: probeAfter },
     histogram,
   };
+}
+
+/** A process's CPU seconds, 0 once it has exited. */
+function processCpuOrZero(pid: number): number {
+  try {
+    return processCpuSeconds(pid);
+  } catch {
+    return 0;
+  }
 }
 
 function wireTiming(report: WireReport, from: number, to: number): WireTiming {

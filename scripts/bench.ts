@@ -4,7 +4,7 @@
  *   deno task bench [-- --steps 25,50,100,200,400,800] [--quick] [--no-pin] [--skip-variants]
  *                      [--floor] [--no-wire] [--keep-going] [--extra-toml TOML] [--kav-flag FLAG]
  *                      [--speech google|openai] [--speech-compare CALLS]
- *                      [--store sqlite|postgres]
+ *                      [--store sqlite|postgres] [--workers 1,2] [--with-floor]
  *
  * Kav runs as a subprocess (`_bench_kav.ts`, i.e. `runKav` with a config file) pinned to core 0 with
  * `taskset`; the local provider servers (gRPC Speech and TTS, OpenAI-compatible SSE; answering
@@ -33,6 +33,13 @@
  * 7. With `--store postgres` (issue 18): the ramp records to a local PostgreSQL (Debian's, started
  *    in a temp dir with fsync on, pinned to the load core) through `storage.url`, and SQLite and
  *    PostgreSQL alternate twice at 100 calls: TX p99 and status-callback p99 side by side.
+ *
+ * 8. With `--workers 1,2` (issue 17, SPEC 8): one ramp per `server.workers` count, each on a fresh
+ *    Kav, in the same run: max calls with every invariant held, CPU per call, RSS (and per worker),
+ *    both p99s at each step, and how much CPU the load side (generators, prober, providers) took.
+ *    Compare worker counts unpinned (`--no-pin`): pinned, every worker shares Kav's one core.
+ * 9. With `--with-floor`: the floor server's ramp first, in the same run, and Kav's CPU over the
+ *    floor's at each step (the per-call cost target: ≤ 2× at 100 calls, workers=1 pinned).
  *
  * Timing is measured twice: at the client (the load generators), and on the wire by `tcpdump` on
  * loopback when it can run (`_bench_wire.ts`: kernel timestamps of Kav's own packets, so the
@@ -111,6 +118,10 @@ interface BenchArgs {
   speechCompare: number;
   /** Where Kav records calls: its SQLite file, or a local PostgreSQL via `storage.url`. */
   store: "sqlite" | "postgres";
+  /** `server.workers` of each ramp (one ramp per count). */
+  workers: number[];
+  /** Also ramp the floor server in this run and compare Kav's CPU with it. */
+  withFloor: boolean;
   out: string;
 }
 
@@ -137,6 +148,8 @@ const OPTIONS = {
   speech: { type: "string" },
   "speech-compare": { type: "string" },
   store: { type: "string" },
+  workers: { type: "string" },
+  "with-floor": { type: "boolean" },
 } as const;
 
 function parseArgs(argv: readonly string[]): BenchArgs {
@@ -161,8 +174,14 @@ function parseArgs(argv: readonly string[]): BenchArgs {
   if (store !== "sqlite" && store !== "postgres") {
     throw new RangeError(`Cannot use --store ${JSON.stringify(store)}: sqlite or postgres`);
   }
+  const workers = (values.workers ?? "1").split(",").map(Number);
+  if (workers.some((n) => !Number.isInteger(n) || n < 1 || n > 64)) {
+    throw new RangeError(`Cannot use --workers ${JSON.stringify(values.workers)}: e.g. 1,2`);
+  }
   return {
     steps,
+    workers,
+    withFloor: values["with-floor"] ?? false,
     durationMs: quick ? 14_000 : 22_000,
     windowMs: quick ? 5_000 : 10_000,
     turns: quick ? 2 : 3,
@@ -326,6 +345,7 @@ async function main(): Promise<void> {
     extraArgs: string[] = [],
     speech = args.speech,
     store: BenchArgs["store"] = args.store,
+    workers = args.workers[0],
   ) => {
     const port = freePort();
     const dbPath = `${dir}/${name}.db`;
@@ -340,7 +360,13 @@ async function main(): Promise<void> {
       dir,
       name,
       env: url === null ? {} : { PGPASSWORD: PG_PASSWORD },
-      toml: kavToml(servers, port, dbPath, args.extraToml + storeToml, speech),
+      toml: kavToml(
+        servers,
+        port,
+        dbPath,
+        `${args.extraToml}${storeToml}\n[server]\nworkers = ${workers}\n`,
+        speech,
+      ),
       port,
       dbPath,
       core: cores.kav,
@@ -400,22 +426,43 @@ async function main(): Promise<void> {
   try {
     // 1. Ramp. It goes on past a step that missed only a timing invariant (so CPU and memory are
     // measured at every load) and stops at the first step where calls fail or frames are lost.
-    const ramp = await launch(args.floor ? "floor" : "ramp", args.floor ? ["--floor"] : []);
-    await sleep(1000);
-    const cpu0 = processCpuSeconds(ramp.kav.pid);
-    await sleep(3000);
-    const idle = {
-      cpuPct: round2((100 * (processCpuSeconds(ramp.kav.pid) - cpu0)) / 3),
-      rssMiB: round2(processRssMiB(ramp.kav.pid)),
+    const runRamp = async (label: string, floor: boolean, workers: number) => {
+      const target = await launch(
+        label,
+        floor ? ["--floor"] : [],
+        args.speech,
+        args.store,
+        workers,
+      );
+      await sleep(1000);
+      const cpu0 = processCpuSeconds(target.kav.pid);
+      await sleep(3000);
+      const idle = {
+        cpuPct: round2((100 * (processCpuSeconds(target.kav.pid) - cpu0)) / 3),
+        rssMiB: round2(processRssMiB(target.kav.pid)),
+      };
+      log(
+        `idle ${label}: ${idle.cpuPct}% CPU (status-callback prober running), ${idle.rssMiB} MiB`,
+      );
+      const steps: StepResult[] = [];
+      for (const calls of args.steps) {
+        const result = await step(label, target, calls);
+        steps.push(result);
+        // The floor's calls never complete (its echo never answers): its ramp always goes on.
+        if (result.hardFailure && !args.keepGoing && !floor) break;
+      }
+      await shutdown();
+      return { label, workers, idle, steps, dbPath: target.kav.dbPath };
     };
-    log(`idle Kav: ${idle.cpuPct}% CPU (status-callback prober running), ${idle.rssMiB} MiB`);
-    const steps: StepResult[] = [];
-    for (const calls of args.steps) {
-      const result = await step("ramp", ramp, calls);
-      steps.push(result);
-      if (result.hardFailure && !args.keepGoing) break;
+    const floorRamp = args.withFloor && !args.floor ? await runRamp("floor", true, 1) : null;
+    const ramps = [];
+    for (const workers of args.workers) {
+      const label = args.floor ? "floor" : args.workers.length > 1 ? `ramp_w${workers}` : "ramp";
+      if (workers > 1 && pinned) log(`${label}: ${workers} workers pinned to one core share it`);
+      ramps.push(await runRamp(label, args.floor, workers));
     }
-    await shutdown();
+    const [{ idle, steps }] = ramps;
+    const ramp = { kav: { dbPath: ramps[0].dbPath } };
     const turns = args.floor
       ? []
       : await agentTurns({ dbPath: ramp.kav.dbPath, url: storeUrls.get(ramp.kav.dbPath) ?? null });
@@ -564,6 +611,44 @@ async function main(): Promise<void> {
         }
         : null,
     };
+    const heldMax = (list: readonly StepResult[]) => list.filter((s) => s.held).at(-1)?.calls ?? 0;
+    const workersSummary = ramps.map((r) => ({
+      workers: r.workers,
+      maxCallsAllInvariantsHeld: heldMax(r.steps),
+      idleRssMiB: r.idle.rssMiB,
+      steps: r.steps.map((s) => ({
+        calls: s.calls,
+        held: s.held,
+        cpuPct: s.kav.cpuPct,
+        cpuPerCallPct: s.kav.cpuPerCallPct,
+        rssMiB: s.kav.rssMiB,
+        rssPerWorkerMiB: round2(s.kav.rssMiB / r.workers),
+        txP99Ms: s.tx.p99,
+        wireTxP99Ms: s.wire?.tx.p99 ?? null,
+        webhookP99Ms: s.webhook.p99,
+        wireWebhookP99Ms: s.wire?.webhook.p99 ?? null,
+        loadCpuPct: s.load.cpuPct,
+        failures: s.failures,
+      })),
+    }));
+    const floorVsKav = floorRamp === null ? null : floorRamp.steps.map((f) => {
+      const kavStep = steps.find((s) => s.calls === f.calls);
+      return {
+        calls: f.calls,
+        floorCpuPct: f.kav.cpuPct,
+        kavCpuPct: kavStep?.kav.cpuPct ?? null,
+        ratio: kavStep === undefined ? null : round2(kavStep.kav.cpuPct / f.kav.cpuPct),
+        floorRssMiB: f.kav.rssMiB,
+        kavRssMiB: kavStep?.kav.rssMiB ?? null,
+      };
+    });
+    const workersResult = {
+      ramps: workersSummary,
+      maxCallsRatio: ramps.length < 2 || heldMax(ramps[0].steps) === 0
+        ? null
+        : round2(heldMax(ramps.at(-1)!.steps) / heldMax(ramps[0].steps)),
+      floorVsKav,
+    };
     const result = {
       meta: {
         date: new Date().toISOString(),
@@ -577,6 +662,8 @@ async function main(): Promise<void> {
         nice: niced ? NICE : null,
         warmupCalls: WARMUP_CALLS,
         store: args.store,
+        workers: args.workers,
+        loadAverage: loadAverage(),
         kavCore: cores.kav,
         loadCore: cores.load,
         clkTck: CLK_TCK,
@@ -589,7 +676,20 @@ async function main(): Promise<void> {
       },
       idle,
       summary,
+      workers: workersResult,
       steps: steps.map((s, i) => ({ ...stepJson(s), ...extras[i] })),
+      otherRamps: ramps.slice(1).map((r) => ({
+        workers: r.workers,
+        idle: r.idle,
+        steps: r.steps.map((s, i) => ({
+          ...stepJson(s),
+          ...stepExtras(r.steps, r.idle.rssMiB, new Map())[i],
+        })),
+      })),
+      floorRamp: floorRamp === null ? null : {
+        idle: floorRamp.idle,
+        steps: floorRamp.steps.map((s) => stepJson(s)),
+      },
       variants: variants.map((v, i) => ({ ...stepJson(v), ...variantExtras[i] })),
     };
     await Deno.mkdir(args.out, { recursive: true });
@@ -600,9 +700,36 @@ async function main(): Promise<void> {
     console.log(JSON.stringify(summary, null, 2));
     console.log("");
     console.log(formatSteps(steps, extras));
+    for (const r of ramps.slice(1)) {
+      console.log("");
+      console.log(formatSteps(r.steps, stepExtras(r.steps, r.idle.rssMiB, new Map())));
+    }
+    if (floorRamp !== null) {
+      console.log("");
+      console.log(
+        formatSteps(floorRamp.steps, stepExtras(floorRamp.steps, floorRamp.idle.rssMiB, new Map())),
+      );
+    }
     if (variants.length > 0) {
       console.log("");
       console.log(formatSteps(variants, variantExtras));
+    }
+    if (ramps.length > 1) {
+      console.log("");
+      for (const r of workersSummary) {
+        console.log(
+          `workers=${r.workers}: max calls with all invariants held ${r.maxCallsAllInvariantsHeld}`,
+        );
+      }
+      console.log(`ratio (last / first): ${workersResult.maxCallsRatio}`);
+    }
+    if (floorVsKav !== null) {
+      console.log("");
+      for (const f of floorVsKav) {
+        console.log(
+          `${f.calls} calls: Kav ${f.kavCpuPct}% vs floor ${f.floorCpuPct}% → ${f.ratio}×`,
+        );
+      }
     }
     console.log("");
     console.log(
@@ -617,6 +744,15 @@ async function main(): Promise<void> {
     await pg?.close();
     if (args.keep) log(`kept Kav's configs, logs and stores in ${dir}`);
     else await Deno.remove(dir, { recursive: true }).catch(() => {});
+  }
+}
+
+/** `/proc/loadavg`'s 1, 5 and 15 minute figures: other jobs on a shared machine show here. */
+function loadAverage(): number[] | null {
+  try {
+    return Deno.readTextFileSync("/proc/loadavg").split(" ").slice(0, 3).map(Number);
+  } catch {
+    return null;
   }
 }
 

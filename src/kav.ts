@@ -5,7 +5,7 @@
  */
 import { runServer } from "./app.ts";
 import { LocalCallState } from "./call/call_state.ts";
-import { CallManager, installEscapeHandlers } from "./call/manager.ts";
+import { CallManager, installEscapeHandlers, type LiveCall } from "./call/manager.ts";
 import type { Config } from "./config/types.ts";
 import {
   callScript,
@@ -16,6 +16,7 @@ import {
   withVoice,
 } from "./kav_calls.ts";
 import type { Logger } from "./observe/log.ts";
+import { renderMetrics } from "./observe/metrics.ts";
 import { sdNotifierFromEnv } from "./observe/sd_notify.ts";
 import { availableCores, type CoreCount } from "./runtime/cores.ts";
 import { lowerHelperThreads } from "./runtime/helper_threads.ts";
@@ -44,6 +45,16 @@ export interface RunKavOptions {
    * `storage.url` (benchmarks compare against a no-op store).
    */
   readonly store?: CallStore;
+  /** Called once listening, with the process's view of itself over every call worker. */
+  readonly onView?: (view: KavView) => void;
+}
+
+/** What the process shows of itself, the same with calls on the main thread or on workers. */
+export interface KavView {
+  /** Every live call of the process (all call workers), oldest first. */
+  liveCalls(): Promise<readonly LiveCall[]>;
+  /** The `/metrics` body: one set of series, summed over call workers. */
+  metricsText(): Promise<string>;
 }
 
 /** How many call workers `server.workers` asks for here (0: one per usable core). */
@@ -77,6 +88,7 @@ export async function runKav(options: RunKavOptions): Promise<void> {
     signal: options.signal,
     reload: options.reload,
     onListen: options.onListen,
+    onView: options.onView,
     store: options.store,
   });
 }
@@ -149,6 +161,10 @@ async function runOnMainThread(options: RunKavOptions): Promise<void> {
       onListen(addr) {
         notifier.ready("0 active calls");
         options.onListen?.(addr);
+        options.onView?.({
+          liveCalls: () => Promise.resolve(calls.snapshot()),
+          metricsText: () => Promise.resolve(renderMetrics()),
+        });
       },
       onStatusEvent: (params, webhook) => recordStatus(store, params, webhook),
       callState,

@@ -462,6 +462,11 @@ Deno.test("workerModules() lists the modules compile must --include", async () =
     );
     await Deno.writeTextFile(`${dir}/b.ts`, `const u = new URL("https://example.com");`);
     assert.deepEqual(await workerModules(dir), [`${dir}/store/_w.ts`]);
+    // Kav's own: the call worker (SPEC 8) and the WAL checkpointer are embedded by compile.
+    const kav = await workerModules();
+    for (const module of ["src/workers/call_worker.ts", "src/store/_checkpoint_worker.ts"]) {
+      assert.ok(kav.some((path) => path.endsWith(module)), `${module} in ${kav}`);
+    }
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

@@ -67,6 +67,10 @@ export interface SupervisorOptions {
   readonly signal?: AbortSignal;
   readonly reload?: () => Promise<Config>;
   readonly onListen?: (addr: Deno.NetAddr) => void;
+  readonly onView?: (view: {
+    liveCalls(): Promise<readonly LiveCall[]>;
+    metricsText(): Promise<string>;
+  }) => void;
   readonly store?: CallStore;
 }
 
@@ -163,6 +167,10 @@ class Supervisor {
       log.info("HTTP", "listening", { url: `${scheme}://${host}:${addr.port}` });
       await this.#notifier.ready("0 active calls");
       this.#options.onListen?.({ transport: "tcp", hostname: addr.hostname, port: addr.port });
+      this.#options.onView?.({
+        liveCalls: () => this.liveCalls(),
+        metricsText: () => this.metricsText(),
+      });
       this.#notifier.startWatchdog({
         signal: this.#lifetime.signal,
         status: () => `${this.#state.totalTaken()} active calls`,
