@@ -1,8 +1,9 @@
 /**
  * A call worker's view of what the main thread owns: the call store (its single writer), the log
- * (one writer of stdout), and the shared call state. Writes are batched: what one event-loop turn
- * produced goes to the main thread in one message at the end of the turn, and a warning, an error
- * or any request first sends what is waiting, so lines and records keep their order.
+ * (one writer of stdout), and the shared call state. Writes are batched: records go to the main
+ * thread at the end of the turn that made them (write as you go), info lines at most
+ * `LOG_BATCH_MS` later (with 400 calls' telemetry, one message for many turns' lines); a warning,
+ * an error or any request first sends what is waiting, so lines and records keep their order.
  */
 import type { CallStateFields, SetOptions, SharedCallState } from "../call/call_state.ts";
 import type { LogSink } from "../observe/log.ts";
@@ -17,12 +18,17 @@ import type {
   WorkerRequest,
 } from "./protocol.ts";
 
-/** Log lines and records waiting for the end of the turn. */
+/** How long an info line may wait for others to share its message to the main thread, ms. */
+export const LOG_BATCH_MS = 20;
+
+/** Log lines and records waiting to go to the main thread. */
 export class Outbox {
   readonly #link: MessageLink;
   #logs: [LogLevel, string][] = [];
   #records: RecordOp[] = [];
   #timer: ReturnType<typeof setTimeout> | undefined;
+  /** Whether the pending timer is the end-of-turn one (records wait for no longer). */
+  #soon = false;
 
   constructor(link: MessageLink) {
     this.#link = link;
@@ -36,19 +42,20 @@ export class Outbox {
   /** The worker's log sink: info lines at the end of the turn, the rest at once. */
   readonly logSink: LogSink = (line, level) => {
     this.#logs.push([level, line]);
-    if (level === "info") this.#schedule();
+    if (level === "info") this.#schedule(LOG_BATCH_MS);
     else this.flush();
   };
 
   record(op: RecordOp): void {
     this.#records.push(op);
-    this.#schedule();
+    this.#schedule(0);
   }
 
   /** Sends what is waiting now. */
   readonly flush = (): void => {
     if (this.#timer !== undefined) clearTimeout(this.#timer);
     this.#timer = undefined;
+    this.#soon = false;
     if (this.#logs.length === 0 && this.#records.length === 0) return;
     const message: FromWorker = { type: "out", logs: this.#logs, records: this.#records };
     this.#logs = [];
@@ -62,8 +69,11 @@ export class Outbox {
     this.#link.postMessage(message);
   }
 
-  #schedule(): void {
-    if (this.#timer === undefined) this.#timer = setTimeout(this.flush, 0);
+  #schedule(delayMs: number): void {
+    if (this.#timer !== undefined && (this.#soon || delayMs > 0)) return;
+    if (this.#timer !== undefined) clearTimeout(this.#timer);
+    this.#timer = setTimeout(this.flush, delayMs);
+    this.#soon = delayMs === 0;
   }
 }
 
