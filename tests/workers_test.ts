@@ -15,6 +15,7 @@ import {
   retiredPart,
 } from "../src/observe/metrics.ts";
 import { type Reply, Requests, type WorkerRequest } from "../src/workers/protocol.ts";
+import { LOG_BATCH_MS, Outbox } from "../src/workers/remote.ts";
 import { SharedProcessState } from "../src/workers/shared_state.ts";
 import { answerCallState } from "../src/workers/supervisor.ts";
 import type { Command, ThreadData } from "./support/workers_thread.ts";
@@ -266,4 +267,46 @@ Deno.test("Requests: answers, errors, timeouts and a closed link", async () => {
     channel.port1.close();
     channel.port2.close();
   }
+});
+
+Deno.test("Outbox: records at the end of their turn, info lines batched, warnings at once, in order", async () => {
+  const posted: unknown[] = [];
+  const outbox = new Outbox({ postMessage: (message) => posted.push(message) });
+  const call = {
+    callSid: "CA1",
+    streamSid: "MZ1",
+    accountSid: "AC1",
+    from: null,
+    to: null,
+    customParameters: {},
+    startedAt: 1,
+  };
+  outbox.logSink("line 1", "info");
+  await new Promise((resolve) => setTimeout(resolve, 0));
+  assert.equal(posted.length, 0, "an info line waits for others");
+  outbox.record({ kind: "start", call });
+  assert.equal(outbox.pendingRecords, 1);
+  await new Promise((resolve) => setTimeout(resolve, 0));
+  assert.deepEqual(posted, [{
+    type: "out",
+    logs: [["info", "line 1"]],
+    records: [{ kind: "start", call }],
+  }], "a record goes at the end of its turn, with the lines before it");
+  outbox.logSink("line 2", "info");
+  outbox.logSink("trouble", "warn");
+  assert.deepEqual(posted[1], {
+    type: "out",
+    logs: [["info", "line 2"], ["warn", "trouble"]],
+    records: [],
+  });
+  outbox.logSink("line 3", "info");
+  outbox.post({ type: "metrics", snapshot: [] });
+  assert.deepEqual(posted.slice(2), [
+    { type: "out", logs: [["info", "line 3"]], records: [] },
+    { type: "metrics", snapshot: [] },
+  ], "a message goes after what was waiting");
+  outbox.logSink("line 4", "info");
+  await new Promise((resolve) => setTimeout(resolve, LOG_BATCH_MS + 20));
+  assert.deepEqual(posted.at(-1), { type: "out", logs: [["info", "line 4"]], records: [] });
+  assert.equal(posted.length, 5);
 });
