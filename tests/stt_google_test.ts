@@ -8,6 +8,8 @@ import assert from "node:assert/strict";
 import * as grpc from "@grpc/grpc-js";
 import { v1 } from "@google-cloud/speech";
 import { gaxClientOptions } from "../src/stt/_grpc.ts";
+import * as metrics from "../src/observe/metrics.ts";
+import { parsePrometheusText, sampleValue } from "../src/observe/prom_parse.ts";
 import {
   clip,
   CLIPS,
@@ -32,6 +34,7 @@ Deno.test(
   "open() streams MULAW 8000 Hz he-IL phone_call audio in 40 ms batches, in order",
   TEST,
   async () => {
+    metrics.resetMetrics();
     await withServer({ clips: CLIPS }, async (server) => {
       const h = openSession(sttConfig(server.address));
       await h.session.ready;
@@ -62,6 +65,12 @@ Deno.test(
       const partials = h.events.filter((e) => e.type === "partial");
       assert.ok(partials.length >= 2, "interim results arrive as partial events");
       assert.ok(HOURS.text.startsWith(partials[0].type === "partial" ? partials[0].text : "?"));
+      // The final's latency (its end written → final received) is in the per-provider histogram.
+      const scrape = parsePrometheusText(metrics.renderMetrics());
+      const labels = { provider: "google" };
+      assert.equal(sampleValue(scrape, "kav_stt_final_latency_seconds_count", labels), 1);
+      const seconds = sampleValue(scrape, "kav_stt_final_latency_seconds_sum", labels) ?? -1;
+      assert.ok(seconds >= 0 && seconds < 2, `${seconds} s`);
     });
   },
 );

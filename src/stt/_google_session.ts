@@ -26,6 +26,8 @@ import type { SpeechSession, SttEvent } from "./types.ts";
 
 /** Trailing silence replayed after a restart in a quiet moment: 200 ms of μ-law. */
 const QUIET_REPLAY_BYTES = 1600;
+/** Batches whose write time is remembered, to time finals: 128 × 40 ms ≈ 5 s. */
+const WRITE_TIMES = 128;
 
 export interface GoogleSessionDeps {
   /** Primary endpoint, then the fallback one if configured. */
@@ -78,6 +80,10 @@ export class GoogleSpeechSession implements SpeechSession {
   /** `#ring.droppedBytes` already reported as lost. */
   #lostBytes = 0;
   #degraded = false;
+  /** Ring end offset and time of the last `WRITE_TIMES` batches (a circular log, no allocation). */
+  readonly #writeEnds = new Float64Array(WRITE_TIMES);
+  readonly #writeTimes = new Float64Array(WRITE_TIMES);
+  #writes = 0;
   #startedAt = 0;
   #base = 0;
   #sent = 0;
@@ -209,6 +215,9 @@ export class GoogleSpeechSession implements SpeechSession {
       : this.#batch.subarray(0, this.#batchFill);
     this.#ring.append(batch);
     this.#batchFill = 0;
+    const slot = this.#writes++ % WRITE_TIMES;
+    this.#writeEnds[slot] = this.#ring.end;
+    this.#writeTimes[slot] = this.#deps.now();
     if (this.#ring.droppedBytes !== this.#lostBytes) {
       // No final for longer than the ring holds (a stream that hears but never finalizes).
       reportAudioLost(
@@ -326,6 +335,7 @@ export class GoogleSpeechSession implements SpeechSession {
       );
       if (final.text !== "") {
         this.#events.push({ type: "final", text: final.text, confidence: final.confidence });
+        if (final.endMs !== null) this.#observeLatency(this.#base + final.endMs * 8);
       }
     }
     if (partial) {
@@ -463,6 +473,19 @@ export class GoogleSpeechSession implements SpeechSession {
     stream.removeAllListeners();
     stream.on("error", () => {}); // a cancelled call still reports CANCELLED
     if (cancel) stream.cancel();
+  }
+
+  /** Final latency: from when the audio at `offset` (its end) was written, to now. */
+  #observeLatency(offset: number): void {
+    const oldest = Math.max(0, this.#writes - WRITE_TIMES);
+    for (let i = oldest; i < this.#writes; i++) {
+      const slot = i % WRITE_TIMES;
+      if (this.#writeEnds[slot] >= offset) {
+        const ms = this.#deps.now() - this.#writeTimes[slot];
+        metrics.sttFinalLatencyObserved("google", ms / 1000);
+        return;
+      }
+    }
   }
 
   #setDegraded(degraded: boolean): void {
