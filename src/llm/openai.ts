@@ -8,7 +8,7 @@ import type { LlmConfig } from "../config/types.ts";
 import { ProviderError } from "../errors.ts";
 import type { Logger } from "../observe/log.ts";
 import * as metrics from "../observe/metrics.ts";
-import { mapOpenAiError } from "./openai_errors.ts";
+import { mapOpenAiError } from "../providers/openai_errors.ts";
 import type { ChatMessage, LlmProvider } from "./types.ts";
 
 /** Used when no key is configured: on-prem servers ignore it, but the SDK requires one. */

@@ -14,7 +14,7 @@ import type { Logger } from "../observe/log.ts";
 import * as metrics from "../observe/metrics.ts";
 import { AudioRing } from "./_audio_ring.ts";
 import { EventQueue } from "./_event_queue.ts";
-import { GrpcCode, grpcCode, toProviderError } from "./_grpc.ts";
+import { GrpcCode, grpcCode, toProviderError } from "../providers/grpc.ts";
 import { RecognizeMode } from "./_recognize_mode.ts";
 import { type RecognizedText, reportAudioLost } from "./_recognize_worker.ts";
 import { readResponse } from "./_response.ts";

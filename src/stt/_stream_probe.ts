@@ -12,7 +12,7 @@ import type { protos, v1 } from "@google-cloud/speech";
 import type { ProviderError } from "../errors.ts";
 import type { Logger } from "../observe/log.ts";
 import * as metrics from "../observe/metrics.ts";
-import { GrpcCode, toProviderError } from "./_grpc.ts";
+import { GrpcCode, toProviderError } from "../providers/grpc.ts";
 import { Timers } from "./_timers.ts";
 
 /** google-gax's bidi stream (a Duplex with `cancel()`). */

@@ -19,7 +19,7 @@ import {
   raceSignal,
   toProviderError,
   unaryCallOptions,
-} from "./_grpc.ts";
+} from "../providers/grpc.ts";
 import type { RecognizedText } from "./_recognize_worker.ts";
 import type { SpeechSession, SttOpenOptions, SttProvider } from "./types.ts";
 

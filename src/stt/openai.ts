@@ -12,7 +12,7 @@ import OpenAI, { toFile } from "openai";
 import { writeWav } from "../audio/wav.ts";
 import type { SttConfig } from "../config/types.ts";
 import { ProviderError } from "../errors.ts";
-import { mapOpenAiError } from "../llm/openai_errors.ts";
+import { mapOpenAiError } from "../providers/openai_errors.ts";
 import { createLogger, type Logger } from "../observe/log.ts";
 import * as metrics from "../observe/metrics.ts";
 import {

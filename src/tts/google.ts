@@ -19,7 +19,7 @@ import {
   raceSignal,
   toProviderError,
   unaryCallOptions,
-} from "../stt/_grpc.ts";
+} from "../providers/grpc.ts";
 import type { TtsProvider } from "./types.ts";
 
 export interface GoogleTtsOptions {

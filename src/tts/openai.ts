@@ -9,7 +9,7 @@
 import OpenAI from "openai";
 import type { TtsOpenAiConfig } from "../config/types.ts";
 import { ProviderError } from "../errors.ts";
-import { mapOpenAiError } from "../llm/openai_errors.ts";
+import { mapOpenAiError } from "../providers/openai_errors.ts";
 import * as metrics from "../observe/metrics.ts";
 import { SpeechAudioDecoder } from "./_speech_audio.ts";
 import type { TtsProvider, TtsRequestOptions } from "./types.ts";
