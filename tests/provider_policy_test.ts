@@ -172,7 +172,7 @@ Deno.test("observe() records the latency of an answer and counts a failure once,
   assert.equal(errors(), errorsBefore + 2);
 });
 
-Deno.test("observeStream() times the first item, counts a failure once, and stops its stream early", async () => {
+Deno.test("observeStream() times the first item of a stream that ends well, counts a failure once, and stops its stream early", async () => {
   const kind = "stream";
   const latency = () => metric("kav_provider_latency_seconds_count", { provider: "llm", kind });
   const errors = () => metric("kav_provider_errors_total", { provider: "llm", category: "server" });
@@ -215,4 +215,16 @@ Deno.test("observeStream() times the first item, counts a failure once, and stop
   countError(broken);
   assert.deepEqual(read, ["a"]);
   assert.equal(errors(), errorsBefore + 1);
+
+  // Cancelled (the abort's reason thrown): neither an error nor a latency sample.
+  const reason = new DOMException("barge-in", "AbortError");
+  async function* cancelled() {
+    yield "a";
+    throw reason;
+  }
+  await assert.rejects(async () => {
+    for await (const _ of observeStream("llm", kind, cancelled)) continue;
+  }, (e) => e === reason);
+  assert.equal(errors(), errorsBefore + 1);
+  assert.equal(latency(), latencyBefore + 1, "only the stream that ended well was timed");
 });

@@ -123,8 +123,9 @@ export async function observe<T>(
 
 /**
  * One streamed provider request, as `observe`: its latency is the time to the first item (time to
- * first token or first audio), measured from the first `next()`, which is when the request starts.
- * A consumer that stops early stops the stream under it.
+ * first token or first audio), measured from the first `next()`, which is when the request starts;
+ * it is recorded once the stream ends without failing or being cancelled (a consumer that stops
+ * early is no failure, and stops the stream under it).
  */
 export async function* observeStream<T>(
   provider: ProviderName,
@@ -132,17 +133,20 @@ export async function* observeStream<T>(
   stream: () => AsyncIterable<T>,
 ): AsyncGenerator<T> {
   const startedAt = performance.now();
-  let first = true;
+  let firstAt: number | null = null;
+  let failed = false;
   try {
     for await (const item of stream()) {
-      if (first) {
-        first = false;
-        metrics.providerLatencyObserved(provider, kind, (performance.now() - startedAt) / 1000);
-      }
+      firstAt ??= performance.now();
       yield item;
     }
   } catch (error) {
+    failed = true;
     countError(error);
     throw error;
+  } finally {
+    if (!failed && firstAt !== null) {
+      metrics.providerLatencyObserved(provider, kind, (firstAt - startedAt) / 1000);
+    }
   }
 }
