@@ -8,7 +8,7 @@ import fc from "fast-check";
 import { ProviderError } from "../src/errors.ts";
 import { AudioRing } from "../src/stt/_audio_ring.ts";
 import { EventQueue } from "../src/stt/_event_queue.ts";
-import { GrpcCode, parseEndpoint, toProviderError } from "../src/stt/_grpc.ts";
+import { GrpcCode, parseEndpoint, toProviderError } from "../src/providers/grpc.ts";
 import { durationMs, readResponse } from "../src/stt/_response.ts";
 import { createLogger } from "../src/observe/log.ts";
 import { RecognizeWorker } from "../src/stt/_recognize_worker.ts";

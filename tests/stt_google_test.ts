@@ -7,7 +7,7 @@
 import assert from "node:assert/strict";
 import * as grpc from "@grpc/grpc-js";
 import { v1 } from "@google-cloud/speech";
-import { gaxClientOptions } from "../src/stt/_grpc.ts";
+import { gaxClientOptions } from "../src/providers/grpc.ts";
 import * as metrics from "../src/observe/metrics.ts";
 import { parsePrometheusText, sampleValue } from "../src/observe/prom_parse.ts";
 import {

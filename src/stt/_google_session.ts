@@ -14,14 +14,16 @@ import type { Logger } from "../observe/log.ts";
 import * as metrics from "../observe/metrics.ts";
 import { AudioRing } from "./_audio_ring.ts";
 import { EventQueue } from "./_event_queue.ts";
-import { GrpcCode, grpcCode, toProviderError } from "./_grpc.ts";
+import { GrpcCode, grpcCode, toProviderError } from "../providers/grpc.ts";
+import { countError } from "../providers/policy.ts";
 import { RecognizeMode } from "./_recognize_mode.ts";
-import { type RecognizedText, reportAudioLost } from "./_recognize_worker.ts";
+import type { RecognizedText } from "./_recognize_worker.ts";
 import { readResponse } from "./_response.ts";
 import { hasSpeech, Segmenter } from "./_segmenter.ts";
 import type { Response, Stream } from "./_stream_probe.ts";
 import { Timers } from "./_timers.ts";
 import type { SttTuning } from "./_tuning.ts";
+import { reportAudioLost } from "./_utterance_queue.ts";
 import type { SpeechSession, SttEvent } from "./types.ts";
 
 /** Trailing silence replayed after a restart in a quiet moment: 200 ms of μ-law. */
@@ -220,11 +222,11 @@ export class GoogleSpeechSession implements SpeechSession {
     this.#writeTimes[slot] = this.#deps.now();
     if (this.#ring.droppedBytes !== this.#lostBytes) {
       // No final for longer than the ring holds (a stream that hears but never finalizes).
-      reportAudioLost(
-        this.#deps.log,
-        this.#ring.droppedBytes - this.#lostBytes,
-        "replay_buffer_full",
-      );
+      reportAudioLost(this.#deps.log, {
+        provider: "google",
+        bytes: this.#ring.droppedBytes - this.#lostBytes,
+        reason: "replay_buffer_full",
+      });
       this.#lostBytes = this.#ring.droppedBytes;
     }
     if (this.#mode === "recognize") {
@@ -357,7 +359,7 @@ export class GoogleSpeechSession implements SpeechSession {
     const failure = error ?? { code: GrpcCode.UNKNOWN, details: "Stream ended by the server" };
     const { minHealthyStreamMs } = this.#deps.tuning;
     const providerError = toProviderError("stt", `Cannot stream speech at "${endpoint}"`, failure);
-    metrics.providerError("stt", providerError.category);
+    countError(providerError);
     // A stream that dies right after opening, with no result, counts as a failed open (backoff,
     // fallback), so a server that keeps refusing mid-stream cannot make us replay in a tight loop.
     // Results do not prove much (replayed audio gives some at once): streams that keep dying young
@@ -380,6 +382,8 @@ export class GoogleSpeechSession implements SpeechSession {
   }
 
   #openFailed(error: ProviderError): void {
+    // Every failed open counts, whatever found it (a stream's failure is counted once).
+    countError(error);
     this.#detach(false);
     this.#opening = false;
     if (this.#ending) {
