@@ -46,6 +46,8 @@ export class HealthReport {
     this.#config = config;
     this.#now = options.now ?? Date.now;
     this.#startedAt = this.#now();
+    // Until a page asks twice, "recent" counts from here.
+    this.#samples.push({ at: this.#startedAt, families: parsePrometheusText(renderMetrics()) });
   }
 
   /** The health JSON (docs/console.md), from the metrics as they are now. */

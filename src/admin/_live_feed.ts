@@ -29,8 +29,11 @@ export class LiveFeed {
     return this.#viewers.size;
   }
 
-  /** An SSE response for one viewer, or null when {@link MAX_VIEWERS} are watching. */
-  open(signal: AbortSignal): Response | null {
+  /**
+   * An SSE response for one viewer, or null when {@link MAX_VIEWERS} are watching. `completed`
+   * settles when the response is over (`Deno.ServeHandlerInfo.completed`): the viewer leaves.
+   */
+  open(completed: Promise<void>): Response | null {
     if (this.#viewers.size >= MAX_VIEWERS) return null;
     let self: ReadableStreamDefaultController<Uint8Array> | null = null;
     const leave = () => {
@@ -47,7 +50,7 @@ export class LiveFeed {
       },
       cancel: leave,
     }, new ByteLengthQueuingStrategy({ highWaterMark: MAX_UNREAD_BYTES }));
-    signal.addEventListener("abort", leave, { once: true });
+    completed.then(leave, leave);
     return new Response(body, {
       headers: {
         "content-type": "text/event-stream; charset=utf-8",

@@ -103,7 +103,12 @@ export function createAdminHandler(deps: AdminDeps): AdminHandler {
     });
   };
 
-  const api = async (req: Request, path: string, host: string): Promise<Response> => {
+  const api = async (
+    req: Request,
+    path: string,
+    host: string,
+    info: Deno.ServeHandlerInfo,
+  ): Promise<Response> => {
     if (path === "/api/login") {
       if (req.method !== "POST") return text(405, "method not allowed\n", { allow: "POST" });
       const given = await readLoginToken(req);
@@ -121,7 +126,7 @@ export function createAdminHandler(deps: AdminDeps): AdminHandler {
     if (req.method !== "GET") return text(405, "method not allowed\n", { allow: "GET" });
     if (path === "/api/live") return json(200, liveView(deps.live(), view));
     if (path === "/api/live/stream") {
-      return feed.open(req.signal) ?? json(503, { error: "too many live viewers" });
+      return feed.open(info.completed) ?? json(503, { error: "too many live viewers" });
     }
     if (path === "/api/health") {
       return json(200, health.build({ draining: deps.isDraining(), viewers: feed.viewers }));
@@ -151,10 +156,15 @@ export function createAdminHandler(deps: AdminDeps): AdminHandler {
     return json(404, { error: "not found" });
   };
 
-  const dispatch = async (req: Request, path: string, host: string): Promise<Response> => {
+  const dispatch = async (
+    req: Request,
+    path: string,
+    host: string,
+    info: Deno.ServeHandlerInfo,
+  ): Promise<Response> => {
     if (path === "/api" || path.startsWith("/api/")) {
       try {
-        return await api(req, path, host);
+        return await api(req, path, host, info);
       } catch (error) {
         if (error instanceof QueryError) return json(400, { error: error.message });
         throw error;
@@ -194,7 +204,7 @@ export function createAdminHandler(deps: AdminDeps): AdminHandler {
       : remote.transport;
     const path = new URL(req.url).pathname;
     try {
-      return await dispatch(req, path, host);
+      return await dispatch(req, path, host, info);
     } catch (error) {
       log.error("ADMIN", "request failed", {
         method: req.method,

@@ -113,10 +113,13 @@ class Conversation implements CallAgent {
   }
 
   live(): AgentLive {
+    // An answer on the wire already has its latency, before its last sentence is heard.
+    const reply = this.#reply;
+    const current = reply !== null && reply.audioQueued ? reply.timings().e2e_latency : null;
     return {
       state: this.#state(),
       lastAgentLine: this.#lastAgentLine,
-      lastTurnLatencyMs: this.#lastTurnLatencyMs,
+      lastTurnLatencyMs: current ?? this.#lastTurnLatencyMs,
     };
   }
 
