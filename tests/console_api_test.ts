@@ -193,6 +193,14 @@ Deno.test("the live feed shows a call within a second of start and drops it when
       client.begin();
       const seen = await watching;
       assert.ok(seen - started < 1000, `appeared after ${Math.round(seen - started)} ms`);
+      // The greeting plays first: the agent's state says so.
+      const states = new Set<string>();
+      for (let i = 0; i < 40 && !states.has("greeting"); i++) {
+        const live = JSON.parse((await get(`${kav.consoleUrl}/api/live`, BEARER)).text);
+        states.add(live.calls.find((c: { callSid: string }) => c.callSid === client.callSid).state);
+        await new Promise((resolve) => setTimeout(resolve, 50));
+      }
+      assert.ok(states.has("greeting"), [...states].join());
       await client.waitForEcho("greeting_end", { timeoutMs: 20_000 });
       await sayAndWait(
         client,
@@ -288,6 +296,7 @@ Deno.test("history and one call through the API; numbers masked unless log.trans
     assert.equal(dtmf.detail, "•", "keypad digits are personal data too");
     assert.equal((await get(`${kav.consoleUrl}/api/calls/CA404`, BEARER)).status, 404);
     assert.equal((await get(`${kav.consoleUrl}/api/calls/..%2F..`, BEARER)).status, 400);
+    assert.equal((await get(`${kav.consoleUrl}/api/calls/CA%E0%A4%A`, BEARER)).status, 400);
     const bad = await get(`${kav.consoleUrl}/api/calls?limit=0`, BEARER);
     assert.equal(bad.status, 400);
     assert.match(JSON.parse(bad.text).error, /Cannot use limit="0": expected a whole number/);

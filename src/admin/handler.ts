@@ -145,7 +145,7 @@ export function createAdminHandler(deps: AdminDeps): AdminHandler {
             : null,
         });
       }
-      const callSid = decodeURIComponent(path.slice("/api/calls/".length));
+      const callSid = decodedOrRaw(path.slice("/api/calls/".length));
       if (!CALL_SID.test(callSid)) {
         return json(400, { error: `Cannot read call ${JSON.stringify(callSid)}: not a CallSid` });
       }
@@ -216,6 +216,15 @@ export function createAdminHandler(deps: AdminDeps): AdminHandler {
     }
   };
   return Object.assign(handler, { close: () => feed.close() });
+}
+
+/** `text` with its %-escapes decoded, or as it is when they are malformed (then refused as such). */
+function decodedOrRaw(text: string): string {
+  try {
+    return decodeURIComponent(text);
+  } catch {
+    return text;
+  }
 }
 
 /** The token of a login: JSON `{"token": "..."}` or a form field `token`; null if neither. */
