@@ -45,12 +45,23 @@ export function timelineShapes(detail) {
   const t0 = detail.call.startedAt;
   const sec = (ms) => (ms - t0) / 1000;
   const turns = [...detail.turns].sort((a, b) => a.index - b.index);
-  const bars = turns.map((turn) => ({
-    lane: turn.speaker,
-    from: sec(turn.startedAt),
-    to: Math.max(sec(turn.endedAt), sec(turn.startedAt) + 0.05),
-    cut: turn.cut,
-  }));
+  const bars = [];
+  let callerEnd = null;
+  for (const turn of turns) {
+    // An answer is heard from its first frame on the wire (caller's speech end + e2e), not from
+    // when it was decided: the gap before it is the latency lane's.
+    const e2e = turn.timings?.e2e_latency ?? null;
+    const heardFrom = turn.speaker === "agent" && e2e !== null && callerEnd !== null
+      ? Math.min(callerEnd + e2e, turn.endedAt)
+      : turn.startedAt;
+    if (turn.speaker === "caller") callerEnd = turn.endedAt;
+    bars.push({
+      lane: turn.speaker,
+      from: sec(heardFrom),
+      to: Math.max(sec(turn.endedAt), sec(heardFrom) + 0.05),
+      cut: turn.cut,
+    });
+  }
   const segments = [];
   const points = [];
   let lastCallerEnd = null;
