@@ -152,10 +152,15 @@ Deno.test({
       const keypadCall = await callWithKeypad(kav);
 
       await t.step("the history lists the calls and finds one by a Hebrew word", async () => {
-        await page.goto(`${kav.consoleUrl}/#/calls`, { waitUntil: "networkidle0" });
-        await page.waitForSelector(`#calls-table tr[data-call-sid="${keypadCall}"]`);
-        const rows = await page.$$eval("#calls-table tbody tr", (r) => r.length);
-        assert.equal(rows, 3);
+        // Records are written off the calls' paths: reload until all three are on disk.
+        await waitUntil("3 calls in the history", async () => {
+          await page.goto(`${kav.consoleUrl}/#/calls`, { waitUntil: "networkidle0" });
+          await page.reload({ waitUntil: "networkidle0" });
+          await page.waitForSelector("#calls-table");
+          const rows = await page.$$eval("#calls-table tbody tr", (r) => r.length);
+          const mine = await page.$(`#calls-table tr[data-call-sid="${keypadCall}"]`);
+          return rows === 3 && mine !== null;
+        }, 10_000);
         await page.screenshot({ path: `${OUTPUT}/03-history.png` });
         await page.type("#search", "לקבוע");
         await page.click("#filters button[type=submit]");
