@@ -115,6 +115,9 @@ export class RecognizeMode {
    * recognized is still in the ring, from which the session replays it into the stream.
    */
   leave(): void {
+    // Utterances recognized since the last batch are in the ring until trimmed: trim first, or the
+    // stream would hear them again.
+    this.#trim();
     const worker = this.#worker;
     this.#worker = null;
     this.#cancelProbe();
