@@ -1,6 +1,6 @@
 /** The benchmark's printed tables and its headline figures (SPEC section 5). */
 import type { StepResult } from "./_bench_step.ts";
-import { quantile, round1, round2 } from "./_sim_stats.ts";
+import { quantile, round1, round2 } from "../tools/stats.ts";
 
 export interface ServerLatency {
   readonly turns: number;

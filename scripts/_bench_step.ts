@@ -18,7 +18,7 @@ import {
   sleep,
   startGenerator,
 } from "./_bench_procs.ts";
-import { type IntervalSummary, MsHistogram, quantile, round1, round2 } from "./_sim_stats.ts";
+import { type IntervalSummary, MsHistogram, quantile, round1, round2 } from "../tools/stats.ts";
 import type { WebhookWindow } from "./_bench_webhook.ts";
 import { startWireCapture, type WireReport } from "./_bench_wire.ts";
 

@@ -44,7 +44,7 @@
 import { DatabaseSync } from "node:sqlite";
 import { readCommandLine, taskArgs } from "../src/command_line.ts";
 import postgres from "postgres";
-import { type LocalPostgres, PG_PASSWORD, startPostgres } from "../tests/support/postgres.ts";
+import { type LocalPostgres, PG_PASSWORD, startPostgres } from "../tools/sandbox/postgres.ts";
 import {
   fixtureClips,
   mergeToml,
@@ -52,7 +52,7 @@ import {
   sandboxToml,
   type SpeechProvider,
   startProviderServers,
-} from "../tests/support/sandbox.ts";
+} from "../tools/sandbox/sandbox.ts";
 import {
   canPin,
   CLK_TCK,
@@ -77,7 +77,7 @@ import {
   stepExtras,
 } from "./_bench_report.ts";
 import { runStep, type StepOptions, type StepResult } from "./_bench_step.ts";
-import { round2 } from "./_sim_stats.ts";
+import { round2 } from "../tools/stats.ts";
 
 /** Calls of the unmeasured warm-up each fresh Kav gets. */
 const WARMUP_CALLS = 20;

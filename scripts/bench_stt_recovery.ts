@@ -14,8 +14,8 @@ import { createLogger } from "../src/observe/log.ts";
 import { type GoogleSessionDeps, GoogleSpeechSession } from "../src/stt/_google_session.ts";
 import type { Stream } from "../src/stt/_stream_probe.ts";
 import { STT_TUNING } from "../src/stt/_tuning.ts";
-import { loadClips } from "../tests/support/_protos.ts";
-import { concatBytes } from "../tests/support/bytes.ts";
+import { loadClips } from "../tools/sandbox/_protos.ts";
+import { concatBytes } from "../tools/bytes.ts";
 
 function parseFrames(argv: readonly string[]): number {
   const { values } = readCommandLine(argv, { frames: { type: "string", default: "50000" } });
@@ -110,7 +110,7 @@ async function measure(state: State, audio: Uint8Array, frames: number) {
 }
 
 const frames = parseFrames(Deno.args);
-const clips = loadClips(new URL("../tests/fixtures/clips.json", import.meta.url).pathname);
+const clips = loadClips(new URL("../tools/sandbox/fixtures/clips.json", import.meta.url).pathname);
 const gap = new Uint8Array(800 * 8).fill(0xff);
 const parts = clips.flatMap((c) => [c.audio, gap]);
 const audio = concatBytes(...parts);

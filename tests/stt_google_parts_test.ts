@@ -14,11 +14,13 @@ import { createLogger } from "../src/observe/log.ts";
 import { RecognizeWorker } from "../src/stt/_recognize_worker.ts";
 import { levelDbfs, Segmenter } from "../src/stt/_segmenter.ts";
 import type { SttEvent } from "../src/stt/types.ts";
-import { ClipMatcher, findClips } from "./support/_clip_matcher.ts";
-import { type Clip, loadClips } from "./support/_protos.ts";
-import { concatBytes } from "./support/bytes.ts";
+import { ClipMatcher, findClips } from "../tools/sandbox/_clip_matcher.ts";
+import { type Clip, loadClips } from "../tools/sandbox/_protos.ts";
+import { concatBytes } from "../tools/bytes.ts";
 
-const CLIPS: Clip[] = loadClips(new URL("./fixtures/clips.json", import.meta.url).pathname);
+const CLIPS: Clip[] = loadClips(
+  new URL("../tools/sandbox/fixtures/clips.json", import.meta.url).pathname,
+);
 
 function silence(ms: number): Uint8Array {
   return new Uint8Array(ms * 8).fill(0xff);

@@ -10,12 +10,12 @@ type GoogleSttConfig = Omit<SttConfig, "openai">;
 import { createLogger } from "../../src/observe/log.ts";
 import { createGoogleStt, type GoogleSttOptions } from "../../src/stt/google.ts";
 import type { SpeechSession, SttEvent, SttProvider } from "../../src/stt/types.ts";
-import { type Clip, loadClips } from "./_protos.ts";
-import { type SpeechServer, startSpeechServer } from "./speech_server.ts";
-import { concatBytes } from "./bytes.ts";
+import { type Clip, loadClips } from "../../tools/sandbox/_protos.ts";
+import { type SpeechServer, startSpeechServer } from "../../tools/sandbox/speech_server.ts";
+import { concatBytes } from "../../tools/bytes.ts";
 
 export const CLIPS: readonly Clip[] = loadClips(
-  new URL("../fixtures/clips.json", import.meta.url).pathname,
+  new URL("../../tools/sandbox/fixtures/clips.json", import.meta.url).pathname,
 );
 
 /** The fixture clip named `name` ("appointment", "hours", "goodbye", "tomorrow"). */

@@ -1,20 +1,14 @@
 /**
- * Runs N simulated Twilio calls against one Kav (`_sim_call.ts`) on one shared scheduler, with a
+ * Runs N simulated Twilio calls against one Kav (`caller.ts`) on one shared scheduler, with a
  * progress callback once per second, and sums them up. Used by `simulate.ts` and the benchmarks.
  */
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { frameAt, frameCount } from "../src/audio/frames.ts";
-import { RealtimeScheduler } from "../src/call/scheduler.ts";
-import {
-  type CallerLine,
-  type CallResult,
-  newTotals,
-  runCall,
-  type SimTotals,
-} from "./_sim_call.ts";
-import { type IntervalSummary, MsHistogram, quantile, round1 } from "./_sim_stats.ts";
-import type { KavTarget } from "./_sim_twilio.ts";
+import { frameAt, frameCount } from "../../src/audio/frames.ts";
+import { RealtimeScheduler } from "../../src/call/scheduler.ts";
+import { type CallerLine, type CallResult, newTotals, runCall, type SimTotals } from "./caller.ts";
+import { type IntervalSummary, MsHistogram, quantile, round1 } from "../stats.ts";
+import type { KavTarget } from "./http.ts";
 
 export type { CallerLine, CallResult, SimTotals };
 
@@ -102,9 +96,9 @@ export function encodeLine(name: string, text: string, mulaw: Uint8Array): Calle
   return { name, text, frames };
 }
 
-/** The repository's Hebrew fixture clips (`tests/fixtures/clips.json`), which the sandbox recognizes. */
+/** The repository's Hebrew fixture clips (`tools/sandbox/fixtures/clips.json`), which the sandbox recognizes. */
 export function fixtureLines(): CallerLine[] {
-  const dir = join(dirname(fileURLToPath(import.meta.url)), "..", "tests", "fixtures");
+  const dir = join(dirname(fileURLToPath(import.meta.url)), "..", "sandbox", "fixtures");
   const texts: Record<string, string> = JSON.parse(Deno.readTextFileSync(join(dir, "clips.json")));
   return Object.entries(texts).map(([file, text]) =>
     encodeLine(file.replace(/\.ulaw$/, ""), text, Deno.readFileSync(join(dir, "audio", file)))

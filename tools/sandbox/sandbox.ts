@@ -20,7 +20,7 @@ import {
 import { type SpeechServer, type SpeechServerOptions, startSpeechServer } from "./speech_server.ts";
 import { startTtsServer, type TtsServer } from "./tts_server.ts";
 
-export const CLIPS_JSON = fileURLToPath(new URL("../fixtures/clips.json", import.meta.url));
+export const CLIPS_JSON = fileURLToPath(new URL("./fixtures/clips.json", import.meta.url));
 
 /** The Hebrew fixture clips (μ-law 8 kHz) with their transcripts. */
 export function fixtureClips(): Clip[] {

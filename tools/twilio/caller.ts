@@ -12,16 +12,16 @@
  * is recognised by its exact prefix without JSON parsing or base64 decoding (other messages are
  * parsed and checked).
  */
-import { FRAME_MS } from "../src/audio/frames.ts";
-import type { Scheduler, Task } from "../src/call/scheduler.ts";
-import { MsHistogram } from "./_sim_stats.ts";
+import { FRAME_MS } from "../../src/audio/frames.ts";
+import type { Scheduler, Task } from "../../src/call/scheduler.ts";
+import { MsHistogram } from "../stats.ts";
 import {
   connectUrl,
   type KavTarget,
   postStreamEvent,
   requestTwiml,
   signatureHeaders,
-} from "./_sim_twilio.ts";
+} from "./http.ts";
 
 /** A caller utterance, pre-encoded: one base64 payload per 20 ms frame. */
 export interface CallerLine {
