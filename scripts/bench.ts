@@ -77,7 +77,7 @@ import {
   stepExtras,
 } from "./_bench_report.ts";
 import { runStep, type StepOptions, type StepResult } from "./_bench_step.ts";
-import { round2 } from "../tools/stats.ts";
+import { median, round2 } from "../tools/stats.ts";
 
 /** Calls of the unmeasured warm-up each fresh Kav gets. */
 const WARMUP_CALLS = 20;
@@ -278,13 +278,6 @@ function stepJson(step: StepResult): Omit<StepResult, "histogram"> {
 
 function log(line: string): void {
   console.error(`[bench ${new Date().toISOString().slice(11, 19)}] ${line}`);
-}
-
-/** Median of a few numbers (the store comparison alternates runs). */
-function median(values: readonly number[]): number {
-  const sorted = [...values].sort((a, b) => a - b);
-  const mid = sorted.length >> 1;
-  return sorted.length % 2 === 1 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
 }
 
 async function main(): Promise<void> {

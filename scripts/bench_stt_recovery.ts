@@ -16,6 +16,7 @@ import type { Stream } from "../src/stt/_stream_probe.ts";
 import { STT_TUNING } from "../src/stt/_tuning.ts";
 import { loadClips } from "../tools/sandbox/_protos.ts";
 import { concatBytes } from "../tools/bytes.ts";
+import { quantileOfSorted } from "../tools/stats.ts";
 
 function parseFrames(argv: readonly string[]): number {
   const { values } = readCommandLine(argv, { frames: { type: "string", default: "50000" } });
@@ -24,10 +25,6 @@ function parseFrames(argv: readonly string[]): number {
     throw new RangeError(`Cannot use --frames "${values.frames}": expected a whole number >= 100`);
   }
   return frames;
-}
-
-function quantile(sorted: Float64Array, q: number): number {
-  return sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))];
 }
 
 const round = (n: number, digits = 2) => Number(n.toFixed(digits));
@@ -100,8 +97,8 @@ async function measure(state: State, audio: Uint8Array, frames: number) {
     state,
     frames,
     write_us_mean: round(times.reduce((a, b) => a + b, 0) / frames * 1000),
-    write_us_p50: round(quantile(times, 0.5) * 1000),
-    write_us_p99: round(quantile(times, 0.99) * 1000),
+    write_us_p50: round(quantileOfSorted(times, 0.5) * 1000),
+    write_us_p99: round(quantileOfSorted(times, 0.99) * 1000),
     write_us_max: round(times[times.length - 1] * 1000),
     recognize_calls: recognizeCalls,
     stream_opens: opens,

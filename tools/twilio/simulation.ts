@@ -7,7 +7,7 @@ import { fileURLToPath } from "node:url";
 import { frameAt, frameCount } from "../../src/audio/frames.ts";
 import { RealtimeScheduler } from "../../src/call/scheduler.ts";
 import { type CallerLine, type CallResult, newTotals, runCall, type SimTotals } from "./caller.ts";
-import { type IntervalSummary, MsHistogram, quantile, round1 } from "../stats.ts";
+import { type IntervalSummary, MsHistogram, round1, type Spread, spread } from "../stats.ts";
 import type { KavTarget } from "./http.ts";
 
 export type { CallerLine, CallResult, SimTotals };
@@ -73,11 +73,11 @@ export interface CallCounts {
 export interface OverallReport extends CallCounts {
   readonly interArrivalMs: IntervalSummary;
   /** `start` → first greeting frame, ms. */
-  readonly greetingFirstFrameMs: { p50: number; p95: number; max: number };
+  readonly greetingFirstFrameMs: Spread;
   /** WebSocket upgrade request → open, ms. */
-  readonly upgradeMs: { p50: number; p95: number; max: number };
+  readonly upgradeMs: Spread;
   /** Caller's last frame → first answer frame, ms (includes STT, LLM and TTS). */
-  readonly answerLatencyMs: { p50: number; p95: number; max: number };
+  readonly answerLatencyMs: Spread;
   readonly wallS: number;
 }
 
@@ -103,14 +103,6 @@ export function fixtureLines(): CallerLine[] {
   return Object.entries(texts).map(([file, text]) =>
     encodeLine(file.replace(/\.ulaw$/, ""), text, Deno.readFileSync(join(dir, "audio", file)))
   );
-}
-
-function spread(values: number[]): { p50: number; p95: number; max: number } {
-  return {
-    p50: round1(quantile(values, 0.5)),
-    p95: round1(quantile(values, 0.95)),
-    max: round1(values.length === 0 ? NaN : Math.max(...values)),
-  };
 }
 
 /** Places the calls, waits for all of them, and reports. */
