@@ -1,8 +1,16 @@
 /**
- * The receiving half of `TwilioClient`: records what the server sends, checks the exact outbound
- * shapes, plays media on a virtual clock and echoes marks when their audio would have finished.
+ * The receiving half of `TwilioClient`: checks every message against the exact outbound shapes
+ * Twilio accepts, plays media on a virtual clock (20 ms per 160 bytes), measures the agent's frame
+ * cadence, and echoes each mark when the audio before it would have finished, or at once on
+ * `clear` (twilio-media-streams.md 2).
+ *
+ * With `fastMedia`, a media message is recognised by its exact prefix and its size read from the
+ * base64 length, without JSON parsing or decoding (what a load generator of hundreds of calls can
+ * afford); every other message is still parsed and checked.
  */
+import { FRAME_MS } from "../../src/audio/frames.ts";
 import type { Scheduler, Task } from "../../src/call/scheduler.ts";
+import { MsHistogram } from "../stats.ts";
 
 export interface ReceivedMessage {
   /** Arrival time, ms on the client's scheduler clock. */
@@ -20,37 +28,86 @@ export interface MarkEchoRecord {
   readonly cleared: boolean;
 }
 
+/** Told of what the server sends as it arrives (times in ms on the scheduler clock). */
+export interface TwilioClientListener {
+  /** A media message carrying `bytes` bytes of audio. */
+  media?(at: number, bytes: number): void;
+  mark?(at: number, name: string): void;
+  clear?(at: number): void;
+  /** A mark went back to the server: its audio played, or a `clear` flushed it. */
+  echo?(name: string, at: number, cleared: boolean): void;
+  /** A message that is not one of Twilio's accepted outbound shapes; `raw` null when binary. */
+  invalid?(raw: string | null, why: string): void;
+  /** An error thrown while echoing marks (default: reported on stderr). */
+  error?(error: unknown): void;
+}
+
 interface PendingMark {
   readonly name: string;
   readonly receivedAt: number;
   readonly due: number;
 }
 
+/** A parsed outbound message, or why it is not one of Twilio's accepted shapes. */
+type Outbound =
+  | { readonly event: "media"; readonly payload: string; readonly data: Record<string, unknown> }
+  | { readonly event: "mark"; readonly name: string; readonly data: Record<string, unknown> }
+  | { readonly event: "clear"; readonly data: Record<string, unknown> }
+  | { readonly event: "invalid"; readonly why: string };
+
 function isObject(value: unknown): value is Record<string, unknown> {
   return typeof value === "object" && value !== null && !Array.isArray(value);
 }
 
 function exactKeys(value: unknown, keys: readonly string[]): value is Record<string, unknown> {
-  if (!isObject(value)) return false;
-  const own = Object.keys(value);
-  return own.length === keys.length && keys.every((k) => k in value);
+  return isObject(value) && Object.keys(value).length === keys.length &&
+    keys.every((k) => k in value);
 }
 
-/** Whether `data` is exactly one of Twilio's accepted outbound shapes (no extra keys). */
-function validOutbound(data: Record<string, unknown>): boolean {
-  if (typeof data["streamSid"] !== "string") return false;
-  switch (data["event"]) {
+/** Checks one message against the exact shapes Twilio accepts, for the stream `streamSid`. */
+function parseOutbound(raw: string, streamSid: string): Outbound {
+  let data: unknown;
+  try {
+    data = JSON.parse(raw);
+  } catch {
+    return { event: "invalid", why: "not JSON" };
+  }
+  if (!isObject(data)) return { event: "invalid", why: "not an object" };
+  if (data.streamSid !== streamSid) return { event: "invalid", why: "wrong streamSid" };
+  switch (data.event) {
     case "media":
       return exactKeys(data, ["event", "streamSid", "media"]) &&
-        exactKeys(data["media"], ["payload"]) && typeof data["media"]["payload"] === "string";
+          exactKeys(data.media, ["payload"]) && typeof data.media.payload === "string"
+        ? { event: "media", payload: data.media.payload, data }
+        : { event: "invalid", why: "bad media shape" };
     case "mark":
-      return exactKeys(data, ["event", "streamSid", "mark"]) &&
-        exactKeys(data["mark"], ["name"]) && typeof data["mark"]["name"] === "string";
+      return exactKeys(data, ["event", "streamSid", "mark"]) && exactKeys(data.mark, ["name"]) &&
+          typeof data.mark.name === "string"
+        ? { event: "mark", name: data.mark.name, data }
+        : { event: "invalid", why: "bad mark shape" };
     case "clear":
-      return exactKeys(data, ["event", "streamSid"]);
+      return exactKeys(data, ["event", "streamSid"])
+        ? { event: "clear", data }
+        : { event: "invalid", why: "bad clear shape" };
     default:
-      return false;
+      return { event: "invalid", why: `unknown event ${JSON.stringify(data.event)}` };
   }
+}
+
+/** Decoded size of `length` base64 characters ending in `padding` "=" signs. */
+function base64Bytes(length: number, padding: number): number {
+  return (length >> 2) * 3 - padding;
+}
+
+export interface PlayoutOptions {
+  readonly scheduler: Scheduler;
+  readonly streamSid: string;
+  readonly keepAudio: boolean;
+  readonly keepMessages: boolean;
+  readonly fastMedia: boolean;
+  /** Sends a mark's echo; null: marks are not echoed. */
+  readonly echo: ((name: string) => void) | null;
+  readonly listener: TwilioClientListener | undefined;
 }
 
 export class Playout {
@@ -60,48 +117,88 @@ export class Playout {
   readonly echoes: MarkEchoRecord[] = [];
   readonly clears: number[] = [];
   readonly invalid: string[] = [];
+  /** Intervals between consecutive media messages with no mark or clear between them, ms. */
+  readonly interArrival: MsHistogram = new MsHistogram();
+  mediaFrames = 0;
   underruns = 0;
+  /** Such intervals over two frames' time (40 ms). */
+  gapsOver40 = 0;
+  lastMediaAt = NaN;
+  /** When the audio received so far will have played, ms. */
+  playoutEnd = -Infinity;
+  readonly #o: PlayoutOptions;
   readonly #scheduler: Scheduler;
-  readonly #keepAudio: boolean;
-  readonly #echo: ((name: string) => void) | null;
+  readonly #listener: TwilioClientListener | undefined;
+  readonly #mediaPrefix: string;
   readonly #pending: PendingMark[] = [];
   readonly #task: Task;
   readonly #checks = new Set<() => void>();
   #chunks: Uint8Array[] = [];
-  #playoutEnd = -Infinity;
-  #lastWasMark = true;
+  #markSinceMedia = true;
   #closed = false;
 
-  constructor(options: {
-    scheduler: Scheduler;
-    keepAudio: boolean;
-    echo: ((name: string) => void) | null;
-  }) {
+  constructor(options: PlayoutOptions) {
+    this.#o = options;
     this.#scheduler = options.scheduler;
-    this.#keepAudio = options.keepAudio;
-    this.#echo = options.echo;
-    this.#task = options.scheduler.task((now) => this.#echoDue(now));
+    this.#listener = options.listener;
+    this.#mediaPrefix = `{"event":"media","streamSid":${
+      JSON.stringify(options.streamSid)
+    },"media":{"payload":"`;
+    this.#task = options.scheduler.task(
+      (now) => this.#echoDue(now),
+      options.listener?.error?.bind(options.listener),
+    );
+  }
+
+  /** Marks received and not yet echoed. */
+  get pendingEchoes(): number {
+    return this.#pending.length;
   }
 
   /** Handles one WebSocket message from the server. */
   receive(raw: unknown): void {
     const at = this.#scheduler.now();
-    let data: unknown;
-    try {
-      data = typeof raw === "string" ? JSON.parse(raw) : undefined;
-    } catch {
-      data = undefined;
+    if (typeof raw !== "string") {
+      this.#invalid(null, "binary frame");
+      return;
     }
-    if (!isObject(data) || !validOutbound(data)) {
-      this.invalid.push(typeof raw === "string" ? raw : "<binary>");
+    const prefix = this.#mediaPrefix;
+    if (this.#o.fastMedia && raw.startsWith(prefix) && raw.endsWith('"}}')) {
+      const length = raw.length - prefix.length - 3;
+      const padding = raw.charCodeAt(raw.length - 4) === 61
+        ? (raw.charCodeAt(raw.length - 5) === 61 ? 2 : 1)
+        : 0;
+      const keep = this.#o.keepAudio || this.#o.keepMessages;
+      const payload = keep ? raw.slice(prefix.length, raw.length - 3) : null;
+      if (this.#o.keepMessages) {
+        const data = { event: "media", streamSid: this.#o.streamSid, media: { payload } };
+        this.#record(at, "media", data);
+      }
+      this.#media(at, base64Bytes(length, padding), payload);
       this.#check();
       return;
     }
-    const event = data["event"] as string;
-    this.received.push({ at, event, data });
-    if (event === "media") this.#media(at, (data["media"] as { payload: string }).payload);
-    else if (event === "mark") this.#mark(at, (data["mark"] as { name: string }).name);
-    else this.#clear(at);
+    const message = parseOutbound(raw, this.#o.streamSid);
+    switch (message.event) {
+      case "media": {
+        const payload = message.payload;
+        const padding = payload.endsWith("==") ? 2 : payload.endsWith("=") ? 1 : 0;
+        this.#record(at, "media", message.data);
+        this.#media(at, base64Bytes(payload.length, padding), payload);
+        break;
+      }
+      case "mark":
+        this.#record(at, "mark", message.data);
+        this.#mark(at, message.name);
+        break;
+      case "clear":
+        this.#record(at, "clear", message.data);
+        this.#clear(at);
+        break;
+      case "invalid":
+        this.#invalid(raw, message.why);
+        return;
+    }
     this.#check();
   }
 
@@ -149,35 +246,54 @@ export class Playout {
   }
 
   #check(): void {
+    if (this.#checks.size === 0) return;
     for (const check of [...this.#checks]) check();
   }
 
-  #media(at: number, payload: string): void {
-    const bytes = Uint8Array.fromBase64(payload);
-    if (this.#keepAudio) this.#chunks.push(bytes);
-    // Playout ran dry in the middle of an utterance (no mark since the previous frame).
-    if (this.mediaArrivals.length > 0 && !this.#lastWasMark && this.#playoutEnd < at) {
-      this.underruns++;
+  #record(at: number, event: string, data: Readonly<Record<string, unknown>>): void {
+    if (this.#o.keepMessages) this.received.push({ at, event, data });
+  }
+
+  #invalid(raw: string | null, why: string): void {
+    this.invalid.push(raw ?? "<binary>");
+    this.#listener?.invalid?.(raw, why);
+    this.#check();
+  }
+
+  #media(at: number, bytes: number, payload: string | null): void {
+    if (this.#o.keepAudio && payload !== null) this.#chunks.push(Uint8Array.fromBase64(payload));
+    // Within one utterance (no mark since the previous frame): the cadence, and whether the
+    // playout ran dry before this frame came (an audible gap).
+    if (!this.#markSinceMedia) {
+      const interval = at - this.lastMediaAt;
+      this.interArrival.add(interval);
+      if (interval > 2 * FRAME_MS) this.gapsOver40++;
+      if (this.playoutEnd < at) this.underruns++;
     }
-    this.mediaArrivals.push(at);
-    this.#lastWasMark = false;
-    this.#playoutEnd = Math.max(this.#playoutEnd, at) + bytes.length / 8;
+    this.#markSinceMedia = false;
+    this.lastMediaAt = at;
+    this.playoutEnd = Math.max(this.playoutEnd, at) + bytes / 8;
+    this.mediaFrames++;
+    if (this.#o.keepMessages) this.mediaArrivals.push(at);
+    this.#listener?.media?.(at, bytes);
   }
 
   #mark(at: number, name: string): void {
     this.marks.push(name);
-    this.#lastWasMark = true;
-    if (this.#echo === null) return;
+    this.#markSinceMedia = true;
+    this.#listener?.mark?.(at, name);
+    if (this.#o.echo === null) return;
     // "when the audio ends (or if there is no audio buffered)"
-    this.#pending.push({ name, receivedAt: at, due: Math.max(at, this.#playoutEnd) });
+    this.#pending.push({ name, receivedAt: at, due: Math.max(at, this.playoutEnd) });
     if (!this.#task.scheduled) this.#task.at(this.#pending[0].due);
   }
 
   #clear(at: number): void {
     this.clears.push(at);
-    this.#playoutEnd = at;
-    this.#lastWasMark = true;
+    this.playoutEnd = at;
+    this.#markSinceMedia = true;
     this.#task.cancel();
+    this.#listener?.clear?.(at);
     for (const mark of this.#pending.splice(0)) this.#send(mark, at, true);
   }
 
@@ -195,6 +311,7 @@ export class Playout {
   #send(mark: PendingMark, at: number, cleared: boolean): void {
     if (this.#closed) return;
     this.echoes.push({ name: mark.name, receivedAt: mark.receivedAt, echoedAt: at, cleared });
-    this.#echo?.(mark.name);
+    this.#o.echo?.(mark.name);
+    this.#listener?.echo?.(mark.name, at, cleared);
   }
 }
