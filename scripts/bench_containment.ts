@@ -9,7 +9,7 @@
  * Prints a table and one JSON line. Figures are per message, median of the rounds.
  */
 import { readCommandLine } from "../src/command_line.ts";
-import { inCallScope } from "../src/call/_session_escape.ts";
+import { inCallScope } from "../src/call/manager.ts";
 import { parseInbound } from "../src/twilio/protocol.ts";
 import { median } from "../tools/stats.ts";
 

@@ -11,10 +11,8 @@
 import { PassThrough } from "node:stream";
 import { readCommandLine } from "../src/command_line.ts";
 import { createLogger } from "../src/observe/log.ts";
-import { type GoogleSessionDeps, GoogleSpeechSession } from "../src/stt/_google_session.ts";
-import type { Stream } from "../src/stt/_stream_probe.ts";
-import { STT_TUNING } from "../src/stt/_tuning.ts";
-import { loadClips } from "../tools/sandbox/_protos.ts";
+import { type GoogleSessionDeps, GoogleSpeechSession, STT_TUNING } from "../src/stt/google.ts";
+import { fixtureClips } from "../tools/sandbox/sandbox.ts";
 import { concatBytes } from "../tools/bytes.ts";
 import { quantileOfSorted } from "../tools/stats.ts";
 
@@ -28,6 +26,9 @@ function parseFrames(argv: readonly string[]): number {
 }
 
 const round = (n: number, digits = 2) => Number(n.toFixed(digits));
+
+/** A StreamingRecognize call. */
+type Stream = Awaited<ReturnType<GoogleSessionDeps["openStream"]>>;
 
 /** A stream that accepts every write and never answers (a healthy, silent Google stream). */
 function sinkStream(): Stream {
@@ -107,7 +108,7 @@ async function measure(state: State, audio: Uint8Array, frames: number) {
 }
 
 const frames = parseFrames(Deno.args);
-const clips = loadClips(new URL("../tools/sandbox/fixtures/clips.json", import.meta.url).pathname);
+const clips = fixtureClips();
 const gap = new Uint8Array(800 * 8).fill(0xff);
 const parts = clips.flatMap((c) => [c.audio, gap]);
 const audio = concatBytes(...parts);
