@@ -15,12 +15,10 @@ import { RecognizeWorker } from "../src/stt/_recognize_worker.ts";
 import { levelDbfs, Segmenter } from "../src/stt/_segmenter.ts";
 import type { SttEvent } from "../src/stt/types.ts";
 import { ClipMatcher, findClips } from "../tools/sandbox/_clip_matcher.ts";
-import { type Clip, loadClips } from "../tools/sandbox/_protos.ts";
+import { type Clip, fixtureClips } from "../tools/sandbox/sandbox.ts";
 import { concatBytes } from "../tools/bytes.ts";
 
-const CLIPS: Clip[] = loadClips(
-  new URL("../tools/sandbox/fixtures/clips.json", import.meta.url).pathname,
-);
+const CLIPS: Clip[] = fixtureClips();
 
 function silence(ms: number): Uint8Array {
   return new Uint8Array(ms * 8).fill(0xff);

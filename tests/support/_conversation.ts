@@ -15,8 +15,8 @@ import {
 import { frameDbfs } from "../../src/audio/mulaw.ts";
 import { sharedScheduler, sleepUntil } from "../../src/call/scheduler.ts";
 import { type CallDetail, openCallReader } from "../../src/store/read.ts";
-import type { Clip } from "../../tools/sandbox/_protos.ts";
 import {
+  type Clip,
   fixtureClips,
   type Sandbox,
   type SandboxOptions,

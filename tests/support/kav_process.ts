@@ -4,8 +4,8 @@
  * to a temp file and pointing at local provider servers that the test process runs. Lines Kav
  * prints (stdout and stderr) are captured in order; signals go to the process.
  */
-import type { Clip } from "../../tools/sandbox/_protos.ts";
 import {
+  type Clip,
   fixtureClips,
   mergeToml,
   type ProviderServers,

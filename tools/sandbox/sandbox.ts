@@ -11,6 +11,7 @@ import type { Config } from "../../src/config/types.ts";
 import { type KavProviders, runKav } from "../../src/kav.ts";
 import { createLogger, type Logger, type LogSink } from "../../src/observe/log.ts";
 import { type Clip, loadClips } from "./_protos.ts";
+export type { Clip };
 import { type OpenAiServer, type OpenAiServerOptions, startOpenAiServer } from "./openai_server.ts";
 import {
   type OpenAiSpeechServer,
