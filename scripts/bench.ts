@@ -47,7 +47,7 @@
 import { DatabaseSync } from "node:sqlite";
 import { readCommandLine, taskArgs } from "../src/command_line.ts";
 import postgres from "postgres";
-import { type LocalPostgres, PG_PASSWORD, startPostgres } from "../tests/support/postgres.ts";
+import { type LocalPostgres, PG_PASSWORD, startPostgres } from "../tools/sandbox/postgres.ts";
 import {
   fixtureClips,
   mergeToml,
@@ -55,7 +55,7 @@ import {
   sandboxToml,
   type SpeechProvider,
   startProviderServers,
-} from "../tests/support/sandbox.ts";
+} from "../tools/sandbox/sandbox.ts";
 import {
   canPin,
   CLK_TCK,
@@ -81,7 +81,7 @@ import {
 } from "./_bench_report.ts";
 import { runStep, type StepOptions, type StepResult } from "./_bench_step.ts";
 import { openLiveViewer } from "./_bench_console.ts";
-import { round2 } from "./_sim_stats.ts";
+import { median, round2 } from "../tools/stats.ts";
 
 /** Calls of the unmeasured warm-up each fresh Kav gets. */
 const WARMUP_CALLS = 20;
@@ -290,13 +290,6 @@ function stepJson(step: StepResult): Omit<StepResult, "histogram"> {
 
 function log(line: string): void {
   console.error(`[bench ${new Date().toISOString().slice(11, 19)}] ${line}`);
-}
-
-/** Median of a few numbers (the store comparison alternates runs). */
-function median(values: readonly number[]): number {
-  const sorted = [...values].sort((a, b) => a - b);
-  const mid = sorted.length >> 1;
-  return sorted.length % 2 === 1 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
 }
 
 async function main(): Promise<void> {

@@ -4,7 +4,7 @@
  *   deno task dev [--port 8080] [--admin-port 9090] [--speech google|openai] [--config FILE]
  *
  * With no cloud credentials (neither GOOGLE_APPLICATION_CREDENTIALS nor OPENAI_API_KEY) and no
- * `--config`, it starts the sandbox providers of `tests/support/` on 127.0.0.1 (a gRPC Speech
+ * `--config`, it starts the sandbox providers of `tools/sandbox/` on 127.0.0.1 (a gRPC Speech
  * server that recognizes the Hebrew fixture clips, a gRPC Text-to-Speech server and an
  * OpenAI-compatible server) and runs Kav against them on 127.0.0.1:8080, signatures off, records
  * under `./.kav-dev/`. The first log line says so and how to switch to real providers. Then, in a
@@ -29,7 +29,7 @@ import {
   sandboxProviderToml,
   type SpeechProvider,
   startProviderServers,
-} from "../tests/support/sandbox.ts";
+} from "../tools/sandbox/sandbox.ts";
 
 /** Where the dev sandbox keeps its config and records (relative to the working directory). */
 export const DEV_DIR = ".kav-dev";

@@ -14,8 +14,8 @@ import {
 } from "../scripts/build.ts";
 import { fixtureClip, sayAndWait, startKavProcess } from "./support/kav_process.ts";
 import { ignoredWhen } from "./support/requires.ts";
-import { startProviderServers } from "./support/sandbox.ts";
-import { TwilioClient } from "./support/twilio_client.ts";
+import { startProviderServers } from "../tools/sandbox/sandbox.ts";
+import { TwilioClient } from "../tools/twilio/client.ts";
 
 const decoder = new TextDecoder();
 

@@ -13,8 +13,8 @@ import { quantileMs } from "../src/admin/_health.ts";
 import { historyQuery } from "../src/admin/_query.ts";
 import { ADMIN_TOKEN, type ConsoleSandbox, startConsoleSandbox } from "./support/console.ts";
 import { fixtureClip, sayAndWait } from "./support/kav_process.ts";
-import { startSandbox } from "./support/sandbox.ts";
-import { TwilioClient } from "./support/twilio_client.ts";
+import { startSandbox } from "../tools/sandbox/sandbox.ts";
+import { TwilioClient } from "../tools/twilio/client.ts";
 
 const BEARER = { authorization: `Bearer ${ADMIN_TOKEN}` };
 

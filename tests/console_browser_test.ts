@@ -7,11 +7,11 @@
  */
 import assert from "node:assert/strict";
 import puppeteer, { type Browser, type Page } from "puppeteer-core";
-import { fixtureLines, simulate } from "../scripts/_sim_engine.ts";
+import { fixtureLines, simulate } from "../tools/twilio/simulation.ts";
 import { fixtureClip, sayAndWait } from "./support/kav_process.ts";
 import { ADMIN_TOKEN, type ConsoleSandbox, startConsoleSandbox } from "./support/console.ts";
 import { ignoredWhen } from "./support/requires.ts";
-import { TwilioClient } from "./support/twilio_client.ts";
+import { TwilioClient } from "../tools/twilio/client.ts";
 
 const CHROMIUM = "/usr/bin/chromium";
 const OUTPUT = new URL("./output/console/", import.meta.url).pathname;

@@ -14,7 +14,7 @@ import {
   searchWords,
 } from "../src/store/history.ts";
 import type { CallOutcome, CallStore } from "../src/store/types.ts";
-import { PG_PASSWORD, POSTGRES_UNAVAILABLE, startPostgres } from "./support/postgres.ts";
+import { PG_PASSWORD, POSTGRES_UNAVAILABLE, startPostgres } from "../tools/sandbox/postgres.ts";
 
 const T0 = Date.UTC(2025, 0, 15, 10, 0, 0);
 const log = createLogger(() => {});

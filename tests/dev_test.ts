@@ -2,8 +2,8 @@ import assert from "node:assert/strict";
 import { fileURLToPath } from "node:url";
 import { openCallReader } from "../src/store/read.ts";
 import { devBanner, devToml, parseDevArgs } from "../scripts/dev.ts";
-import { fixtureClips } from "./support/sandbox.ts";
-import type { ProviderServers } from "./support/sandbox.ts";
+import { fixtureClips } from "../tools/sandbox/sandbox.ts";
+import type { ProviderServers } from "../tools/sandbox/sandbox.ts";
 
 const DEV = fileURLToPath(new URL("../scripts/dev.ts", import.meta.url));
 /** The repository root, where `deno task` finds deno.json. */

@@ -1,5 +1,5 @@
 /**
- * The fleet store against a real PostgreSQL (tests/support/postgres.ts): the same records as
+ * The fleet store against a real PostgreSQL (tools/sandbox/postgres.ts): the same records as
  * SQLite, migrations when nodes start together, the journal while the database is away, across a
  * restart, data errors, retention once per fleet, and `kav calls` reading the fleet.
  */
@@ -20,7 +20,7 @@ import {
   PG_PASSWORD,
   POSTGRES_UNAVAILABLE,
   startPostgres,
-} from "./support/postgres.ts";
+} from "../tools/sandbox/postgres.ts";
 
 const T0 = Date.UTC(2025, 0, 15, 10, 0, 0);
 const ignore = POSTGRES_UNAVAILABLE !== null;

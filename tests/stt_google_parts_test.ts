@@ -17,11 +17,11 @@ import { Timers } from "../src/stt/_timers.ts";
 import { STT_TUNING } from "../src/stt/_tuning.ts";
 import { levelDbfs, Segmenter } from "../src/stt/_segmenter.ts";
 import type { SttEvent } from "../src/stt/types.ts";
-import { ClipMatcher, findClips } from "./support/_clip_matcher.ts";
-import { type Clip, loadClips } from "./support/_protos.ts";
-import { concatBytes } from "./support/bytes.ts";
+import { ClipMatcher, findClips } from "../tools/sandbox/_clip_matcher.ts";
+import { type Clip, fixtureClips } from "../tools/sandbox/sandbox.ts";
+import { concatBytes } from "../tools/bytes.ts";
 
-const CLIPS: Clip[] = loadClips(new URL("./fixtures/clips.json", import.meta.url).pathname);
+const CLIPS: Clip[] = fixtureClips();
 
 function silence(ms: number): Uint8Array {
   return new Uint8Array(ms * 8).fill(0xff);

@@ -1,5 +1,5 @@
 /**
- * Google STT provider against the local gRPC Speech server (tests/support/speech_server.ts), with the
+ * Google STT provider against the local gRPC Speech server (tools/sandbox/speech_server.ts), with the
  * real `@google-cloud/speech` client over real loopback sockets. The server recognizes a clip only
  * when its exact bytes arrive contiguously on one stream, so "every clip recognized exactly once"
  * proves that no audio was lost, cut or duplicated across stream restarts.
@@ -22,7 +22,7 @@ import {
   waitFor,
   withServer,
 } from "./support/stt_harness.ts";
-import { concatBytes } from "./support/bytes.ts";
+import { concatBytes } from "../tools/bytes.ts";
 
 const [APPOINTMENT, HOURS, GOODBYE, TOMORROW] = ["appointment", "hours", "goodbye", "tomorrow"]
   .map(clip);

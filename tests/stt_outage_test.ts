@@ -10,7 +10,7 @@
 import assert from "node:assert/strict";
 import * as metrics from "../src/observe/metrics.ts";
 import { parsePrometheusText, sampleValue } from "../src/observe/prom_parse.ts";
-import type { SpeechScript, SpeechServer } from "./support/speech_server.ts";
+import type { SpeechScript, SpeechServer } from "../tools/sandbox/speech_server.ts";
 import {
   CallerLine,
   CLIPS,

@@ -14,6 +14,8 @@ import type { LiveCall, LiveSnapshot } from "./live.ts";
 
 /** Process-level last line of containment; `runKav` installs it (see `_session_escape.ts`). */
 export { installEscapeHandlers } from "./_session_escape.ts";
+/** The call scope every socket handler runs in, also timed by `scripts/bench_containment.ts`. */
+export { type CallScope, inCallScope } from "./_session_escape.ts";
 
 /** The config slices the call core reads. */
 export interface CallCoreConfig {

@@ -11,7 +11,7 @@ import type { SttConfig } from "../config/types.ts";
 import { createLogger, type Logger } from "../observe/log.ts";
 import { ProviderError } from "../errors.ts";
 import { observe } from "../providers/policy.ts";
-import { GoogleSpeechSession } from "./_google_session.ts";
+import { type GoogleSessionDeps, GoogleSpeechSession } from "./_google_session.ts";
 import { STT_TUNING, type SttTuning } from "./_tuning.ts";
 import {
   connectEagerly,
@@ -25,6 +25,8 @@ import type { RecognizedText } from "./_recognize_worker.ts";
 import type { SpeechSession, SttOpenOptions, SttProvider } from "./types.ts";
 
 export { STT_TUNING, type SttTuning };
+/** One call's session, also driven directly by `scripts/bench_stt_recovery.ts` (write-path cost). */
+export { type GoogleSessionDeps, GoogleSpeechSession };
 
 type RecognitionConfig = protos.google.cloud.speech.v1.IRecognitionConfig;
 

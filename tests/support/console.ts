@@ -2,7 +2,7 @@
  * A sandbox Kav with its operator console on (SPEC 7): a free loopback port for `admin.listen`
  * and a token, for the console's API and browser tests.
  */
-import { type Sandbox, type SandboxOptions, startSandbox } from "./sandbox.ts";
+import { type Sandbox, type SandboxOptions, startSandbox } from "../../tools/sandbox/sandbox.ts";
 
 /** The admin token the console sandbox runs with. */
 export const ADMIN_TOKEN = "console-test-token-0123456789";
