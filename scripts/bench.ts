@@ -4,7 +4,7 @@
  *   deno task bench [-- --steps 25,50,100,200,400,800] [--quick] [--no-pin] [--skip-variants]
  *                      [--floor] [--no-wire] [--keep-going] [--extra-toml TOML] [--kav-flag FLAG]
  *                      [--speech google|openai] [--speech-compare CALLS]
- *                      [--store sqlite|postgres] [--workers 1,2] [--with-floor]
+ *                      [--store sqlite|postgres] [--console CALLS] [--workers 1,2] [--with-floor]
  *
  * Kav runs as a subprocess (`_bench_kav.ts`, i.e. `runKav` with a config file) pinned to core 0 with
  * `taskset`; the local provider servers (gRPC Speech and TTS, OpenAI-compatible SSE; answering
@@ -33,12 +33,14 @@
  * 7. With `--store postgres` (issue 18): the ramp records to a local PostgreSQL (Debian's, started
  *    in a temp dir with fsync on, pinned to the load core) through `storage.url`, and SQLite and
  *    PostgreSQL alternate twice at 100 calls: TX p99 and status-callback p99 side by side.
- *
- * 8. With `--workers 1,2` (issue 17, SPEC 8): one ramp per `server.workers` count, each on a fresh
+ * 8. With `--console CALLS` (issue 16): every Kav serves its operator console, and CALLS calls run
+ *    with the console's live view open (one SSE client reading it, `_bench_console.ts`) and closed,
+ *    alternated twice on one Kav: TX p99 and status-callback p99 side by side.
+ * 9. With `--workers 1,2` (issue 17, SPEC 8): one ramp per `server.workers` count, each on a fresh
  *    Kav, in the same run: max calls with every invariant held, CPU per call, RSS (and per worker),
  *    both p99s at each step, and how much CPU the load side (generators, prober, providers) took.
  *    Compare worker counts unpinned (`--no-pin`): pinned, every worker shares Kav's one core.
- * 9. With `--with-floor`: the floor server's ramp first, in the same run, and Kav's CPU over the
+ * 10. With `--with-floor`: the floor server's ramp first, in the same run, and Kav's CPU over the
  *    floor's at each step (the per-call cost target: ≤ 2× at 100 calls, workers=1 pinned).
  *
  * Timing is measured twice: at the client (the load generators), and on the wire by `tcpdump` on
@@ -51,7 +53,7 @@
 import { DatabaseSync } from "node:sqlite";
 import { readCommandLine, taskArgs } from "../src/command_line.ts";
 import postgres from "postgres";
-import { type LocalPostgres, PG_PASSWORD, startPostgres } from "../tests/support/postgres.ts";
+import { type LocalPostgres, PG_PASSWORD, startPostgres } from "../tools/sandbox/postgres.ts";
 import {
   fixtureClips,
   mergeToml,
@@ -59,7 +61,7 @@ import {
   sandboxToml,
   type SpeechProvider,
   startProviderServers,
-} from "../tests/support/sandbox.ts";
+} from "../tools/sandbox/sandbox.ts";
 import {
   canPin,
   CLK_TCK,
@@ -84,7 +86,8 @@ import {
   stepExtras,
 } from "./_bench_report.ts";
 import { runStep, type StepOptions, type StepResult } from "./_bench_step.ts";
-import { round2 } from "./_sim_stats.ts";
+import { openLiveViewer } from "./_bench_console.ts";
+import { median, round2 } from "../tools/stats.ts";
 
 /** Calls of the unmeasured warm-up each fresh Kav gets. */
 const WARMUP_CALLS = 20;
@@ -118,6 +121,8 @@ interface BenchArgs {
   speechCompare: number;
   /** Where Kav records calls: its SQLite file, or a local PostgreSQL via `storage.url`. */
   store: "sqlite" | "postgres";
+  /** Calls of the live-view open/closed comparison; 0 skips it (and leaves the console off). */
+  console: number;
   /** `server.workers` of each ramp (one ramp per count). */
   workers: number[];
   /** Also ramp the floor server in this run and compare Kav's CPU with it. */
@@ -148,6 +153,7 @@ const OPTIONS = {
   speech: { type: "string" },
   "speech-compare": { type: "string" },
   store: { type: "string" },
+  console: { type: "string" },
   workers: { type: "string" },
   "with-floor": { type: "boolean" },
 } as const;
@@ -174,11 +180,16 @@ function parseArgs(argv: readonly string[]): BenchArgs {
   if (store !== "sqlite" && store !== "postgres") {
     throw new RangeError(`Cannot use --store ${JSON.stringify(store)}: sqlite or postgres`);
   }
+  const consoleCalls = Number(values.console ?? 0);
+  if (!Number.isInteger(consoleCalls) || consoleCalls < 0) {
+    throw new RangeError(`Cannot use --console ${JSON.stringify(values.console)}: a call count`);
+  }
   const workers = (values.workers ?? "1").split(",").map(Number);
   if (workers.some((n) => !Number.isInteger(n) || n < 1 || n > 64)) {
     throw new RangeError(`Cannot use --workers ${JSON.stringify(values.workers)}: e.g. 1,2`);
   }
   return {
+    console: consoleCalls,
     steps,
     workers,
     withFloor: values["with-floor"] ?? false,
@@ -299,13 +310,6 @@ function log(line: string): void {
   console.error(`[bench ${new Date().toISOString().slice(11, 19)}] ${line}`);
 }
 
-/** Median of a few numbers (the store comparison alternates runs). */
-function median(values: readonly number[]): number {
-  const sorted = [...values].sort((a, b) => a - b);
-  const mid = sorted.length >> 1;
-  return sorted.length % 2 === 1 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
-}
-
 async function main(): Promise<void> {
   const args = parseArgs(Deno.args);
   const began = performance.now();
@@ -340,6 +344,8 @@ async function main(): Promise<void> {
   };
   let kav: KavProcess | null = null;
   let prober: Prober | null = null;
+  /** The console of the Kav running now (with --console). */
+  let consoleUrl: string | null = null;
   const launch = async (
     name: string,
     extraArgs: string[] = [],
@@ -356,15 +362,24 @@ async function main(): Promise<void> {
       storeToml = `\n[storage]\nurl = "${url}"\n`;
     }
     storeUrls.set(dbPath, url);
+    let consoleToml = "";
+    if (args.console > 0) {
+      const adminPort = freePort();
+      consoleUrl = `http://127.0.0.1:${adminPort}`;
+      consoleToml = `\n[admin]\nlisten = "127.0.0.1:${adminPort}"\n`;
+    }
     kav = await startKav({
       dir,
       name,
-      env: url === null ? {} : { PGPASSWORD: PG_PASSWORD },
+      env: {
+        ...(url === null ? {} : { PGPASSWORD: PG_PASSWORD }),
+        ...(args.console > 0 ? { KAV_ADMIN_TOKEN: token } : {}),
+      },
       toml: kavToml(
         servers,
         port,
         dbPath,
-        `${args.extraToml}${storeToml}\n[server]\nworkers = ${workers}\n`,
+        `${args.extraToml}${storeToml}${consoleToml}\n[server]\nworkers = ${workers}\n`,
         speech,
       ),
       port,
@@ -512,6 +527,23 @@ async function main(): Promise<void> {
       }
     }
 
+    // 8. The console's live view open vs closed at the same load, same Kav (issue 16).
+    const viewerStats: { events: number; bytes: number; lastCalls: number }[] = [];
+    if (args.console > 0 && !args.floor) {
+      const target = await launch("console");
+      for (const round of [1, 2]) {
+        variants.push(await step("console_closed", target, args.console));
+        const viewer = await openLiveViewer(consoleUrl!, token);
+        try {
+          variants.push(await step("console_open", target, args.console));
+        } finally {
+          viewerStats.push(await viewer.stop());
+        }
+        log(`  live view round ${round}: ${JSON.stringify(viewerStats.at(-1))}`);
+      }
+      await shutdown();
+    }
+
     // 6. Google vs OpenAI-compatible speech at the same load, same run.
     let speechCompare: Record<string, unknown> | null = null;
     if (args.speechCompare > 0 && !args.floor) {
@@ -552,7 +584,35 @@ async function main(): Promise<void> {
     const paced = steps.find((s) => s.calls === 100) ?? null;
     const unpaced = variants.find((v) => v.label === "pacing_off") ?? null;
     const topIndex = top === null ? -1 : steps.indexOf(top);
+    const consoleOpen = byLabel("console_open");
+    const consoleClosed = byLabel("console_closed");
     const summary = {
+      consoleLiveView: consoleOpen.length > 0 && consoleClosed.length > 0
+        ? {
+          calls: args.console,
+          txP99Ms: {
+            open: consoleOpen.map((v) => v.tx.p99),
+            closed: consoleClosed.map((v) => v.tx.p99),
+          },
+          webhookP99Ms: {
+            open: consoleOpen.map((v) => v.webhook.p99),
+            closed: consoleClosed.map((v) => v.webhook.p99),
+          },
+          cpuPct: {
+            open: consoleOpen.map((v) => v.kav.cpuPct),
+            closed: consoleClosed.map((v) => v.kav.cpuPct),
+          },
+          txMedianDeltaMs: round2(
+            median(consoleOpen.map((v) => v.tx.p99)) - median(consoleClosed.map((v) => v.tx.p99)),
+          ),
+          webhookMedianDeltaMs: round2(
+            median(consoleOpen.map((v) => v.webhook.p99)) -
+              median(consoleClosed.map((v) => v.webhook.p99)),
+          ),
+          viewer: viewerStats,
+          allCallsOk: [...consoleOpen, ...consoleClosed].every((v) => v.outcome.ok === v.calls),
+        }
+        : null,
       maxCallsAllInvariantsHeld: top?.calls ?? 0,
       stepsHeld: held.map((s) => s.calls),
       firstBrokenStep: firstBroken < 0

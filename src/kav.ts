@@ -3,9 +3,10 @@
  * from a `Config`, and serves until stopped. `main.ts` runs it; tests and the dev sandbox start it
  * in-process on a free port.
  */
+import { type RunningConsole, startConsole } from "./admin/server.ts";
 import { runServer } from "./app.ts";
 import { LocalCallState } from "./call/call_state.ts";
-import { CallManager, installEscapeHandlers, type LiveCall } from "./call/manager.ts";
+import { CallManager, installEscapeHandlers } from "./call/manager.ts";
 import type { Config } from "./config/types.ts";
 import {
   callScript,
@@ -16,7 +17,6 @@ import {
   withVoice,
 } from "./kav_calls.ts";
 import type { Logger } from "./observe/log.ts";
-import { renderMetrics } from "./observe/metrics.ts";
 import { sdNotifierFromEnv } from "./observe/sd_notify.ts";
 import { availableCores, type CoreCount } from "./runtime/cores.ts";
 import { lowerHelperThreads } from "./runtime/helper_threads.ts";
@@ -40,21 +40,13 @@ export interface RunKavOptions {
    */
   readonly reload?: () => Promise<Config>;
   readonly onListen?: (addr: Deno.NetAddr) => void;
+  /** Called with the operator console's URL once it listens (SPEC 7; off without a token). */
+  readonly onConsole?: (url: string) => void;
   /**
    * Defaults to the store the config names: SQLite at `storage.path`, or PostgreSQL at
    * `storage.url` (benchmarks compare against a no-op store).
    */
   readonly store?: CallStore;
-  /** Called once listening, with the process's view of itself over every call worker. */
-  readonly onView?: (view: KavView) => void;
-}
-
-/** What the process shows of itself, the same with calls on the main thread or on workers. */
-export interface KavView {
-  /** Every live call of the process (all call workers), oldest first. */
-  liveCalls(): Promise<readonly LiveCall[]>;
-  /** The `/metrics` body: one set of series, summed over call workers. */
-  metricsText(): Promise<string>;
 }
 
 /** How many call workers `server.workers` asks for here (0: one per usable core). */
@@ -88,7 +80,7 @@ export async function runKav(options: RunKavOptions): Promise<void> {
     signal: options.signal,
     reload: options.reload,
     onListen: options.onListen,
-    onView: options.onView,
+    onConsole: options.onConsole,
     store: options.store,
   });
 }
@@ -152,7 +144,17 @@ async function runOnMainThread(options: RunKavOptions): Promise<void> {
   // An error that escapes every per-call handler is logged (with its call sid when known), counted
   // and ends at most its call: one bad call or provider never takes the process down.
   const uninstallEscapeHandlers = installEscapeHandlers(log);
+  let operatorConsole: RunningConsole | null = null;
   try {
+    const live = () => calls.live();
+    operatorConsole = await startConsole({
+      config,
+      log,
+      live,
+      store,
+      isDraining: () => calls.draining,
+    });
+    if (operatorConsole !== null) options.onConsole?.(operatorConsole.url);
     await runServer({
       config,
       log,
@@ -161,10 +163,6 @@ async function runOnMainThread(options: RunKavOptions): Promise<void> {
       onListen(addr) {
         notifier.ready("0 active calls");
         options.onListen?.(addr);
-        options.onView?.({
-          liveCalls: () => Promise.resolve(calls.snapshot()),
-          metricsText: () => Promise.resolve(renderMetrics()),
-        });
       },
       onStatusEvent: (params, webhook) => recordStatus(store, params, webhook),
       callState,
@@ -177,6 +175,7 @@ async function runOnMainThread(options: RunKavOptions): Promise<void> {
     });
   } finally {
     uninstallEscapeHandlers();
+    await operatorConsole?.close();
     Deno.removeSignalListener("SIGHUP", onSighup);
     lifetime.abort();
     await reloads;

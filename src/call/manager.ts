@@ -12,9 +12,12 @@ import { type CallAdmission, LocalAdmission } from "./admission.ts";
 import type { AgentFactory } from "./agent.ts";
 import { type Scheduler, sharedScheduler } from "./scheduler.ts";
 import { CallSession } from "./session.ts";
+import type { LiveCall, LiveSnapshot } from "./live.ts";
 
 /** Process-level last line of containment; `runKav` installs it (see `_session_escape.ts`). */
 export { installEscapeHandlers } from "./_session_escape.ts";
+/** The call scope every socket handler runs in, also timed by `scripts/bench_containment.ts`. */
+export { type CallScope, inCallScope } from "./_session_escape.ts";
 
 /** The config slices the call core reads. */
 export interface CallCoreConfig {
@@ -39,23 +42,8 @@ export interface CallManagerDeps {
   readonly scheduler?: Scheduler;
   /** The `max_calls` count; defaults to this manager's own (calls on one event loop). */
   readonly admission?: CallAdmission;
-  /** Which call worker this is (in `snapshot()`); null on the main thread. */
+  /** Which call worker this is (named on each accepted socket's log line); null on the main thread. */
   readonly worker?: number | null;
-}
-
-/**
- * One live call as plain data: what `/metrics`-style fan-outs and the operator console merge
- * across call workers (each worker answers for its own calls).
- */
-export interface LiveCall {
-  readonly connectionId: string;
-  /** Null until Twilio's `start`. */
-  readonly callSid: string | null;
-  readonly remoteAddr: string;
-  /** Epoch ms the socket was accepted. */
-  readonly acceptedAt: number;
-  /** The call worker it lives on; null on the main thread. */
-  readonly worker: number | null;
 }
 
 export interface DrainResult {
@@ -72,7 +60,7 @@ export class CallManager {
   readonly #deps: CallManagerDeps;
   readonly #scheduler: Scheduler;
   readonly #admission: CallAdmission;
-  readonly #sessions = new Map<CallSession, { remoteAddr: string; acceptedAt: number }>();
+  readonly #sessions = new Set<CallSession>();
   #draining = false;
 
   constructor(deps: CallManagerDeps) {
@@ -128,7 +116,7 @@ export class CallManager {
       this.#admission.give();
       throw error;
     }
-    this.#sessions.set(session, { remoteAddr: meta.remoteAddr, acceptedAt: Date.now() });
+    this.#sessions.add(session);
     session.done.then(() => {
       this.#sessions.delete(session);
       this.#admission.give();
@@ -155,19 +143,14 @@ export class CallManager {
 
   /** The live sessions (a snapshot). */
   sessions(): CallSession[] {
-    return [...this.#sessions.keys()];
+    return [...this.#sessions];
   }
 
-  /** This event loop's live calls as plain data, oldest first. */
-  snapshot(): LiveCall[] {
-    const worker = this.#deps.worker ?? null;
-    return [...this.#sessions].map(([session, meta]) => ({
-      connectionId: session.connectionId,
-      callSid: session.callSid,
-      remoteAddr: meta.remoteAddr,
-      acceptedAt: meta.acceptedAt,
-      worker,
-    }));
+  /** Every call in progress as the operator console shows it (read-only). */
+  live(): LiveSnapshot {
+    const calls: LiveCall[] = [];
+    for (const session of this.#sessions) calls.push(session.live());
+    return { at: Date.now(), calls };
   }
 
   /**
@@ -177,7 +160,7 @@ export class CallManager {
    */
   async drain(options: { timeoutMs: number; signal?: AbortSignal }): Promise<DrainResult> {
     this.#draining = true;
-    const all = [...this.#sessions.keys()];
+    const all = [...this.#sessions];
     if (all.length === 0) return { finished: 0, forced: 0 };
     this.#deps.logger.info("CALL", "draining", {
       active: all.length,

@@ -7,8 +7,8 @@ import OpenAI, { APIError } from "openai";
 import type { LlmConfig } from "../config/types.ts";
 import { ProviderError } from "../errors.ts";
 import type { Logger } from "../observe/log.ts";
-import * as metrics from "../observe/metrics.ts";
-import { mapOpenAiError } from "./openai_errors.ts";
+import { mapOpenAiError } from "../providers/openai_errors.ts";
+import { observeStream } from "../providers/policy.ts";
 import type { ChatMessage, LlmProvider } from "./types.ts";
 
 /** Used when no key is configured: on-prem servers ignore it, but the SDK requires one. */
@@ -46,13 +46,14 @@ export function createOpenAiLlm(config: LlmConfig, options: OpenAiLlmOptions = {
   });
   return {
     stream(messages: readonly ChatMessage[], streamOptions: OpenAiStreamOptions) {
-      return streamChat(
-        client,
-        config,
-        messages,
-        streamOptions.signal,
-        streamOptions.log ?? options.log,
-      );
+      return observeStream("llm", "chat", () =>
+        streamChat(
+          client,
+          config,
+          messages,
+          streamOptions.signal,
+          streamOptions.log ?? options.log,
+        ));
     },
   };
 }
@@ -112,7 +113,6 @@ async function* streamChat(
   } catch (error) {
     if (signal.aborted) throw signal.reason;
     const mapped = timedOut ? timeoutError(config, tokens) : mapError(error, config);
-    metrics.providerError("llm", mapped.category);
     log?.warn("LLM", "request failed", {
       category: mapped.category,
       retryable: mapped.retryable,

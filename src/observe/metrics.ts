@@ -389,6 +389,12 @@ const ttsFirstByte = new Histogram(
   PROVIDER_BUCKETS_S,
   { labelled: true },
 );
+const providerLatency = new Histogram(
+  "kav_provider_latency_seconds",
+  "Provider request sent to its answer (first token or audio when streamed), by provider and kind",
+  PROVIDER_BUCKETS_S,
+  { labelled: true },
+);
 const sttRetries = new Counter(
   "kav_stt_retries_total",
   "Utterance transcriptions tried again after a failure, by provider",
@@ -438,8 +444,13 @@ export function sttRestarted(): void {
 export function sttDegraded(delta: 1 | -1): void {
   sttDegradedSessions += delta;
 }
+/** Call through `countError` in `src/providers/policy.ts`, which counts each error once. */
 export function providerError(provider: string, category: string): void {
   providerErrors.inc({ provider, category });
+}
+/** A provider request of `kind` answered after `seconds` (through `observe` in the policy). */
+export function providerLatencyObserved(provider: string, kind: string, seconds: number): void {
+  providerLatency.observe(seconds, { provider, kind });
 }
 /** An utterance's final transcript arrived `seconds` after the utterance ended. */
 export function sttFinalLatencyObserved(provider: string, seconds: number): void {

@@ -90,6 +90,9 @@ CREATE TABLE kav_chores (
   node_id TEXT NOT NULL
 );
 `,
+  // 2: full-text search of transcripts for the console's history ('simple': no stemming or stop
+  // words, so Hebrew and English words match as written).
+  "CREATE INDEX turns_text_search ON turns USING gin (to_tsvector('simple', text));",
 ];
 
 /** The schema version this build writes and reads. */

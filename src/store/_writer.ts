@@ -4,7 +4,7 @@
  * commit together.
  */
 import type { DatabaseSync, SQLInputValue, StatementSync } from "node:sqlite";
-import type { CallEnded, CallEvent, CallStarted, TurnRecord } from "./types.ts";
+import type { CallEvent, CallStarted, EndRecord, TurnRecord } from "./types.ts";
 import type { Logger } from "../observe/log.ts";
 import { LATENCY_NAMES } from "./_schema.ts";
 import { summarize } from "./_stats.ts";
@@ -16,7 +16,7 @@ export type StoreOp =
   | { readonly kind: "start"; readonly call: CallStarted }
   | { readonly kind: "turn"; readonly callSid: string; readonly turn: TurnRecord }
   | { readonly kind: "event"; readonly callSid: string; readonly event: CallEvent }
-  | { readonly kind: "end"; readonly callSid: string; readonly ended: CallEnded };
+  | { readonly kind: "end"; readonly callSid: string; readonly ended: EndRecord };
 
 export interface StoreWriterOptions {
   readonly log: Logger;

@@ -12,9 +12,10 @@
 import type { CrmConfig } from "../config/types.ts";
 import type { Logger } from "../observe/log.ts";
 import * as metrics from "../observe/metrics.ts";
-import type { CallEnded, CallEvent, CallStarted, CallStore, TurnRecord } from "./types.ts";
+import type { CallEvent, CallStarted, CallStore, EndRecord, TurnRecord } from "./types.ts";
 import type { StoreOp } from "./_writer.ts";
 import type { CallDetail, CallRow } from "./read.ts";
+import type { CallHistory, HistorySource } from "./history.ts";
 import { type CrmBackoff, CrmOutbox } from "./crm_outbox.ts";
 import { createPgClient, describePgError, isConfigurationError, type PgSql } from "./_pg_client.ts";
 import { Journal } from "./_journal.ts";
@@ -62,7 +63,7 @@ export interface OpenPostgresStoreOptions {
 const DEFAULT_CRM_TIMEOUT_MS = 10_000;
 
 /** Use {@link openPostgresStore}. */
-export class PostgresCallStore implements CallStore {
+export class PostgresCallStore implements CallStore, HistorySource {
   readonly #options: OpenPostgresStoreOptions;
   readonly #log: Logger;
   readonly #now: () => number;
@@ -129,7 +130,7 @@ export class PostgresCallStore implements CallStore {
   event(callSid: string, event: CallEvent): void {
     this.#push({ kind: "event", callSid, event });
   }
-  callEnded(callSid: string, ended: CallEnded): void {
+  callEnded(callSid: string, ended: EndRecord): void {
     this.#push({ kind: "end", callSid, ended });
   }
 
@@ -167,6 +168,16 @@ export class PostgresCallStore implements CallStore {
   /** A call of any node with its turns and events, or null. */
   getCall(callSid: string): Promise<CallDetail | null> {
     return new PgCallReader(this.#pool).getCall(callSid);
+  }
+
+  /** The console's history: the whole fleet's calls, read over the pool. */
+  openHistory(): Promise<CallHistory> {
+    const reader = () => new PgCallReader(this.#pool);
+    return Promise.resolve({
+      searchCalls: (query) => reader().searchCalls(query),
+      getCall: (callSid) => reader().getCall(callSid),
+      close: () => Promise.resolve(),
+    });
   }
 
   /** CRM summaries not yet delivered by any node, as last counted (0 with CRM off). */

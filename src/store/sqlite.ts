@@ -11,7 +11,7 @@ import { DatabaseSync } from "node:sqlite";
 import type { CrmConfig } from "../config/types.ts";
 import type { Logger } from "../observe/log.ts";
 import * as metrics from "../observe/metrics.ts";
-import type { CallEnded, CallEvent, CallStarted, CallStore, TurnRecord } from "./types.ts";
+import type { CallEvent, CallStarted, CallStore, EndRecord, TurnRecord } from "./types.ts";
 import { migrate } from "./_schema.ts";
 import { type StoreOp, StoreWriter } from "./_writer.ts";
 import { STORE_DEFAULTS, type StoreTuning, WriteQueue } from "./_write_queue.ts";
@@ -19,6 +19,8 @@ import { RETENTION_CHUNK, sweepRetentionChunk, sweepRetentionOrphans } from "./_
 import { type Checkpointer, startCheckpointer } from "./_checkpointer.ts";
 import { type CrmBackoff, CrmOutbox, sqliteOutboxTable } from "./crm_outbox.ts";
 import { type CallDetail, CallReader, type CallRow } from "./read.ts";
+import type { CallHistory, HistorySource } from "./history.ts";
+import { openSqliteHistory } from "./_sqlite_history.ts";
 
 export { STORE_DEFAULTS, type StoreTuning };
 
@@ -50,8 +52,9 @@ interface StoreParts {
 }
 
 /** Use {@link openCallStore}. */
-export class SqliteCallStore implements CallStore {
+export class SqliteCallStore implements CallStore, HistorySource {
   readonly #db: DatabaseSync;
+  readonly #path: string;
   readonly #log: Logger;
   readonly #now: () => number;
   readonly #queue: WriteQueue;
@@ -64,6 +67,7 @@ export class SqliteCallStore implements CallStore {
 
   constructor(parts: StoreParts) {
     this.#db = parts.db;
+    this.#path = parts.path;
     this.#log = parts.log;
     this.#now = parts.now;
     this.#reader = new CallReader(parts.db);
@@ -88,7 +92,7 @@ export class SqliteCallStore implements CallStore {
   event(callSid: string, event: CallEvent): void {
     this.#push({ kind: "event", callSid, event });
   }
-  callEnded(callSid: string, ended: CallEnded): void {
+  callEnded(callSid: string, ended: EndRecord): void {
     this.#push({ kind: "end", callSid, ended });
   }
 
@@ -115,6 +119,11 @@ export class SqliteCallStore implements CallStore {
   /** A call with its turns and events, or null. Sees only flushed writes. */
   getCall(callSid: string): CallDetail | null {
     return this.#reader.getCall(callSid);
+  }
+
+  /** The console's history: reads on a thread of their own (see `_sqlite_history.ts`). */
+  openHistory(): Promise<CallHistory> {
+    return openSqliteHistory({ path: this.#path, log: this.#log, fallback: this.#reader });
   }
 
   /** CRM summaries not yet delivered (0 with CRM off). */

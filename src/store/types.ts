@@ -84,7 +84,14 @@ export interface CallEnded {
   readonly endedAt: number;
   readonly outcome: CallOutcome;
   readonly reason: string;
-  /** Null when they were lost with the call worker that held the call (SPEC 8). */
+  readonly counters: CallCounters;
+}
+
+/**
+ * A call's end as the store records it: a session's `CallEnded`, or one the main thread records
+ * for a call whose call worker died (SPEC 8), whose counters died with it (null).
+ */
+export interface EndRecord extends Omit<CallEnded, "counters"> {
   readonly counters: CallCounters | null;
 }
 
@@ -92,7 +99,7 @@ export interface CallStore {
   callStarted(call: CallStarted): void;
   turnCompleted(callSid: string, turn: TurnRecord): void;
   event(callSid: string, event: CallEvent): void;
-  callEnded(callSid: string, ended: CallEnded): void;
+  callEnded(callSid: string, ended: EndRecord): void;
   /** Queued writes not yet on disk. */
   pending(): number;
   /** Writes everything queued; resolves when on disk. */

@@ -33,6 +33,8 @@ import { SharedProcessState } from "./shared_state.ts";
 export const HEARTBEAT_MS = 200;
 /** How often the worker sends its metrics, so a dead worker's counts are at most this old. */
 export const METRICS_PUSH_MS = 1000;
+/** How often the worker sends its live calls to the console (which shows them every second). */
+export const LIVE_PUSH_MS = 500;
 
 interface Link extends MessageLink {
   on(event: "message", listener: (message: ToWorker) => void): unknown;
@@ -119,7 +121,7 @@ export async function runCallWorker(link: Link, init: WorkerInit): Promise<void>
       case "metrics":
         return snapshotMetrics();
       case "live-calls":
-        return calls.snapshot();
+        return calls.live();
       default: {
         const unreachable: never = body;
         throw new TypeError(`Cannot serve ${JSON.stringify(unreachable)}`);

@@ -5,10 +5,10 @@
  * through here; `shared_state.ts` carries what must be read without a message.
  */
 import type { CallStateFields } from "../call/call_state.ts";
-import type { LiveCall } from "../call/manager.ts";
+import type { LiveSnapshot } from "../call/live.ts";
 import type { Config } from "../config/types.ts";
 import type { MetricsSnapshot } from "../observe/metrics.ts";
-import type { CallEnded, CallEvent, CallStarted, TurnRecord } from "../store/types.ts";
+import type { CallEvent, CallStarted, EndRecord, TurnRecord } from "../store/types.ts";
 
 /** What a call worker gets at start (`workerData`). */
 export interface WorkerInit {
@@ -27,6 +27,8 @@ export interface WorkerInit {
   readonly port: number;
   /** `KAV_TEST_HOOKS=1`: the `/__test/worker` route exists. */
   readonly testHooks: boolean;
+  /** The operator console is on: send the live calls every `LIVE_PUSH_MS`. */
+  readonly console: boolean;
 }
 
 /** One call-record write, as `CallStore`'s methods take it. */
@@ -34,7 +36,7 @@ export type RecordOp =
   | { readonly kind: "start"; readonly call: CallStarted }
   | { readonly kind: "turn"; readonly callSid: string; readonly turn: TurnRecord }
   | { readonly kind: "event"; readonly callSid: string; readonly event: CallEvent }
-  | { readonly kind: "end"; readonly callSid: string; readonly ended: CallEnded };
+  | { readonly kind: "end"; readonly callSid: string; readonly ended: EndRecord };
 
 export type LogLevel = "info" | "warn" | "error";
 
@@ -44,7 +46,6 @@ export type CrashKind = "terminate" | "throw" | "oom" | "hang";
 /** Requests a worker sends to the main thread. */
 export type WorkerRequest =
   | { readonly kind: "metrics-text" }
-  | { readonly kind: "live-calls" }
   | { readonly kind: "records-flush" }
   | {
     readonly kind: "state-set";
@@ -78,6 +79,7 @@ export type FromWorker =
     readonly records: readonly RecordOp[];
   }
   | { readonly type: "metrics"; readonly snapshot: MetricsSnapshot }
+  | { readonly type: "live"; readonly snapshot: LiveSnapshot }
   | { readonly type: "listening"; readonly port: number; readonly hostname: string }
   | { readonly type: "failed"; readonly error: string }
   | { readonly type: "request"; readonly id: number; readonly body: WorkerRequest }
@@ -99,12 +101,11 @@ export interface MainReplies {
   readonly drain: DrainDone;
   readonly stop: null;
   readonly metrics: MetricsSnapshot;
-  readonly "live-calls": readonly LiveCall[];
+  readonly "live-calls": LiveSnapshot;
 }
 
 export interface WorkerReplies {
   readonly "metrics-text": string;
-  readonly "live-calls": readonly LiveCall[];
   readonly "records-flush": null;
   readonly "state-set": null;
   readonly "state-get": CallStateFields | null;

@@ -7,7 +7,7 @@
  */
 import type { CallStateFields, SetOptions, SharedCallState } from "../call/call_state.ts";
 import type { LogSink } from "../observe/log.ts";
-import type { CallEnded, CallEvent, CallStarted, CallStore, TurnRecord } from "../store/types.ts";
+import type { CallEvent, CallStarted, CallStore, EndRecord, TurnRecord } from "../store/types.ts";
 import type {
   FromWorker,
   LogLevel,
@@ -99,7 +99,7 @@ export class RemoteCallStore implements CallStore {
   event(callSid: string, event: CallEvent): void {
     this.#outbox.record({ kind: "event", callSid, event });
   }
-  callEnded(callSid: string, ended: CallEnded): void {
+  callEnded(callSid: string, ended: EndRecord): void {
     this.#outbox.record({ kind: "end", callSid, ended });
   }
   pending(): number {

@@ -16,7 +16,8 @@
 import v8 from "node:v8";
 import { Worker as NodeWorker } from "node:worker_threads";
 import { CallStateRegistry } from "../call/call_state.ts";
-import type { LiveCall } from "../call/manager.ts";
+import { type LiveSnapshot, mergeLiveSnapshots } from "../call/live.ts";
+import { type RunningConsole, startConsole } from "../admin/server.ts";
 import { installEscapeHandlers } from "../call/manager.ts";
 import type { Config } from "../config/types.ts";
 import { createTts, ttsVoice, withVoice } from "../kav_calls.ts";
@@ -67,10 +68,8 @@ export interface SupervisorOptions {
   readonly signal?: AbortSignal;
   readonly reload?: () => Promise<Config>;
   readonly onListen?: (addr: Deno.NetAddr) => void;
-  readonly onView?: (view: {
-    liveCalls(): Promise<readonly LiveCall[]>;
-    metricsText(): Promise<string>;
-  }) => void;
+  /** Called with the operator console's URL once it listens (it runs on the main thread). */
+  readonly onConsole?: (url: string) => void;
   readonly store?: CallStore;
 }
 
@@ -84,6 +83,8 @@ interface Handle {
   listening: boolean;
   gone: boolean;
   lastSnapshot: MetricsSnapshot;
+  /** The worker's live calls as it last sent them (with the console on). */
+  lastLive: LiveSnapshot | null;
   lastBeat: number;
   lastBeatAt: number;
   readonly listened: PromiseWithResolvers<{ port: number; hostname: string }>;
@@ -150,6 +151,7 @@ class Supervisor {
     const uninstallEscapeHandlers = installEscapeHandlers(log);
     const signals = new Signals(this.#options.signal);
     let reloads = Promise.resolve();
+    let operatorConsole: RunningConsole | null = null;
     try {
       // The fixed phrases are synthesized once, here, and every worker gets their audio.
       this.#phrases = new PhraseCache(withVoice(this.#tts, () => this.#voice), {
@@ -167,10 +169,17 @@ class Supervisor {
       log.info("HTTP", "listening", { url: `${scheme}://${host}:${addr.port}` });
       await this.#notifier.ready("0 active calls");
       this.#options.onListen?.({ transport: "tcp", hostname: addr.hostname, port: addr.port });
-      this.#options.onView?.({
-        liveCalls: () => this.liveCalls(),
+      // The operator console runs here: the store's history, every worker's live calls.
+      operatorConsole = await startConsole({
+        config,
+        log,
+        live: () => this.live(),
+        store: this.#store,
+        isDraining: () => this.#state.draining,
         metricsText: () => this.metricsText(),
+        recentMetrics: () => this.recentMetrics(),
       });
+      if (operatorConsole !== null) this.#options.onConsole?.(operatorConsole.url);
       this.#notifier.startWatchdog({
         signal: this.#lifetime.signal,
         status: () => `${this.#state.totalTaken()} active calls`,
@@ -197,6 +206,7 @@ class Supervisor {
       this.#stopping = true;
       this.#lifetime.abort();
       await reloads;
+      await operatorConsole?.close();
       await this.#stopAll();
       log.info("HTTP", "stopped");
       uninstallEscapeHandlers();
@@ -238,6 +248,7 @@ class Supervisor {
       shared: this.#state.buffer,
       port,
       testHooks: this.#testHooks,
+      console: this.#config.admin.listen !== null && this.#config.admin.token !== null,
     };
     const worker = new NodeWorker(WORKER_URL, {
       workerData: init,
@@ -253,6 +264,7 @@ class Supervisor {
       listening: false,
       gone: false,
       lastSnapshot: [],
+      lastLive: null,
       lastBeat: -1,
       lastBeatAt: performance.now(),
       listened: Promise.withResolvers(),
@@ -276,6 +288,9 @@ class Supervisor {
         return;
       case "metrics":
         handle.lastSnapshot = message.snapshot;
+        return;
+      case "live":
+        handle.lastLive = message.snapshot;
         return;
       case "listening":
         handle.listening = true;
@@ -330,8 +345,6 @@ class Supervisor {
     switch (body.kind) {
       case "metrics-text":
         return this.metricsText();
-      case "live-calls":
-        return this.liveCalls();
       case "records-flush":
         return this.#store.flush().then(() => null);
       case "state-set":
@@ -366,16 +379,21 @@ class Supervisor {
     return renderSnapshot(mergeSnapshots([snapshotMetrics(), this.#retired, ...fresh]));
   }
 
-  /** Every worker's live calls, oldest first. */
-  async liveCalls(): Promise<LiveCall[]> {
-    const parts = await Promise.all(
-      this.#live().map((handle) =>
-        handle.requests.request({ kind: "live-calls" }, { timeoutMs: SCRAPE_WAIT_MS }).catch(
-          () => [],
-        )
-      ),
+  /**
+   * The metrics as the workers last sent them (at most `METRICS_PUSH_MS` old), summed, for readers
+   * that cannot wait (the console's health page).
+   */
+  recentMetrics(): string {
+    const parts = this.#live().map((handle) => handle.lastSnapshot);
+    return renderSnapshot(mergeSnapshots([snapshotMetrics(), this.#retired, ...parts]));
+  }
+
+  /** Every worker's live calls as they last sent them (every `LIVE_PUSH_MS`), oldest first. */
+  live(): LiveSnapshot {
+    const parts = this.#live().flatMap((handle) =>
+      handle.lastLive === null ? [] : [handle.lastLive]
     );
-    return parts.flat().sort((a, b) => a.acceptedAt - b.acceptedAt);
+    return mergeLiveSnapshots(parts);
   }
 
   #phraseList(): [string, Uint8Array][] {
