@@ -56,75 +56,74 @@ function read(families: Map<string, PromFamily>) {
   };
 }
 
-testWithWorkers(
-  "/metrics of a running Kav parses and moves as a simulated call runs",
-  async (_workers, server) => {
-    const clip = fixtureClip("hours");
-    const servers = await startProviderServers();
-    const kav = await startKavProcess({ servers, extra: server });
-    let client: TwilioClient | null = null;
-    try {
-      servers.llm.script("הפתיחה בשמונה בבוקר.");
-      const idle = read(await scrape(kav.baseUrl));
-      const families = await scrape(kav.baseUrl);
-      for (const [name, type] of [["kav_calls_total", "counter"], ["kav_active_calls", "gauge"]]) {
-        assert.equal(families.get(name)?.type, type, `${name} is a ${type}`);
-      }
-      assert.equal(families.get("kav_e2e_latency_seconds")?.type, "histogram");
-      assert.equal(idle.active, 0);
-
-      client = await TwilioClient.connect({ url: kav.mediaUrl });
-      client.begin();
-      await client.waitForEcho("greeting_end", { timeoutMs: TIMEOUT_MS });
-      const greeted = read(await scrape(kav.baseUrl));
-      assert.equal(greeted.active, 1, "one active call");
-      assert.ok(greeted.tx >= idle.tx + client.mediaFrames, `tx ${idle.tx} → ${greeted.tx}`);
-
-      await sayAndWait(client, clip.audio, client.waitForEcho("a1_0", { timeoutMs: TIMEOUT_MS }));
-      // The agent turn completes (and its e2e latency is observed) when Kav gets the echo.
-      const answered = await scrapeUntil(kav.baseUrl, "the e2e latency", (r) => r.e2e > idle.e2e);
-      assert.ok(
-        answered.rx >= greeted.rx + Math.floor(clip.audio.length / 160),
-        `rx ${greeted.rx} → ${answered.rx}`,
-      );
-      assert.ok(answered.tx > greeted.tx, `tx ${greeted.tx} → ${answered.tx}`);
-      assert.equal(answered.e2e, idle.e2e + 1, "one e2e latency observed");
-      assert.ok(answered.e2eSum > idle.e2eSum);
-      assert.equal(answered.completed, idle.completed);
-
-      const callback = await fetch(`${kav.baseUrl}/webhook/stream_status`, {
-        method: "POST",
-        body: new URLSearchParams({
-          AccountSid: client.accountSid,
-          CallSid: client.callSid,
-          StreamSid: client.streamSid,
-          StreamEvent: "stream-started",
-          Timestamp: new Date().toISOString(),
-        }),
-      });
-      assert.equal(callback.status, 204);
-      await callback.body?.cancel();
-
-      client.sendStop();
-      await client.closed;
-      await kav.waitForLine(new RegExp(`call=${client.callSid} ended outcome=completed`), {
-        timeoutMs: TIMEOUT_MS,
-      });
-      // The webhook is timed when its response is done, a moment after the client has it.
-      const ended = await scrapeUntil(
-        kav.baseUrl,
-        "the webhook timing",
-        (r) => r.webhooks > idle.webhooks,
-      );
-      assert.equal(ended.active, 0);
-      assert.equal(ended.completed, idle.completed + 1);
-      assert.equal(ended.webhooks, idle.webhooks + 1, "the status callback was timed");
-      kav.kill("SIGTERM");
-      assert.equal((await kav.status).code, 0, kav.log());
-    } finally {
-      await client?.close();
-      await kav.close();
-      await servers.close();
+async function metricsMove(server: string): Promise<void> {
+  const clip = fixtureClip("hours");
+  const servers = await startProviderServers();
+  const kav = await startKavProcess({ servers, extra: server });
+  let client: TwilioClient | null = null;
+  try {
+    servers.llm.script("הפתיחה בשמונה בבוקר.");
+    const idle = read(await scrape(kav.baseUrl));
+    const families = await scrape(kav.baseUrl);
+    for (const [name, type] of [["kav_calls_total", "counter"], ["kav_active_calls", "gauge"]]) {
+      assert.equal(families.get(name)?.type, type, `${name} is a ${type}`);
     }
-  },
-);
+    assert.equal(families.get("kav_e2e_latency_seconds")?.type, "histogram");
+    assert.equal(idle.active, 0);
+
+    client = await TwilioClient.connect({ url: kav.mediaUrl });
+    client.begin();
+    await client.waitForEcho("greeting_end", { timeoutMs: TIMEOUT_MS });
+    const greeted = read(await scrape(kav.baseUrl));
+    assert.equal(greeted.active, 1, "one active call");
+    assert.ok(greeted.tx >= idle.tx + client.mediaFrames, `tx ${idle.tx} → ${greeted.tx}`);
+
+    await sayAndWait(client, clip.audio, client.waitForEcho("a1_0", { timeoutMs: TIMEOUT_MS }));
+    // The agent turn completes (and its e2e latency is observed) when Kav gets the echo.
+    const answered = await scrapeUntil(kav.baseUrl, "the e2e latency", (r) => r.e2e > idle.e2e);
+    assert.ok(
+      answered.rx >= greeted.rx + Math.floor(clip.audio.length / 160),
+      `rx ${greeted.rx} → ${answered.rx}`,
+    );
+    assert.ok(answered.tx > greeted.tx, `tx ${greeted.tx} → ${answered.tx}`);
+    assert.equal(answered.e2e, idle.e2e + 1, "one e2e latency observed");
+    assert.ok(answered.e2eSum > idle.e2eSum);
+    assert.equal(answered.completed, idle.completed);
+
+    const callback = await fetch(`${kav.baseUrl}/webhook/stream_status`, {
+      method: "POST",
+      body: new URLSearchParams({
+        AccountSid: client.accountSid,
+        CallSid: client.callSid,
+        StreamSid: client.streamSid,
+        StreamEvent: "stream-started",
+        Timestamp: new Date().toISOString(),
+      }),
+    });
+    assert.equal(callback.status, 204);
+    await callback.body?.cancel();
+
+    client.sendStop();
+    await client.closed;
+    await kav.waitForLine(new RegExp(`call=${client.callSid} ended outcome=completed`), {
+      timeoutMs: TIMEOUT_MS,
+    });
+    // The webhook is timed when its response is done, a moment after the client has it.
+    const ended = await scrapeUntil(
+      kav.baseUrl,
+      "the webhook timing",
+      (r) => r.webhooks > idle.webhooks,
+    );
+    assert.equal(ended.active, 0);
+    assert.equal(ended.completed, idle.completed + 1);
+    assert.equal(ended.webhooks, idle.webhooks + 1, "the status callback was timed");
+    kav.kill("SIGTERM");
+    assert.equal((await kav.status).code, 0, kav.log());
+  } finally {
+    await client?.close();
+    await kav.close();
+    await servers.close();
+  }
+}
+
+testWithWorkers("/metrics of a running Kav parses and moves as a simulated call runs", metricsMove);

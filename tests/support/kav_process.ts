@@ -282,12 +282,11 @@ export async function sayAndWait<T>(
  */
 export function testWithWorkers(
   name: string,
-  fn: (workers: number, serverToml: string) => Promise<void>,
+  fn: (serverToml: string) => Promise<void>,
   counts: readonly number[] = [1, 2],
 ): void {
   for (const workers of counts) {
-    Deno.test(`${name} (workers=${workers})`, () =>
-      fn(workers, `[server]\nworkers = ${workers}\n`));
+    Deno.test(`${name} (workers=${workers})`, () => fn(`[server]\nworkers = ${workers}\n`));
   }
 }
 
