@@ -117,12 +117,14 @@ for (const workers of [2, 4]) {
       try {
         for (const client of clients) client.begin();
         // A call is admitted when its greeting plays; a refused one is closed with 1013.
-        const fates = await Promise.all(clients.map((client) =>
-          Promise.race([
-            client.waitForEcho("greeting_end", { timeoutMs: TIMEOUT_MS }).then(() => "admitted"),
-            client.closed.then((c) => `closed ${c.code}`),
-          ])
-        ));
+        const fates = await Promise.all(
+          clients.map((client) =>
+            client.waitForEcho("greeting_end", { timeoutMs: TIMEOUT_MS }).then(
+              () => "admitted",
+              async () => `closed ${(await client.closed).code}`,
+            )
+          ),
+        );
         const admitted = fates.filter((f) => f === "admitted").length;
         const refusedUpgrade = attempts.length - clients.length;
         const closedBusy = fates.filter((f) => f === "closed 1013").length;
@@ -317,6 +319,60 @@ Deno.test("a worker stuck in a loop: its calls recorded, the others drained, exi
       assert.equal((await callDetail(kav, client.callSid)).call.outcome, "completed");
     }
   }, HOOKS);
+});
+
+Deno.test("the console on the main thread shows every worker's calls and the summed metrics", async () => {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const adminPort = (listener.addr as Deno.NetAddr).port;
+  listener.close();
+  const token = "workers-console-token-0123456789";
+  const admin = `http://127.0.0.1:${adminPort}`;
+  const bearer = { authorization: `Bearer ${token}` };
+  const json = async (path: string) => {
+    const response = await fetch(`${admin}${path}`, { headers: bearer });
+    assert.equal(response.status, 200, path);
+    return await response.json();
+  };
+  await withKav(
+    `${SERVER}workers = 2\n[admin]\nlisten = "127.0.0.1:${adminPort}"`,
+    async (kav) => {
+      const byWorker = await callsOnEveryWorker(kav, 2);
+      const clients = [...byWorker.values()].flat();
+      const sids = clients.map((c) => c.callSid).sort();
+      const live = await json("/api/live");
+      const shown = live.calls.map((c: { callSid: string }) => c.callSid).sort();
+      assert.deepEqual(shown, sids, `one list, every worker's calls: ${JSON.stringify(live)}`);
+      const health = await json("/api/health");
+      assert.equal(health.calls.active, clients.length, JSON.stringify(health.calls));
+      const metrics = await fetch(`${admin}/metrics`);
+      const families = parsePrometheusText(await metrics.text());
+      assert.equal(sampleValue(families, "kav_active_calls", {}), clients.length);
+      // A new call shows within a second of its start, whichever worker took it.
+      const late = await TwilioClient.connect({ url: kav.mediaUrl });
+      clients.push(late);
+      const started = performance.now();
+      late.begin();
+      let seenMs = Infinity;
+      while (performance.now() - started < 3000) {
+        const calls = (await json("/api/live")).calls as { callSid: string }[];
+        if (calls.some((c) => c.callSid === late.callSid)) {
+          seenMs = performance.now() - started;
+          break;
+        }
+        await new Promise((resolve) => setTimeout(resolve, 50));
+      }
+      assert.ok(seenMs < 1000, `the new call appeared after ${Math.round(seenMs)} ms`);
+      await hangUp(clients);
+      for (let i = 0; i < 40; i++) {
+        if ((await json("/api/live")).calls.length === 0) break;
+        await new Promise((resolve) => setTimeout(resolve, 100));
+      }
+      assert.deepEqual((await json("/api/live")).calls, []);
+      kav.kill("SIGTERM");
+      assert.equal((await kav.status).code, 0, kav.log());
+    },
+    { KAV_ADMIN_TOKEN: token },
+  );
 });
 
 Deno.test("the test hook route does not exist without KAV_TEST_HOOKS", async () => {

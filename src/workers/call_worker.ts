@@ -34,7 +34,7 @@ export const HEARTBEAT_MS = 200;
 /** How often the worker sends its metrics, so a dead worker's counts are at most this old. */
 export const METRICS_PUSH_MS = 1000;
 /** How often the worker sends its live calls to the console (which shows them every second). */
-export const LIVE_PUSH_MS = 500;
+export const LIVE_PUSH_MS = 250;
 
 interface Link extends MessageLink {
   on(event: "message", listener: (message: ToWorker) => void): unknown;
@@ -69,6 +69,11 @@ export async function runCallWorker(link: Link, init: WorkerInit): Promise<void>
       METRICS_PUSH_MS,
     ),
   ];
+  if (init.console) {
+    // The console (on the main thread) shows the live calls of every worker.
+    const pushLive = () => outbox.post({ type: "live", snapshot: calls.live() });
+    timers.push(setInterval(pushLive, LIVE_PUSH_MS));
+  }
 
   // The first call must not pay for client creation (protos, stubs, connections).
   await providers.stt.warm?.();
@@ -116,12 +121,13 @@ export async function runCallWorker(link: Link, init: WorkerInit): Promise<void>
         await server.finished;
         timers.forEach(clearInterval);
         uninstallEscapeHandlers();
-        await Promise.allSettled([providers.stt.close(), providers.tts.close()]);
+        // The provider clients are not closed: their connections end with the thread (every call
+        // has ended by now). A client's GOAWAY while the process lives on makes the sandbox's gRPC
+        // server (Deno's node:http2, in the same process under `deno task dev`) abort on an
+        // nghttp2 assertion (find_stream_on_goaway_func).
         return null;
       case "metrics":
         return snapshotMetrics();
-      case "live-calls":
-        return calls.live();
       default: {
         const unreachable: never = body;
         throw new TypeError(`Cannot serve ${JSON.stringify(unreachable)}`);

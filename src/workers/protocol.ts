@@ -66,8 +66,7 @@ export type MainRequest =
   }
   | { readonly kind: "drain"; readonly timeoutMs: number }
   | { readonly kind: "stop" }
-  | { readonly kind: "metrics" }
-  | { readonly kind: "live-calls" };
+  | { readonly kind: "metrics" };
 
 export type DrainDone = { readonly finished: number; readonly forced: number };
 
@@ -95,13 +94,12 @@ export type Reply =
   | { readonly type: "reply"; readonly id: number; readonly ok: true; readonly value: unknown }
   | { readonly type: "reply"; readonly id: number; readonly ok: false; readonly error: string };
 
-/** What `metrics`, `live-calls` and the other requests resolve to, by kind. */
+/** What each request resolves to, by kind. */
 export interface MainReplies {
   readonly reload: null;
   readonly drain: DrainDone;
   readonly stop: null;
   readonly metrics: MetricsSnapshot;
-  readonly "live-calls": LiveSnapshot;
 }
 
 export interface WorkerReplies {

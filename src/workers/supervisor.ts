@@ -162,13 +162,6 @@ class Supervisor {
       for (const failed of boot.failed) {
         log.error("TTS", "phrase not cached", { phrase: failed.name, error: failed.error.message });
       }
-      const addr = await this.#startAll();
-      this.#state.setReady();
-      const scheme = config.server.tls_cert === null ? "http" : "https";
-      const host = addr.hostname.includes(":") ? `[${addr.hostname}]` : addr.hostname;
-      log.info("HTTP", "listening", { url: `${scheme}://${host}:${addr.port}` });
-      await this.#notifier.ready("0 active calls");
-      this.#options.onListen?.({ transport: "tcp", hostname: addr.hostname, port: addr.port });
       // The operator console runs here: the store's history, every worker's live calls.
       operatorConsole = await startConsole({
         config,
@@ -180,6 +173,14 @@ class Supervisor {
         recentMetrics: () => this.recentMetrics(),
       });
       if (operatorConsole !== null) this.#options.onConsole?.(operatorConsole.url);
+      const addr = await this.#startAll();
+      this.#state.setReady();
+      const scheme = config.server.tls_cert === null ? "http" : "https";
+      const host = addr.hostname.includes(":") ? `[${addr.hostname}]` : addr.hostname;
+      log.info("HTTP", "listening", { url: `${scheme}://${host}:${addr.port}` });
+      await this.#notifier.ready("0 active calls");
+      this.#options.onListen?.({ transport: "tcp", hostname: addr.hostname, port: addr.port });
+
       this.#notifier.startWatchdog({
         signal: this.#lifetime.signal,
         status: () => `${this.#state.totalTaken()} active calls`,
