@@ -320,7 +320,15 @@ async function main(): Promise<void> {
   log(pinned ? "Kav on core 0; providers, load and prober on core 1" : "not pinned (no taskset)");
   if (args.speech === "openai") log("speech through the OpenAI-compatible API (SPEC 10)");
   const niced = args.nice && useNice(NICE);
-  if (niced) log(`Kav, load generators and prober at nice ${NICE} (other jobs on this machine)`);
+  if (niced) {
+    // The provider servers run in this process: unpinned, at a weaker priority than Kav they
+    // would starve once Kav's workers take both cores, and calls would fail for want of answers.
+    const threads = reniceSelf(NICE);
+    log(
+      `Kav, load generators, prober and the providers (${threads} threads) at nice ${NICE} ` +
+        "(other jobs on this machine)",
+    );
+  }
   const servers = await startProviderServers();
   let pg: LocalPostgres | null = null;
   if (args.store === "postgres" && !args.floor) {
@@ -805,6 +813,20 @@ async function main(): Promise<void> {
     if (args.keep) log(`kept Kav's configs, logs and stores in ${dir}`);
     else await Deno.remove(dir, { recursive: true }).catch(() => {});
   }
+}
+
+/** Sets every thread of this process to `nice` (new threads inherit it); returns how many. */
+function reniceSelf(nice: number): number {
+  let count = 0;
+  for (const entry of Deno.readDirSync("/proc/self/task")) {
+    const ok = new Deno.Command("renice", {
+      args: ["-n", String(nice), "-p", entry.name],
+      stdout: "null",
+      stderr: "null",
+    }).outputSync().success;
+    if (ok) count++;
+  }
+  return count;
 }
 
 /** `/proc/loadavg`'s 1, 5 and 15 minute figures: other jobs on a shared machine show here. */

@@ -375,6 +375,41 @@ Deno.test("the console on the main thread shows every worker's calls and the sum
   );
 });
 
+Deno.test("systemd's status counts the calls of every worker", async () => {
+  // WATCHDOG_USEC makes Kav send its status with each ping (every half of it): here every 0.5 s.
+  const path = `\0kav-workers-test-${crypto.randomUUID()}`;
+  const socket = Deno.listenDatagram({ transport: "unixpacket", path });
+  const statuses: string[] = [];
+  const reading = (async () => {
+    try {
+      for (;;) {
+        const [bytes] = await socket.receive();
+        const status = /^STATUS=(.*)$/m.exec(new TextDecoder().decode(bytes))?.[1];
+        if (status !== undefined) statuses.push(status);
+      }
+    } catch {
+      // Closed.
+    }
+  })();
+  try {
+    await withKav(`${SERVER}workers = 2`, async (kav) => {
+      const byWorker = await callsOnEveryWorker(kav, 2);
+      const clients = [...byWorker.values()].flat();
+      const expected = `${clients.length} active calls`;
+      for (let i = 0; i < 50 && statuses.at(-1) !== expected; i++) {
+        await new Promise((resolve) => setTimeout(resolve, 100));
+      }
+      assert.equal(statuses.at(-1), expected, statuses.join(" | "));
+      await hangUp(clients);
+      kav.kill("SIGTERM");
+      assert.equal((await kav.status).code, 0, kav.log());
+    }, { NOTIFY_SOCKET: `@${path.slice(1)}`, WATCHDOG_USEC: "1000000" });
+  } finally {
+    socket.close();
+    await reading;
+  }
+});
+
 Deno.test("the test hook route does not exist without KAV_TEST_HOOKS", async () => {
   await withKav(`${SERVER}workers = 2`, async (kav) => {
     const response = await fetch(`${kav.baseUrl}/__test/worker`, {
