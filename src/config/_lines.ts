@@ -82,3 +82,54 @@ export function lineOf(lines: ReadonlyMap<string, number>, key: string): number 
   }
   return null;
 }
+
+/**
+ * Lines of each entry of an array of tables (`[[tools]]`): one map per entry, in file order, from
+ * the key path inside the entry ("url", "parameters.properties.phone") to its line, with "" the
+ * entry's `[[name]]` header.
+ */
+export function indexArrayEntries(source: string, name: string): ReadonlyMap<string, number>[] {
+  const entries: Map<string, number>[] = [];
+  let entry: Map<string, number> | null = null;
+  let prefix: string[] = [];
+  let openString: '"""' | "'''" | null = null;
+  const rows = source.split(/\r?\n/);
+  for (let i = 0; i < rows.length; i++) {
+    const row = rows[i].trim();
+    const lineNo = i + 1;
+    if (openString !== null) {
+      if (countOf(row, openString) % 2 === 1) openString = null;
+      continue;
+    }
+    if (row === "" || row.startsWith("#")) continue;
+    const header = HEADER_RE.exec(row);
+    if (header) {
+      const parts = splitKeyPath(header[1]);
+      if (row.startsWith("[[") && parts.length === 1 && parts[0] === name) {
+        entry = new Map([["", lineNo]]);
+        entries.push(entry);
+        prefix = [];
+      } else if (entry !== null && parts[0] === name && parts.length > 1) {
+        prefix = parts.slice(1);
+        const key = prefix.join(".");
+        if (!entry.has(key)) entry.set(key, lineNo);
+      } else {
+        entry = null;
+      }
+      continue;
+    }
+    const keyLine = KEY_RE.exec(row);
+    if (!keyLine) continue;
+    if (entry !== null) {
+      const parts = [...prefix, ...splitKeyPath(keyLine[1])];
+      for (let n = 1; n <= parts.length; n++) {
+        const key = parts.slice(0, n).join(".");
+        if (!entry.has(key)) entry.set(key, lineNo);
+      }
+    }
+    const value = keyLine[2];
+    if (countOf(value, '"""') % 2 === 1) openString = '"""';
+    else if (countOf(value, "'''") % 2 === 1) openString = "'''";
+  }
+  return entries;
+}
