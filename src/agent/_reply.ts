@@ -174,6 +174,7 @@ export class AgentReply {
       for await (
         const delta of this.#o.llm.stream(this.#o.history, { signal: this.#signal, log: ctx.log })
       ) {
+        if (typeof delta !== "string") continue;
         if (this.#firstTokenAt === null) this.#firstTokenAt = clock.now();
         for (const sentence of cutter.push(delta)) {
           this.#firstSentenceAt ??= clock.now();

@@ -48,7 +48,7 @@ export interface OpenPostgresStoreOptions {
   readonly log: Logger;
   /** Calls older than this many days are deleted (by one node of the fleet); 0 keeps everything. */
   readonly retentionDays: number;
-  readonly crm?: CrmConfig;
+  readonly crm?: Pick<CrmConfig, "url" | "secret">;
   /** Epoch ms clock. */
   readonly now?: () => number;
   readonly tuning?: Partial<PgStoreTuning>;

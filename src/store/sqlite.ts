@@ -30,7 +30,7 @@ export interface OpenCallStoreOptions {
   /** Calls older than this many days are deleted at open and daily; 0 keeps everything. */
   readonly retentionDays: number;
   /** CRM delivery; absent or a null url disables it. */
-  readonly crm?: CrmConfig;
+  readonly crm?: Pick<CrmConfig, "url" | "secret">;
   /** Epoch ms clock. */
   readonly now?: () => number;
   readonly tuning?: Partial<StoreTuning>;
