@@ -15,6 +15,7 @@ import { runCallsCommand } from "../src/store/cli.ts";
 import { PG_SCHEMA_VERSION } from "../src/store/_pg_schema.ts";
 import type { CallStore, TurnRecord } from "../src/store/types.ts";
 import { renderMetrics } from "../src/observe/metrics.ts";
+import { recordAgentActs } from "./support/agent_acts_records.ts";
 import {
   type LocalPostgres,
   PG_PASSWORD,
@@ -181,7 +182,10 @@ Deno.test({
       const admin = pg.admin("race");
       try {
         const rows = await admin`SELECT version FROM kav_schema ORDER BY version`;
-        assert.deepEqual(rows.map((r) => r.version), [PG_SCHEMA_VERSION]);
+        assert.deepEqual(
+          rows.map((r) => r.version),
+          Array.from({ length: PG_SCHEMA_VERSION }, (_, i) => i + 1),
+        );
         stores.forEach((store, i) => simulateCall(store, `CA_RACE_${i}`));
         await Promise.all(stores.map((store) => store.flush()));
         assert.equal((await stores[0].listCalls({ sinceMs: 0 })).length, 4);
@@ -191,7 +195,9 @@ Deno.test({
       await admin`INSERT INTO kav_schema (version, applied_at, node_id) VALUES (99, 0, 'future')`;
       await assert.rejects(
         openPostgresStore(node("race", "n5")),
-        /^RangeError: Cannot use the PostgreSQL store: schema version 99 is newer than this build's 1$/,
+        new RegExp(
+          `^RangeError: Cannot use the PostgreSQL store: schema version 99 is newer than this build's ${PG_SCHEMA_VERSION}$`,
+        ),
       );
     });
   },
@@ -493,10 +499,51 @@ Deno.test({
         err: (line) =>
           assert.equal(
             line,
-            `Cannot read call store "${pg.urlFor("empty")}": schema version 0, this build reads 1`,
+            `Cannot read call store "${
+              pg.urlFor("empty")
+            }": schema version 0, this build reads ${PG_SCHEMA_VERSION}`,
           ),
       });
       assert.equal(empty, 1);
+    });
+  },
+});
+
+Deno.test({
+  name:
+    "openPostgresStore() keeps tool calls, transfers, dial outcomes, keypad turns and a reopened call as SQLite does",
+  ignore,
+  async fn() {
+    await withPostgres(async ({ pg, dir, node }) => {
+      await pg.createDatabase("acts");
+      const store = await openPostgresStore(node("acts", "kav-a"));
+      const sqlite = await openCallStore({
+        path: `${dir}/kav.db`,
+        log: collectingLogger().log,
+        retentionDays: 0,
+        nodeId: "kav-a",
+      });
+      try {
+        for (const s of [store, sqlite] as CallStore[]) {
+          recordAgentActs(s, "CA_ACTS", T0);
+          await s.flush();
+        }
+        const fromPg = await store.getCall("CA_ACTS");
+        assert.ok(fromPg);
+        assert.deepEqual(fromPg, sqlite.getCall("CA_ACTS"));
+        assert.equal(fromPg.call.outcome, "agent_hangup");
+        assert.equal(fromPg.call.streamSid, "MZ2");
+        assert.equal(fromPg.toolCalls.length, 2);
+        assert.deepEqual(fromPg.transfers.map((t) => t.dialStatus), ["no-answer"]);
+        assert.deepEqual(fromPg.turns.map((t) => t.input ?? "speech"), [
+          "keypad",
+          "speech",
+          "speech",
+        ]);
+      } finally {
+        await store.close();
+        await sqlite.close();
+      }
     });
   },
 });

@@ -90,6 +90,35 @@ CREATE TABLE kav_chores (
   node_id TEXT NOT NULL
 );
 `,
+  // 2: the agent acts (SPEC 6): tool calls, transfers and keypad turns, idempotent by op_key.
+  `
+CREATE TABLE tool_calls (
+  id BIGSERIAL PRIMARY KEY,
+  op_key TEXT NOT NULL UNIQUE,
+  call_sid TEXT NOT NULL,
+  at BIGINT NOT NULL,
+  tool_call_id TEXT NOT NULL,
+  name TEXT NOT NULL,
+  arguments TEXT NOT NULL,
+  result TEXT,
+  error TEXT,
+  ms DOUBLE PRECISION NOT NULL
+);
+CREATE INDEX tool_calls_call ON tool_calls (call_sid, at);
+CREATE TABLE transfers (
+  id BIGSERIAL PRIMARY KEY,
+  op_key TEXT NOT NULL UNIQUE,
+  call_sid TEXT NOT NULL,
+  at BIGINT NOT NULL,
+  department TEXT NOT NULL,
+  target TEXT NOT NULL,
+  dial_status TEXT,
+  dial_ended_at BIGINT,
+  dial_duration_s INTEGER
+);
+CREATE INDEX transfers_call ON transfers (call_sid, at);
+ALTER TABLE turns ADD COLUMN input TEXT;
+`,
 ];
 
 /** The schema version this build writes and reads. */

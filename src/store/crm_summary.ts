@@ -9,6 +9,26 @@ import type { CallCounters, CallOutcome, TurnTimings } from "./types.ts";
 /** Version of the body's shape; bumped on incompatible changes. */
 export const CRM_SUMMARY_VERSION = 1;
 
+/** A tool the agent ran; `result` is the tool's JSON answer (parsed), null when it failed. */
+export interface CrmSummaryToolCall {
+  readonly at: string;
+  readonly name: string;
+  /** The arguments as the model sent them (JSON text, kept as text: it may be invalid). */
+  readonly arguments: string;
+  readonly result: unknown;
+  readonly error: string | null;
+  readonly ms: number;
+}
+
+/** A transfer; `dial_status` is null until Twilio reported the dial's outcome. */
+export interface CrmSummaryTransfer {
+  readonly at: string;
+  readonly department: string;
+  readonly target: string;
+  readonly dial_status: string | null;
+  readonly dial_duration_s: number | null;
+}
+
 export interface CrmSummaryTurn {
   readonly index: number;
   readonly speaker: "caller" | "agent";
@@ -20,6 +40,8 @@ export interface CrmSummaryTurn {
   readonly started_at: string;
   readonly ended_at: string;
   readonly timings: TurnTimings | null;
+  /** "keypad" for digits the caller typed, "speech" otherwise. */
+  readonly input: "speech" | "keypad";
 }
 
 export interface CrmSummary {
@@ -40,12 +62,24 @@ export interface CrmSummary {
     readonly counters: CallCounters | null;
   };
   readonly transcript: readonly CrmSummaryTurn[];
+  readonly tool_calls: readonly CrmSummaryToolCall[];
+  readonly transfers: readonly CrmSummaryTransfer[];
   /** Per-call p50/p90 of each turn latency, ms. */
   readonly latency: LatencySummary;
 }
 
 function iso(ms: number): string {
   return new Date(ms).toISOString();
+}
+
+/** A stored JSON answer as data; null stays null (it was checked to be JSON when received). */
+function parseJson(text: string | null): unknown {
+  if (text === null) return null;
+  try {
+    return JSON.parse(text);
+  } catch {
+    return text;
+  }
 }
 
 /** Builds the summary for `detail` (a call that has ended). */
@@ -77,6 +111,22 @@ export function buildCrmSummary(detail: CallDetail, deliveryId: string): CrmSumm
       started_at: iso(turn.startedAt),
       ended_at: iso(turn.endedAt),
       timings: turn.timings,
+      input: turn.input ?? "speech",
+    })),
+    tool_calls: detail.toolCalls.map((tool) => ({
+      at: iso(tool.at),
+      name: tool.name,
+      arguments: tool.arguments,
+      result: parseJson(tool.result),
+      error: tool.error,
+      ms: Math.round(tool.ms * 10) / 10,
+    })),
+    transfers: detail.transfers.map((transfer) => ({
+      at: iso(transfer.at),
+      department: transfer.department,
+      target: transfer.target,
+      dial_status: transfer.dialStatus,
+      dial_duration_s: transfer.dialDurationS,
     })),
     latency: call.latency,
   };

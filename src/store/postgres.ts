@@ -12,7 +12,16 @@
 import type { CrmConfig } from "../config/types.ts";
 import type { Logger } from "../observe/log.ts";
 import * as metrics from "../observe/metrics.ts";
-import type { CallEnded, CallEvent, CallStarted, CallStore, TurnRecord } from "./types.ts";
+import type {
+  CallEnded,
+  CallEvent,
+  CallStarted,
+  CallStore,
+  DialEndedRecord,
+  ToolCallRecord,
+  TransferRecord,
+  TurnRecord,
+} from "./types.ts";
 import type { StoreOp } from "./_writer.ts";
 import type { CallDetail, CallRow } from "./read.ts";
 import { type CrmBackoff, CrmOutbox } from "./crm_outbox.ts";
@@ -131,6 +140,15 @@ export class PostgresCallStore implements CallStore {
   }
   callEnded(callSid: string, ended: CallEnded): void {
     this.#push({ kind: "end", callSid, ended });
+  }
+  toolCall(callSid: string, tool: ToolCallRecord): void {
+    this.#push({ kind: "tool", callSid, tool });
+  }
+  transfer(callSid: string, transfer: TransferRecord): void {
+    this.#push({ kind: "transfer", callSid, transfer });
+  }
+  dialEnded(callSid: string, dial: DialEndedRecord): void {
+    this.#push({ kind: "dial", callSid, dial });
   }
 
   /** Records not yet in the database (memory and journal). */

@@ -11,7 +11,16 @@ import { DatabaseSync } from "node:sqlite";
 import type { CrmConfig } from "../config/types.ts";
 import type { Logger } from "../observe/log.ts";
 import * as metrics from "../observe/metrics.ts";
-import type { CallEnded, CallEvent, CallStarted, CallStore, TurnRecord } from "./types.ts";
+import type {
+  CallEnded,
+  CallEvent,
+  CallStarted,
+  CallStore,
+  DialEndedRecord,
+  ToolCallRecord,
+  TransferRecord,
+  TurnRecord,
+} from "./types.ts";
 import { migrate } from "./_schema.ts";
 import { type StoreOp, StoreWriter } from "./_writer.ts";
 import { STORE_DEFAULTS, type StoreTuning, WriteQueue } from "./_write_queue.ts";
@@ -90,6 +99,15 @@ export class SqliteCallStore implements CallStore {
   }
   callEnded(callSid: string, ended: CallEnded): void {
     this.#push({ kind: "end", callSid, ended });
+  }
+  toolCall(callSid: string, tool: ToolCallRecord): void {
+    this.#push({ kind: "tool", callSid, tool });
+  }
+  transfer(callSid: string, transfer: TransferRecord): void {
+    this.#push({ kind: "transfer", callSid, transfer });
+  }
+  dialEnded(callSid: string, dial: DialEndedRecord): void {
+    this.#push({ kind: "dial", callSid, dial });
   }
 
   pending(): number {
