@@ -4,7 +4,7 @@
  * With `storage.url` they read the fleet's PostgreSQL: every node's calls.
  */
 import { readCommandLine } from "../command_line.ts";
-import { type CallDetail, type CallReader, type CallRow, openCallReader } from "./read.ts";
+import { type CallDetail, type CallRow, openCallReader } from "./read.ts";
 import { formatCallDetail, formatCallTable, redactCall, redactDetail } from "./_cli_format.ts";
 import { createPgClient, describePgError } from "./_pg_client.ts";
 import { PgCallReader } from "./_pg_read.ts";
