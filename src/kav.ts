@@ -6,7 +6,10 @@
 import { runServer } from "./app.ts";
 import { CallManager, installEscapeHandlers } from "./call/manager.ts";
 import type { AgentFactory } from "./call/agent.ts";
-import { createConversationFactory } from "./agent/conversation.ts";
+import { createConversationFactory, fillerPhraseName } from "./agent/conversation.ts";
+import { ToolBox } from "./agent/tools.ts";
+import { HandOffBoard } from "./call/hand_off.ts";
+import { transferEnded } from "./observe/metrics.ts";
 import type { Config } from "./config/types.ts";
 import { createOpenAiLlm } from "./llm/openai.ts";
 import type { LlmProvider } from "./llm/types.ts";
@@ -83,16 +86,16 @@ export async function runKav(options: RunKavOptions): Promise<void> {
   const store: CallStore = options.store ?? await openConfiguredStore(config, log);
   // The voice the phrases are synthesized with; SIGHUP may change it.
   let voice = ttsVoice(config.tts);
-  const phrases = new PhraseCache(withVoice(providers.tts, () => voice), {
-    greeting: config.call.greeting,
-    apology: config.call.apology,
-  }, { log });
+  const phrases = new PhraseCache(withVoice(providers.tts, () => voice), fixedPhrases(config), {
+    log,
+  });
   // The first call must not pay for client creation (protos, stubs, connections).
   const [boot] = await Promise.all([phrases.load({}), providers.stt.warm?.()]);
   for (const failed of boot.failed) {
     log.error("TTS", "phrase not cached", { phrase: failed.name, error: failed.error.message });
   }
   let script = callScript(config, config, providers, phrases);
+  const handOffs = new HandOffBoard();
   const calls = new CallManager({
     config,
     stt: providers.stt,
@@ -100,6 +103,7 @@ export async function runKav(options: RunKavOptions): Promise<void> {
     logger: log,
     // Read at `start`: a reload swaps the greeting, prompt and voice together.
     agentFactory: (ctx) => script(ctx),
+    handOffs,
   });
   const lifetime = new AbortController();
   let reloads = Promise.resolve();
@@ -110,7 +114,7 @@ export async function runKav(options: RunKavOptions): Promise<void> {
       voice = ttsVoice(next.tts);
       const report = await phrases.reload({
         signal: lifetime.signal,
-        phrases: { greeting: next.call.greeting, apology: next.call.apology },
+        phrases: fixedPhrases(next),
       });
       script = callScript(config, next, providers, phrases);
       log.info("KAV", "reloaded for new calls", {
@@ -144,6 +148,8 @@ export async function runKav(options: RunKavOptions): Promise<void> {
         options.onListen?.(addr);
       },
       onStatusEvent: (params, webhook) => recordStatus(store, params, webhook),
+      callControl: handOffs,
+      onDialEnded: (params) => recordDialEnded(store, params),
       drain: async ({ signal }) => {
         await notifier.stopping({ extendTimeoutMs: config.server.drain_timeout_s * 1000 + 5000 });
         const timeoutMs = config.server.drain_timeout_s * 1000;
@@ -190,6 +196,34 @@ function callScript(
     llm: providers.llm,
     tts: withVoice(providers.tts, () => voice),
     phrases: { get: (name) => audio.get(name) ?? null },
+    tools: new ToolBox({ tools: boot.tools, call: boot.call, secret: boot.crm.secret }),
+    crm: boot.crm,
+  });
+}
+
+/** The phrases synthesized at boot: greeting, apology and each tool's filler. */
+function fixedPhrases(config: Config): Record<string, string> {
+  const phrases: Record<string, string> = {
+    greeting: config.call.greeting,
+    apology: config.call.apology,
+  };
+  for (const tool of config.tools) {
+    if (tool.filler !== null) phrases[fillerPhraseName(tool.name)] = tool.filler;
+  }
+  return phrases;
+}
+
+/** Twilio's `<Dial action>` report, recorded against the call's transfer (off the response path). */
+function recordDialEnded(store: CallStore, params: Readonly<Record<string, string>>): void {
+  const callSid = params.CallSid;
+  if (!callSid) return;
+  const status = params.DialCallStatus || "failed";
+  const duration = Number(params.DialCallDuration);
+  transferEnded(status);
+  store.dialEnded(callSid, {
+    at: Date.now(),
+    status,
+    durationS: params.DialCallDuration && Number.isFinite(duration) ? duration : null,
   });
 }
 

@@ -4,7 +4,9 @@ import type { Logger } from "../observe/log.ts";
 import type { CallStore } from "../store/types.ts";
 import type { SttProvider } from "../stt/types.ts";
 import { OutboundEncoder, type StartMessage } from "../twilio/protocol.ts";
+import { DIAL_STATUS_PARAMETER } from "../twilio/twiml.ts";
 import type { AgentFactory, CallAgent } from "./agent.ts";
+import type { HandOff, HandOffBoard, Resume } from "./hand_off.ts";
 import type { QueueOutbound } from "./outbound.ts";
 import type { Scheduler } from "./scheduler.ts";
 import type { TxWorker } from "./tx_worker.ts";
@@ -30,6 +32,19 @@ export interface SessionDeps {
   /** Names the call in logs before `start` (e.g. "conn-12"). */
   readonly connectionId: string;
   readonly remoteAddr: string;
+  /** Where agent hand-offs wait for Twilio's action requests (SPEC 6); none: actions refused. */
+  readonly handOffs?: HandOffBoard;
+}
+
+/**
+ * A stream connecting back a caller after a failed transfer: what the board remembers, else what
+ * the TwiML's parameter says (this process may have restarted since); null for a new call.
+ */
+function resumeOf(start: StartMessage["start"], deps: SessionDeps): Resume | null {
+  const remembered = deps.handOffs?.takeResume(start.callSid) ?? null;
+  if (remembered !== null) return remembered;
+  const status = start.customParameters[DIAL_STATUS_PARAMETER];
+  return status ? { department: null, dialStatus: status, carry: null } : null;
 }
 
 /** Writes the call's start record (numbers from the `<Parameter>`s Kav's TwiML forwards). */
@@ -59,6 +74,7 @@ export function startStream(args: {
   readonly out: QueueOutbound;
   readonly signal: AbortSignal;
   readonly hangup: (reason: string) => void;
+  readonly handOff: (handOff: HandOff) => void;
 }): CallAgent | null {
   const { start, deps, log, tx, out, signal } = args;
   log.info("CALL", "started", { conn: args.connectionId, stream: start.streamSid });
@@ -76,5 +92,7 @@ export function startStream(args: {
     signal,
     store: deps.store,
     hangup: args.hangup,
+    handOff: args.handOff,
+    resume: resumeOf(start, deps),
   });
 }

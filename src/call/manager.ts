@@ -8,6 +8,7 @@ import type { CallEnded, CallStore } from "../store/types.ts";
 import type { SttProvider } from "../stt/types.ts";
 import { settlesWithin } from "./_cap.ts";
 import type { AgentFactory } from "./agent.ts";
+import type { HandOffBoard } from "./hand_off.ts";
 import { type Scheduler, sharedScheduler } from "./scheduler.ts";
 import { CallSession } from "./session.ts";
 
@@ -35,6 +36,8 @@ export interface CallManagerDeps {
   readonly agentFactory?: AgentFactory;
   /** Defaults to the process-wide shared scheduler. */
   readonly scheduler?: Scheduler;
+  /** Agent transfers and hang-ups wait here for Twilio's action requests (SPEC 6). */
+  readonly handOffs?: HandOffBoard;
 }
 
 export interface DrainResult {
@@ -105,6 +108,7 @@ export class CallManager {
       scheduler: this.#scheduler,
       connectionId,
       remoteAddr: meta.remoteAddr,
+      handOffs: this.#deps.handOffs,
     });
     this.#sessions.add(session);
     session.done.then(() => this.#sessions.delete(session));

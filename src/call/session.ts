@@ -16,7 +16,7 @@ import {
   type MediaMessage,
   type StartMessage,
 } from "../twilio/protocol.ts";
-import type { CallAgent } from "./agent.ts";
+import type { CallAgent, HandOff } from "./agent.ts";
 import { CLOSE_STEP_CAP_MS, closeCapped, settlesWithin } from "./_cap.ts";
 import { recordStart, type SessionDeps, startStream } from "./_session_start.ts";
 import { type CallScope, inCallScope } from "./_session_escape.ts";
@@ -279,7 +279,26 @@ export class CallSession {
       hangup: (reason) => {
         this.end("completed", reason);
       },
+      handOff: (handOff) => this.#handOff(start.callSid, handOff),
     });
+  }
+
+  /**
+   * The agent's transfer or hang-up: the board learns what to answer Twilio's `<Connect action>`
+   * before the socket closes (Twilio requests it right after), then the call ends as that.
+   */
+  #handOff(callSid: string, handOff: HandOff): void {
+    if (this.#ending) return;
+    const board = this.#deps.handOffs;
+    if (board === undefined) {
+      this.#log.warn("CALL", "hand-off refused: no hand-off board", { kind: handOff.action.kind });
+      return;
+    }
+    board.set(callSid, handOff);
+    const action = handOff.action;
+    if (action.kind === "transfer") {
+      this.end("transferred", `transfer to ${action.department}`);
+    } else this.end("agent_hangup", "end_call");
   }
 
   #onMedia(msg: MediaMessage): void {

@@ -2,6 +2,18 @@
 
 import type { Config } from "../config/types.ts";
 import type { Logger } from "../observe/log.ts";
+import type { CallAction } from "../call/hand_off.ts";
+
+/**
+ * What the agent decided for a call, read from memory by the action routes (SPEC 6);
+ * `src/call/hand_off.ts`'s `HandOffBoard` implements it.
+ */
+export interface CallControl {
+  /** The `<Connect action>` answer's action, or null (the call ended otherwise: 204). */
+  action(callSid: string): CallAction | null;
+  /** Twilio's dial outcome for a transfer; returns the department, or null when unknown. */
+  dialEnded(callSid: string, status: string): string | null;
+}
 
 /** Takes accepted media WebSockets; `src/call/manager.ts`'s `CallManager` implements it. */
 export interface MediaCallAcceptor {
@@ -30,4 +42,8 @@ export interface HandlerDeps {
   isDraining(): boolean;
   /** Time allowed to receive a webhook body, ms (default `BODY_TIMEOUT_MS`, 10 s); then 408. */
   readonly bodyTimeoutMs?: number;
+  /** Agent transfers and hang-ups (SPEC 6); without it every call's action request gets 204. */
+  readonly callControl?: CallControl;
+  /** A verified `/webhook/dial_ended`, delivered after its answer is built, never awaited. */
+  onDialEnded?(params: StatusParams): void;
 }
