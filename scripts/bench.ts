@@ -4,7 +4,7 @@
  *   deno task bench [-- --steps 25,50,100,200,400,800] [--quick] [--no-pin] [--skip-variants]
  *                      [--floor] [--no-wire] [--keep-going] [--extra-toml TOML] [--kav-flag FLAG]
  *                      [--speech google|openai] [--speech-compare CALLS]
- *                      [--store sqlite|postgres]
+ *                      [--store sqlite|postgres] [--tools]
  *
  * Kav runs as a subprocess (`_bench_kav.ts`, i.e. `runKav` with a config file) pinned to core 0 with
  * `taskset`; the local provider servers (gRPC Speech and TTS, OpenAI-compatible SSE; answering
@@ -33,6 +33,11 @@
  * 7. With `--store postgres` (issue 18): the ramp records to a local PostgreSQL (Debian's, started
  *    in a temp dir with fsync on, pinned to the load core) through `storage.url`, and SQLite and
  *    PostgreSQL alternate twice at 100 calls: TX p99 and status-callback p99 side by side.
+ *
+ * 8. With `--tools` (issue 15): every caller turn makes the sandbox LLM call an operator tool on a
+ *    local CRM that answers at once, then answer with its result: two LLM requests and a signed tool
+ *    request per turn. `server_latency` then leaves out both LLM requests, the tool's own time and
+ *    TTS: what Kav adds to a turn with a tool (SPEC 6 budget: p95 < 15 ms at 100 calls).
  *
  * Timing is measured twice: at the client (the load generators), and on the wire by `tcpdump` on
  * loopback when it can run (`_bench_wire.ts`: kernel timestamps of Kav's own packets, so the
@@ -78,6 +83,8 @@ import {
 } from "./_bench_report.ts";
 import { runStep, type StepOptions, type StepResult } from "./_bench_step.ts";
 import { round2 } from "./_sim_stats.ts";
+import { actsReply } from "../tests/support/sandbox_acts.ts";
+import { startToolServer } from "../tests/support/tool_server.ts";
 
 /** Calls of the unmeasured warm-up each fresh Kav gets. */
 const WARMUP_CALLS = 20;
@@ -111,6 +118,8 @@ interface BenchArgs {
   speechCompare: number;
   /** Where Kav records calls: its SQLite file, or a local PostgreSQL via `storage.url`. */
   store: "sqlite" | "postgres";
+  /** Every turn calls a tool on a local instant CRM (`--tools`). */
+  tools: boolean;
   out: string;
 }
 
@@ -137,6 +146,7 @@ const OPTIONS = {
   speech: { type: "string" },
   "speech-compare": { type: "string" },
   store: { type: "string" },
+  tools: { type: "boolean" },
 } as const;
 
 function parseArgs(argv: readonly string[]): BenchArgs {
@@ -179,6 +189,7 @@ function parseArgs(argv: readonly string[]): BenchArgs {
     speech,
     speechCompare,
     store,
+    tools: values.tools ?? false,
     out: values.out ?? new URL("../bench/results/", import.meta.url).pathname,
   };
 }
@@ -240,6 +251,27 @@ function latencyOf(
   );
 }
 
+/**
+ * The `--tools` config: one operator tool on the local CRM, no hang-up tool (the callers' lines
+ * include a goodbye that must not end the bench's calls). Arrays of tables go last.
+ */
+function benchToolsToml(url: string): string {
+  return `
+[call]
+end_call = false
+[[tools]]
+name = "lookup_customer"
+description = "Find the caller's customer record"
+url = "${url}"
+timeout_ms = 4000
+[tools.parameters]
+type = "object"
+required = ["phone"]
+[tools.parameters.properties.phone]
+type = "string"
+`;
+}
+
 /** `[LAG]` lines (`_bench_kav.ts --lag-probe`) logged between two epoch times. */
 function lagStalls(logPath: string, from: number, to: number): { count: number; maxMs: number } {
   let count = 0;
@@ -298,7 +330,10 @@ async function main(): Promise<void> {
   if (args.speech === "openai") log("speech through the OpenAI-compatible API (SPEC 10)");
   const niced = args.nice && useNice(NICE);
   if (niced) log(`Kav, load generators and prober at nice ${NICE} (other jobs on this machine)`);
-  const servers = await startProviderServers();
+  const servers = await startProviderServers(args.tools ? { llm: { reply: actsReply } } : {});
+  const crm = args.tools ? await startToolServer() : null;
+  if (crm !== null) log(`every turn calls a tool on the local CRM at ${crm.baseUrl} (--tools)`);
+  const toolsToml = crm === null ? "" : benchToolsToml(crm.url("lookup_customer"));
   let pg: LocalPostgres | null = null;
   if (args.store === "postgres" && !args.floor) {
     // fsync on: what a real database pays for each commit.
@@ -340,7 +375,7 @@ async function main(): Promise<void> {
       dir,
       name,
       env: url === null ? {} : { PGPASSWORD: PG_PASSWORD },
-      toml: kavToml(servers, port, dbPath, args.extraToml + storeToml, speech),
+      toml: kavToml(servers, port, dbPath, args.extraToml + storeToml + toolsToml, speech),
       port,
       dbPath,
       core: cores.kav,
@@ -577,6 +612,7 @@ async function main(): Promise<void> {
         nice: niced ? NICE : null,
         warmupCalls: WARMUP_CALLS,
         store: args.store,
+        tools: args.tools,
         kavCore: cores.kav,
         loadCore: cores.load,
         clkTck: CLK_TCK,
@@ -614,6 +650,7 @@ async function main(): Promise<void> {
   } finally {
     await shutdown();
     await servers.close();
+    await crm?.close();
     await pg?.close();
     if (args.keep) log(`kept Kav's configs, logs and stores in ${dir}`);
     else await Deno.remove(dir, { recursive: true }).catch(() => {});

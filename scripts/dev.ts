@@ -16,6 +16,11 @@
  * `--speech openai`, speech recognition and synthesis use `stt.provider = "openai"` and
  * `tts.provider = "openai"` (SPEC 10) against a local OpenAI-compatible speech server instead of
  * the gRPC ones. With `--config FILE`, Kav runs exactly as `kav --config FILE` would.
+ *
+ * The sandbox also shows the agent acting (SPEC 6, docs/agent-actions.md): a local CRM answers the
+ * tool `lookup_customer`, which the sandbox LLM calls for every line the caller says; keypad "0"
+ * transfers to the department `sales`, "9" says goodbye and hangs up. Try them with
+ * `deno task simulate -- --keys 0` (and `--dial-status no-answer|completed`).
  */
 import { readCommandLine } from "../src/command_line.ts";
 import { loadConfig, parseConfig } from "../src/config/load.ts";
@@ -29,6 +34,8 @@ import {
   type SpeechProvider,
   startProviderServers,
 } from "../tests/support/sandbox.ts";
+import { actsReply } from "../tests/support/sandbox_acts.ts";
+import { startToolServer } from "../tests/support/tool_server.ts";
 
 /** Where the dev sandbox keeps its config and records (relative to the working directory). */
 export const DEV_DIR = ".kav-dev";
@@ -91,6 +98,8 @@ export function devToml(options: {
   real: DevProviders;
   servers: ProviderServers;
   speech?: SpeechProvider;
+  /** The local CRM's base URL: adds the sandbox's tool and transfer department. */
+  crmUrl?: string;
 }): string {
   const { port, dir, real, servers } = options;
   const speech = options.speech ?? "google";
@@ -104,6 +113,24 @@ validate_signatures = false
 [storage]
 path = "${dir}/kav.db"
 ${sandboxProviderToml(servers, { google: !real.google, openai: !real.openai }, speech)}
+${options.crmUrl === undefined ? "" : devActsToml(options.crmUrl)}`;
+}
+
+/** The sandbox's agent acts: one department to transfer to, one tool on the local CRM. */
+function devActsToml(crmUrl: string): string {
+  return `[call.transfer]
+sales = "+15005550006"
+[[tools]]
+name = "lookup_customer"
+description = "Find the caller's customer record"
+url = "${crmUrl}/lookup_customer"
+timeout_ms = 3000
+filler = "רגע, אני בודקת."
+[tools.parameters]
+type = "object"
+required = ["query"]
+[tools.parameters.properties.query]
+type = "string"
 `;
 }
 
@@ -188,11 +215,24 @@ export async function main(argv: readonly string[]): Promise<number> {
     openai: Boolean(env.OPENAI_API_KEY),
   };
   log.info("DEV", devBanner(real, null, args.speech));
-  const servers = await startProviderServers();
+  // The sandbox LLM calls tools only where Kav offers them (a real LLM decides by itself).
+  const servers = await startProviderServers({ llm: { reply: actsReply } });
+  const crm = await startToolServer({
+    behaviours: {
+      lookup_customer: { kind: "json", body: { name: "Dana Levi", plan: "gold", open_tickets: 1 } },
+    },
+  });
   try {
     await Deno.mkdir(DEV_DIR, { recursive: true });
     const dir = await Deno.realPath(DEV_DIR);
-    const toml = devToml({ port: args.port, dir, real, servers, speech: args.speech });
+    const toml = devToml({
+      port: args.port,
+      dir,
+      real,
+      servers,
+      speech: args.speech,
+      crmUrl: crm.baseUrl,
+    });
     await Deno.writeTextFile(`${dir}/kav.toml`, toml);
     let config: Config;
     try {
@@ -205,6 +245,7 @@ export async function main(argv: readonly string[]): Promise<number> {
     return await serve(config, log);
   } finally {
     await servers.close();
+    await crm.close();
   }
 }
 

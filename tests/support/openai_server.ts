@@ -72,8 +72,14 @@ export interface OpenAiServerOptions {
   /** 0 (default) picks a free port. */
   readonly port?: number;
   readonly hostname?: string;
-  /** Default reply policy when the script queue is empty; defaults to a short Hebrew answer. */
-  readonly reply?: (messages: readonly ReceivedMessage[]) => string | ScriptedReply;
+  /**
+   * Default reply policy when the script queue is empty; defaults to a short Hebrew answer. It also
+   * gets the request body (the tools offered are in `body.tools`).
+   */
+  readonly reply?: (
+    messages: readonly ReceivedMessage[],
+    body: Readonly<Record<string, unknown>>,
+  ) => string | ScriptedReply;
   readonly firstTokenDelayMs?: number;
   readonly tokenDelayMs?: number;
   /** Stops the server when aborted (as `close()`). */
@@ -221,12 +227,15 @@ export async function startOpenAiServer(
   const policy = options.reply ?? defaultReply;
   let counter = 0;
 
-  function nextReply(messages: readonly ReceivedMessage[]): ScriptedReply {
+  function nextReply(
+    messages: readonly ReceivedMessage[],
+    body: Readonly<Record<string, unknown>>,
+  ): ScriptedReply {
     const status = failures.shift();
     if (status !== undefined) return { status };
     const scripted = queue.shift();
     if (scripted !== undefined) return scripted;
-    const reply = policy(messages);
+    const reply = policy(messages, body);
     return typeof reply === "string" ? { text: reply } : reply;
   }
 
@@ -257,7 +266,7 @@ export async function startOpenAiServer(
       settled: new Promise<void>((resolve) => settle = resolve),
     };
     requests.push(record);
-    const reply = nextReply(messages);
+    const reply = nextReply(messages, body);
     if (reply.status !== undefined) {
       settle();
       return errorResponse(reply.status, `Scripted failure with status ${reply.status}`);
