@@ -332,7 +332,10 @@ Deno.test("CRM summaries carry tool calls, transfers and keypad input; the dial 
       try {
         recordAgentActs(store, "CA_ACTS", Date.UTC(2025, 0, 15, 10), "dialled");
         await crm.waitFor(() => crm.accepted().length === 2);
-        const [first, second] = crm.accepted().map((a) => JSON.parse(a.body));
+        // Two rows due at the same moment may be delivered in either order: `revision` says which.
+        const [first, second] = crm.accepted().map((a) => JSON.parse(a.body))
+          .sort((a, b) => a.revision - b.revision);
+        assert.deepEqual([first.revision, second.revision], [1, 2]);
         assert.equal(first.call.outcome, "transferred");
         assert.deepEqual(first.transfers.map((t: { dial_status: unknown }) => t.dial_status), [
           null,

@@ -267,7 +267,8 @@ export class PgWriter {
     const detail = await new PgCallReader(tx).getCall(callSid);
     if (detail === null) return;
     const id = this.#newId();
-    const body = JSON.stringify(buildCrmSummary(detail, id));
+    const [{ n }] = await tx`SELECT count(*) AS n FROM crm_outbox WHERE call_sid = ${callSid}`;
+    const body = JSON.stringify(buildCrmSummary(detail, id, Number(n) + 1));
     await tx.unsafe(INSERT_OUTBOX, [id, callSid, this.#nodeId, body, now, now]);
     this.#outboxInserts++;
   }

@@ -63,6 +63,7 @@ export class StoreWriter {
   readonly #insertTransfer: StatementSync;
   readonly #dialEnded: StatementSync;
   readonly #endedAt: StatementSync;
+  readonly #summaries: StatementSync;
   readonly #upsertTurn: StatementSync;
   readonly #insertEvent: StatementSync;
   readonly #endCall: StatementSync;
@@ -103,6 +104,7 @@ export class StoreWriter {
          ORDER BY at DESC, id DESC LIMIT 1)`,
     );
     this.#endedAt = db.prepare("SELECT ended_at FROM calls WHERE call_sid = ?");
+    this.#summaries = db.prepare("SELECT count(*) AS n FROM crm_outbox WHERE call_sid = ?");
     const timingColumns = LATENCY_NAMES.join(", ");
     this.#upsertTurn = db.prepare(
       `INSERT OR REPLACE INTO turns (call_sid, idx, speaker, text, generated, cut, started_at,
@@ -281,7 +283,8 @@ export class StoreWriter {
     const detail = this.#reader.getCall(callSid);
     if (!detail) return;
     const id = this.#newId();
-    const body = JSON.stringify(buildCrmSummary(detail, id));
+    const revision = Number(this.#summaries.get(callSid)?.n ?? 0) + 1;
+    const body = JSON.stringify(buildCrmSummary(detail, id, revision));
     this.#insertOutbox.run(id, callSid, body, now, now);
     this.#outboxInserts++;
   }

@@ -47,6 +47,11 @@ export interface CrmSummaryTurn {
 export interface CrmSummary {
   readonly version: number;
   readonly delivery_id: string;
+  /**
+   * 1 for a call's first summary; a call summarized again (a transfer's dial outcome, a caller
+   * connected back) counts up. Deliveries may arrive out of order: keep the highest.
+   */
+  readonly revision: number;
   readonly call: {
     readonly call_sid: string;
     readonly stream_sid: string;
@@ -82,12 +87,17 @@ function parseJson(text: string | null): unknown {
   }
 }
 
-/** Builds the summary for `detail` (a call that has ended). */
-export function buildCrmSummary(detail: CallDetail, deliveryId: string): CrmSummary {
+/** Builds the summary for `detail` (a call that has ended); `revision` counts from 1. */
+export function buildCrmSummary(
+  detail: CallDetail,
+  deliveryId: string,
+  revision = 1,
+): CrmSummary {
   const { call } = detail;
   return {
     version: CRM_SUMMARY_VERSION,
     delivery_id: deliveryId,
+    revision,
     call: {
       call_sid: call.callSid,
       stream_sid: call.streamSid,
