@@ -285,3 +285,40 @@ type = "integer"
     });
   });
 });
+
+Deno.test("tools: barge-in over the filler stops it but not the tool; its result reaches the next request", async () => {
+  await withTools(async (tools) => {
+    tools.set("lookup_customer", { kind: "json", body: { name: "דנה" }, delayMs: 2000 });
+    await withSandbox({
+      extra: toolsToml(tools, "[call]\nfiller_after_ms = 300"),
+    }, async (sandbox) => {
+      const { llm } = sandbox.servers;
+      llm.script({
+        toolCalls: [{ id: "slow", name: "lookup_customer", arguments: { phone: "+972501234567" } }],
+      }, { text: "בסדר, מחר בבוקר." });
+      const { client, line } = await callAndSay(sandbox.mediaUrl, "appointment");
+      try {
+        // The filler starts playing (the greeting's mark came first): the caller speaks over it.
+        await client.waitFor(() => client.marks.length === 1 && client.mediaFrames > 60, {
+          ...TIMEOUT,
+          what: "the filler playing",
+        });
+        const cleared = client.clears.length;
+        await line.say(clip("tomorrow").audio);
+        await client.waitFor(() => client.clears.length > cleared, { ...TIMEOUT, what: "clear" });
+        await client.waitForEcho("a2_0", TIMEOUT);
+      } finally {
+        await line.hangUp();
+      }
+      const [request] = tools.requestsFor("lookup_customer");
+      assert.ok(request.answeredAt !== null, "the tool ran to its answer");
+      assert.equal(llm.requests.length, 2, "the cut answer made no second request");
+      const messages = llm.requests[1].messages;
+      const result = messages.find((m) => m.role === "tool" && m.tool_call_id === "slow");
+      assert.deepEqual(JSON.parse(result?.content ?? "null"), { name: "דנה" });
+      assert.equal(messages.at(-1)?.content, clip("tomorrow").text);
+      const detail = await readEndedCall(sandbox.storagePath, client.callSid);
+      assert.equal(detail.toolCalls[0]?.result, '{"name":"דנה"}');
+    });
+  });
+});

@@ -48,6 +48,20 @@ interface Carry {
   readonly nextTurn: number;
 }
 
+/** How long the end of a call waits for tools still running, ms. */
+const TOOLS_AT_CLOSE_MS = 1500;
+
+/** Whether `promise` settled within `ms` (the timer is cleared either way). */
+async function settlesWithin(promise: Promise<unknown>, ms: number): Promise<boolean> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const cap = new Promise<false>((resolve) => (timer = setTimeout(() => resolve(false), ms)));
+  try {
+    return await Promise.race([promise.then(() => true, () => true), cap]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 /** Turn numbers of a stream connected back when this process lost the first stream's state. */
 const RESUME_TURN_BASE = 1000;
 
@@ -176,6 +190,9 @@ class Conversation implements CallAgent {
       // The call ended mid-answer: record what was heard so far (sentences whose marks came back).
       this.#finishReply(reply);
     }
+    // A tool still running is recorded when it answers: give it a moment to land before the
+    // call's end (and its CRM summary) is written. The core caps this close anyway.
+    await settlesWithin(this.#toolsPending, TOOLS_AT_CLOSE_MS);
   }
 
   #onEndOfTurn(turn: EndOfTurn): void {
@@ -249,8 +266,11 @@ class Conversation implements CallAgent {
       onSpeaking: () => this.#updateSpeaking(),
     });
     this.#reply = reply;
-    const settled = reply.toolsSettled();
-    this.#toolsPending = Promise.all([this.#toolsPending, reply.done.then(() => settled)]);
+    // Read once the answer is done: its tool rounds exist only by then.
+    this.#toolsPending = Promise.all([
+      this.#toolsPending,
+      reply.done.then(() => reply.toolsSettled()),
+    ]);
     reply.done.then(() => {
       if (reply.finished) this.#finishReply(reply);
       this.#updateSpeaking();
