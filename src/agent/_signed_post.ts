@@ -52,10 +52,17 @@ export async function signedPost(
   } catch (error) {
     if (timeout.aborted) return failed(`timed out after ${options.timeoutMs} ms`);
     if (options.signal?.aborted) return failed("cancelled");
+    // Deno's fetch names the failure only in its cause's message, which also holds the URL: pick
+    // the kind out, never pass the text on.
     const cause = error instanceof Error && error.cause instanceof Error ? error.cause : error;
-    const name = cause instanceof Error ? cause.name : "";
-    if (name === "ConnectionRefused") return failed("connection refused");
-    return failed(`request failed (${name || (error instanceof Error ? error.name : "error")})`);
+    const text = cause instanceof Error ? `${cause.name} ${cause.message}` : "";
+    if (/connection refused/i.test(text)) return failed("connection refused");
+    if (/dns error|failed to lookup|name or service not known/i.test(text)) {
+      return failed("host not found");
+    }
+    if (/certificate|tls/i.test(text)) return failed("TLS handshake failed");
+    if (/connection reset|broken pipe|closed/i.test(text)) return failed("connection broke off");
+    return failed("request failed");
   }
 }
 
