@@ -30,7 +30,8 @@ Secrets come from the environment or systemd credentials, never from the file:
   TWILIO_AUTH_TOKEN / twilio_auth_token, OPENAI_API_KEY / openai_api_key,
   GOOGLE_APPLICATION_CREDENTIALS / google_credentials, KAV_CRM_SECRET / crm_secret,
   PGPASSWORD / db_password (storage.url); OpenAI-compatible speech servers with keys of their
-  own: OPENAI_STT_API_KEY / openai_stt_api_key, OPENAI_TTS_API_KEY / openai_tts_api_key.
+  own: OPENAI_STT_API_KEY / openai_stt_api_key, OPENAI_TTS_API_KEY / openai_tts_api_key;
+  the operator console ([admin] listen, default 127.0.0.1:9090): KAV_ADMIN_TOKEN / admin_token.
 `;
 
 /** What the command line asks for. */

@@ -1,6 +1,6 @@
 /**
  * One load-generator process of the benchmark (several run side by side on the load core): places
- * `--calls` simulated calls (`_sim_engine.ts`, media recognised without parsing) and prints NDJSON
+ * `--calls` simulated calls (`tools/twilio/simulation.ts`, media recognised without parsing) and prints NDJSON
  * on stdout: `{"event":"placed"}` once every call has been placed, then one `{"event":"report"}`
  * with what the benchmark merges across processes. It also measures its own event-loop lag, so a
  * saturated generator is visible rather than blamed on Kav.
@@ -9,8 +9,8 @@
  *     --ramp-ms MS --turns N --duration-ms MS [--speak-first]
  */
 import { readCommandLine } from "../src/command_line.ts";
-import { type CallCounts, fixtureLines, simulate } from "./_sim_engine.ts";
-import { type HistogramJson, MsHistogram } from "./_sim_stats.ts";
+import { type CallCounts, fixtureLines, simulate } from "../tools/twilio/simulation.ts";
+import { type HistogramJson, MsHistogram } from "../tools/stats.ts";
 
 /** What one generator reports (merged by `bench.ts`). */
 export interface LoadReport extends CallCounts {

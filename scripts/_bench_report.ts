@@ -1,21 +1,13 @@
 /** The benchmark's printed tables and its headline figures (SPEC section 5). */
 import type { StepResult } from "./_bench_step.ts";
-import { quantile, round1, round2 } from "./_sim_stats.ts";
+import { round1, round2, type Spread, spread } from "../tools/stats.ts";
 
-export interface ServerLatency {
+export interface ServerLatency extends Spread {
   readonly turns: number;
-  readonly p50: number;
-  readonly p95: number;
-  readonly max: number;
 }
 
 export function serverLatency(values: readonly number[]): ServerLatency {
-  return {
-    turns: values.length,
-    p50: round2(quantile(values, 0.5)),
-    p95: round2(quantile(values, 0.95)),
-    max: round2(values.length === 0 ? NaN : Math.max(...values)),
-  };
+  return { turns: values.length, ...spread(values, round2) };
 }
 
 /** Least-squares slope of Kav's CPU % against calls: the cost of one more call, % of a core. */

@@ -18,7 +18,15 @@ import {
   sleep,
   startGenerator,
 } from "./_bench_procs.ts";
-import { type IntervalSummary, MsHistogram, quantile, round1, round2 } from "./_sim_stats.ts";
+import {
+  type IntervalSummary,
+  MsHistogram,
+  quantile,
+  round1,
+  round2,
+  type Spread,
+  spread,
+} from "../tools/stats.ts";
 import type { WebhookWindow } from "./_bench_webhook.ts";
 import { startWireCapture, type WireReport } from "./_bench_wire.ts";
 
@@ -54,13 +62,6 @@ export interface WireTiming {
   readonly packets: number;
   readonly kernelDrops: number;
   readonly brokenFlows: number;
-}
-
-export interface Spread {
-  readonly p50: number;
-  readonly p95: number;
-  readonly p99: number;
-  readonly max: number;
 }
 
 export interface StepResult {
@@ -127,15 +128,6 @@ export interface StepResult {
   readonly coreProbeMs: { readonly before: number; readonly after: number };
   /** The merged agent-frame intervals (not serialized). */
   readonly histogram: MsHistogram;
-}
-
-function spread(values: number[]): Spread {
-  return {
-    p50: round1(quantile(values, 0.5)),
-    p95: round1(quantile(values, 0.95)),
-    p99: round1(quantile(values, 0.99)),
-    max: round1(values.length === 0 ? NaN : Math.max(...values)),
-  };
 }
 
 async function waitIdle(baseUrl: string, timeoutMs: number): Promise<KavCounters> {

@@ -8,7 +8,7 @@
  */
 import { readCommandLine } from "../src/command_line.ts";
 import { computeSignature } from "../src/twilio/signature.ts";
-import { MsHistogram, round2 } from "./_sim_stats.ts";
+import { MsHistogram, round2 } from "../tools/stats.ts";
 
 /** One window of answers. */
 export interface WebhookWindow {

@@ -12,8 +12,8 @@
  * Needs `tcpdump` and the right to capture (root or CAP_NET_RAW); `startWireCapture` returns null
  * otherwise and the bench reports client-side figures only.
  */
-import { MsHistogram } from "./_sim_stats.ts";
-import { concatBytes } from "../tests/support/bytes.ts";
+import { MsHistogram } from "../tools/stats.ts";
+import { concatBytes } from "../tools/bytes.ts";
 
 export interface WireCapture {
   /** Stops the capture and analyses it. */

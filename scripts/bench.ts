@@ -4,7 +4,7 @@
  *   deno task bench [-- --steps 25,50,100,200,400,800] [--quick] [--no-pin] [--skip-variants]
  *                      [--floor] [--no-wire] [--keep-going] [--extra-toml TOML] [--kav-flag FLAG]
  *                      [--speech google|openai] [--speech-compare CALLS]
- *                      [--store sqlite|postgres] [--tools]
+ *                      [--store sqlite|postgres] [--console CALLS] [--tools]
  *
  * Kav runs as a subprocess (`_bench_kav.ts`, i.e. `runKav` with a config file) pinned to core 0 with
  * `taskset`; the local provider servers (gRPC Speech and TTS, OpenAI-compatible SSE; answering
@@ -33,6 +33,9 @@
  * 7. With `--store postgres` (issue 18): the ramp records to a local PostgreSQL (Debian's, started
  *    in a temp dir with fsync on, pinned to the load core) through `storage.url`, and SQLite and
  *    PostgreSQL alternate twice at 100 calls: TX p99 and status-callback p99 side by side.
+ * 8. With `--console CALLS` (issue 16): every Kav serves its operator console, and CALLS calls run
+ *    with the console's live view open (one SSE client reading it, `_bench_console.ts`) and closed,
+ *    alternated twice on one Kav: TX p99 and status-callback p99 side by side.
  *
  * 8. With `--tools` (issue 15): every caller turn makes the sandbox LLM call an operator tool on a
  *    local CRM that answers at once, then answer with its result: two LLM requests and a signed tool
@@ -49,7 +52,7 @@
 import { DatabaseSync } from "node:sqlite";
 import { readCommandLine, taskArgs } from "../src/command_line.ts";
 import postgres from "postgres";
-import { type LocalPostgres, PG_PASSWORD, startPostgres } from "../tests/support/postgres.ts";
+import { type LocalPostgres, PG_PASSWORD, startPostgres } from "../tools/sandbox/postgres.ts";
 import {
   fixtureClips,
   mergeToml,
@@ -57,7 +60,7 @@ import {
   sandboxToml,
   type SpeechProvider,
   startProviderServers,
-} from "../tests/support/sandbox.ts";
+} from "../tools/sandbox/sandbox.ts";
 import {
   canPin,
   CLK_TCK,
@@ -82,9 +85,10 @@ import {
   stepExtras,
 } from "./_bench_report.ts";
 import { runStep, type StepOptions, type StepResult } from "./_bench_step.ts";
-import { round2 } from "./_sim_stats.ts";
-import { actsReply } from "../tests/support/sandbox_acts.ts";
-import { startToolServer } from "../tests/support/tool_server.ts";
+import { openLiveViewer } from "./_bench_console.ts";
+import { median, round2 } from "../tools/stats.ts";
+import { actsReply } from "../tools/sandbox/acts.ts";
+import { startToolServer } from "../tools/sandbox/tool_server.ts";
 
 /** Calls of the unmeasured warm-up each fresh Kav gets. */
 const WARMUP_CALLS = 20;
@@ -118,6 +122,8 @@ interface BenchArgs {
   speechCompare: number;
   /** Where Kav records calls: its SQLite file, or a local PostgreSQL via `storage.url`. */
   store: "sqlite" | "postgres";
+  /** Calls of the live-view open/closed comparison; 0 skips it (and leaves the console off). */
+  console: number;
   /** Every turn calls a tool on a local instant CRM (`--tools`). */
   tools: boolean;
   out: string;
@@ -146,6 +152,7 @@ const OPTIONS = {
   speech: { type: "string" },
   "speech-compare": { type: "string" },
   store: { type: "string" },
+  console: { type: "string" },
   tools: { type: "boolean" },
 } as const;
 
@@ -171,7 +178,12 @@ function parseArgs(argv: readonly string[]): BenchArgs {
   if (store !== "sqlite" && store !== "postgres") {
     throw new RangeError(`Cannot use --store ${JSON.stringify(store)}: sqlite or postgres`);
   }
+  const consoleCalls = Number(values.console ?? 0);
+  if (!Number.isInteger(consoleCalls) || consoleCalls < 0) {
+    throw new RangeError(`Cannot use --console ${JSON.stringify(values.console)}: a call count`);
+  }
   return {
+    console: consoleCalls,
     steps,
     durationMs: quick ? 14_000 : 22_000,
     windowMs: quick ? 5_000 : 10_000,
@@ -312,13 +324,6 @@ function log(line: string): void {
   console.error(`[bench ${new Date().toISOString().slice(11, 19)}] ${line}`);
 }
 
-/** Median of a few numbers (the store comparison alternates runs). */
-function median(values: readonly number[]): number {
-  const sorted = [...values].sort((a, b) => a - b);
-  const mid = sorted.length >> 1;
-  return sorted.length % 2 === 1 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
-}
-
 async function main(): Promise<void> {
   const args = parseArgs(Deno.args);
   const began = performance.now();
@@ -356,6 +361,8 @@ async function main(): Promise<void> {
   };
   let kav: KavProcess | null = null;
   let prober: Prober | null = null;
+  /** The console of the Kav running now (with --console). */
+  let consoleUrl: string | null = null;
   const launch = async (
     name: string,
     extraArgs: string[] = [],
@@ -371,11 +378,26 @@ async function main(): Promise<void> {
       storeToml = `\n[storage]\nurl = "${url}"\n`;
     }
     storeUrls.set(dbPath, url);
+    let consoleToml = "";
+    if (args.console > 0) {
+      const adminPort = freePort();
+      consoleUrl = `http://127.0.0.1:${adminPort}`;
+      consoleToml = `\n[admin]\nlisten = "127.0.0.1:${adminPort}"\n`;
+    }
     kav = await startKav({
       dir,
       name,
-      env: url === null ? {} : { PGPASSWORD: PG_PASSWORD },
-      toml: kavToml(servers, port, dbPath, args.extraToml + storeToml + toolsToml, speech),
+      env: {
+        ...(url === null ? {} : { PGPASSWORD: PG_PASSWORD }),
+        ...(args.console > 0 ? { KAV_ADMIN_TOKEN: token } : {}),
+      },
+      toml: kavToml(
+        servers,
+        port,
+        dbPath,
+        args.extraToml + storeToml + consoleToml + toolsToml,
+        speech,
+      ),
       port,
       dbPath,
       core: cores.kav,
@@ -500,6 +522,23 @@ async function main(): Promise<void> {
       }
     }
 
+    // 8. The console's live view open vs closed at the same load, same Kav (issue 16).
+    const viewerStats: { events: number; bytes: number; lastCalls: number }[] = [];
+    if (args.console > 0 && !args.floor) {
+      const target = await launch("console");
+      for (const round of [1, 2]) {
+        variants.push(await step("console_closed", target, args.console));
+        const viewer = await openLiveViewer(consoleUrl!, token);
+        try {
+          variants.push(await step("console_open", target, args.console));
+        } finally {
+          viewerStats.push(await viewer.stop());
+        }
+        log(`  live view round ${round}: ${JSON.stringify(viewerStats.at(-1))}`);
+      }
+      await shutdown();
+    }
+
     // 6. Google vs OpenAI-compatible speech at the same load, same run.
     let speechCompare: Record<string, unknown> | null = null;
     if (args.speechCompare > 0 && !args.floor) {
@@ -540,7 +579,35 @@ async function main(): Promise<void> {
     const paced = steps.find((s) => s.calls === 100) ?? null;
     const unpaced = variants.find((v) => v.label === "pacing_off") ?? null;
     const topIndex = top === null ? -1 : steps.indexOf(top);
+    const consoleOpen = byLabel("console_open");
+    const consoleClosed = byLabel("console_closed");
     const summary = {
+      consoleLiveView: consoleOpen.length > 0 && consoleClosed.length > 0
+        ? {
+          calls: args.console,
+          txP99Ms: {
+            open: consoleOpen.map((v) => v.tx.p99),
+            closed: consoleClosed.map((v) => v.tx.p99),
+          },
+          webhookP99Ms: {
+            open: consoleOpen.map((v) => v.webhook.p99),
+            closed: consoleClosed.map((v) => v.webhook.p99),
+          },
+          cpuPct: {
+            open: consoleOpen.map((v) => v.kav.cpuPct),
+            closed: consoleClosed.map((v) => v.kav.cpuPct),
+          },
+          txMedianDeltaMs: round2(
+            median(consoleOpen.map((v) => v.tx.p99)) - median(consoleClosed.map((v) => v.tx.p99)),
+          ),
+          webhookMedianDeltaMs: round2(
+            median(consoleOpen.map((v) => v.webhook.p99)) -
+              median(consoleClosed.map((v) => v.webhook.p99)),
+          ),
+          viewer: viewerStats,
+          allCallsOk: [...consoleOpen, ...consoleClosed].every((v) => v.outcome.ok === v.calls),
+        }
+        : null,
       maxCallsAllInvariantsHeld: top?.calls ?? 0,
       stepsHeld: held.map((s) => s.calls),
       firstBrokenStep: firstBroken < 0

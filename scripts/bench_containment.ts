@@ -9,8 +9,9 @@
  * Prints a table and one JSON line. Figures are per message, median of the rounds.
  */
 import { readCommandLine } from "../src/command_line.ts";
-import { inCallScope } from "../src/call/_session_escape.ts";
+import { inCallScope } from "../src/call/manager.ts";
 import { parseInbound } from "../src/twilio/protocol.ts";
+import { median } from "../tools/stats.ts";
 
 const { values } = readCommandLine(Deno.args, {
   messages: { type: "string", default: "200000" },
@@ -39,11 +40,6 @@ function nsPerMessage(run: () => void): number {
   const started = performance.now();
   run();
   return (performance.now() - started) * 1e6 / MESSAGES;
-}
-
-function median(values: number[]): number {
-  const sorted = [...values].sort((a, b) => a - b);
-  return sorted[Math.floor(sorted.length / 2)];
 }
 
 const cases: Record<string, () => void> = {

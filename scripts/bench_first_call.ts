@@ -7,10 +7,10 @@
  *   deno run -A scripts/bench_first_call.ts [--boots 5] [--calls 5] [--json]
  */
 import { parseArgs } from "node:util";
-import { startProviderServers } from "../tests/support/sandbox.ts";
-import { sandboxToml } from "../tests/support/sandbox.ts";
+import { startProviderServers } from "../tools/sandbox/sandbox.ts";
+import { sandboxToml } from "../tools/sandbox/sandbox.ts";
 import { freePort, startKav } from "./_bench_procs.ts";
-import { fixtureLines, simulate } from "./_sim_engine.ts";
+import { fixtureLines, simulate } from "../tools/twilio/simulation.ts";
 
 const { values } = parseArgs({
   args: Deno.args.filter((a) => a !== "--"),

@@ -13,6 +13,7 @@ import { readCommandLine } from "../src/command_line.ts";
 import { createLogger } from "../src/observe/log.ts";
 import { openCallStore, type SqliteCallStore } from "../src/store/sqlite.ts";
 import type { TurnRecord } from "../src/store/types.ts";
+import { quantile } from "../tools/stats.ts";
 
 interface Args {
   calls: number;
@@ -30,12 +31,6 @@ function parseArgs(argv: readonly string[]): Args {
     return value;
   };
   return { calls: positive("calls", 200), seconds: positive("seconds", 10) };
-}
-
-function quantile(values: number[], q: number): number {
-  if (values.length === 0) return 0;
-  const sorted = [...values].sort((a, b) => a - b);
-  return sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))];
 }
 
 function round(n: number): number {

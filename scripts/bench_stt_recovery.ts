@@ -11,11 +11,10 @@
 import { PassThrough } from "node:stream";
 import { readCommandLine } from "../src/command_line.ts";
 import { createLogger } from "../src/observe/log.ts";
-import { type GoogleSessionDeps, GoogleSpeechSession } from "../src/stt/_google_session.ts";
-import type { Stream } from "../src/stt/_stream_probe.ts";
-import { STT_TUNING } from "../src/stt/_tuning.ts";
-import { loadClips } from "../tests/support/_protos.ts";
-import { concatBytes } from "../tests/support/bytes.ts";
+import { type GoogleSessionDeps, GoogleSpeechSession, STT_TUNING } from "../src/stt/google.ts";
+import { fixtureClips } from "../tools/sandbox/sandbox.ts";
+import { concatBytes } from "../tools/bytes.ts";
+import { quantileOfSorted } from "../tools/stats.ts";
 
 function parseFrames(argv: readonly string[]): number {
   const { values } = readCommandLine(argv, { frames: { type: "string", default: "50000" } });
@@ -26,11 +25,10 @@ function parseFrames(argv: readonly string[]): number {
   return frames;
 }
 
-function quantile(sorted: Float64Array, q: number): number {
-  return sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))];
-}
-
 const round = (n: number, digits = 2) => Number(n.toFixed(digits));
+
+/** A StreamingRecognize call. */
+type Stream = Awaited<ReturnType<GoogleSessionDeps["openStream"]>>;
 
 /** A stream that accepts every write and never answers (a healthy, silent Google stream). */
 function sinkStream(): Stream {
@@ -100,8 +98,8 @@ async function measure(state: State, audio: Uint8Array, frames: number) {
     state,
     frames,
     write_us_mean: round(times.reduce((a, b) => a + b, 0) / frames * 1000),
-    write_us_p50: round(quantile(times, 0.5) * 1000),
-    write_us_p99: round(quantile(times, 0.99) * 1000),
+    write_us_p50: round(quantileOfSorted(times, 0.5) * 1000),
+    write_us_p99: round(quantileOfSorted(times, 0.99) * 1000),
     write_us_max: round(times[times.length - 1] * 1000),
     recognize_calls: recognizeCalls,
     stream_opens: opens,
@@ -110,7 +108,7 @@ async function measure(state: State, audio: Uint8Array, frames: number) {
 }
 
 const frames = parseFrames(Deno.args);
-const clips = loadClips(new URL("../tests/fixtures/clips.json", import.meta.url).pathname);
+const clips = fixtureClips();
 const gap = new Uint8Array(800 * 8).fill(0xff);
 const parts = clips.flatMap((c) => [c.audio, gap]);
 const audio = concatBytes(...parts);

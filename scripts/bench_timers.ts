@@ -15,6 +15,7 @@ import {
   RealtimeScheduler,
   type Scheduler,
 } from "../src/call/scheduler.ts";
+import { quantileOfSorted } from "../tools/stats.ts";
 
 const SLACK_MS = 0.5;
 const NEAR_MS = 2;
@@ -95,10 +96,6 @@ function cpuTicks(): number {
   return Number(fields[11]) + Number(fields[12]); // utime + stime
 }
 
-function quantile(sorted: number[], q: number): number {
-  return sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))];
-}
-
 /** Busy work per run, µs (a call's tick is ~10-20 µs), so a pass of many tasks takes time. */
 const WORK_US = 10;
 
@@ -147,11 +144,11 @@ async function measure(
     scheduler: name,
     tasks,
     runs: late.length,
-    p1: r(quantile(late, 0.01)),
-    p50: r(quantile(late, 0.5)),
-    p99: r(quantile(late, 0.99)),
+    p1: r(quantileOfSorted(late, 0.01)),
+    p50: r(quantileOfSorted(late, 0.5)),
+    p99: r(quantileOfSorted(late, 0.99)),
     max: r(late[late.length - 1]),
-    interval_p99_dev: r(quantile(intervalDev, 0.99)),
+    interval_p99_dev: r(quantileOfSorted(intervalDev, 0.99)),
     cpuPct: Math.round(cpuPct * 10) / 10,
   } satisfies Row;
 }

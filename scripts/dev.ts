@@ -1,15 +1,16 @@
 /**
  * `deno task dev`: Kav on your machine in one command.
  *
- *   deno task dev [--port 8080] [--speech google|openai] [--config FILE]
+ *   deno task dev [--port 8080] [--admin-port 9090] [--speech google|openai] [--config FILE]
  *
  * With no cloud credentials (neither GOOGLE_APPLICATION_CREDENTIALS nor OPENAI_API_KEY) and no
- * `--config`, it starts the sandbox providers of `tests/support/` on 127.0.0.1 (a gRPC Speech
+ * `--config`, it starts the sandbox providers of `tools/sandbox/` on 127.0.0.1 (a gRPC Speech
  * server that recognizes the Hebrew fixture clips, a gRPC Text-to-Speech server and an
  * OpenAI-compatible server) and runs Kav against them on 127.0.0.1:8080, signatures off, records
  * under `./.kav-dev/`. The first log line says so and how to switch to real providers. Then, in a
  * second terminal: `deno task simulate -- --calls 5`, and `deno task calls -- --config
- * .kav-dev/kav.toml` for the records.
+ * .kav-dev/kav.toml` for the records. The operator console (SPEC 7) listens on 127.0.0.1:9090 with
+ * a token made up for this run (or KAV_ADMIN_TOKEN); its URL and token are printed at start.
  *
  * With GOOGLE_APPLICATION_CREDENTIALS (Google Speech and Text-to-Speech) and/or OPENAI_API_KEY
  * (the LLM) set, those providers are the real ones and only the others are sandboxed. With
@@ -33,18 +34,20 @@ import {
   sandboxProviderToml,
   type SpeechProvider,
   startProviderServers,
-} from "../tests/support/sandbox.ts";
-import { actsReply } from "../tests/support/sandbox_acts.ts";
-import { startToolServer } from "../tests/support/tool_server.ts";
+} from "../tools/sandbox/sandbox.ts";
+import { actsReply } from "../tools/sandbox/acts.ts";
+import { startToolServer } from "../tools/sandbox/tool_server.ts";
 
 /** Where the dev sandbox keeps its config and records (relative to the working directory). */
 export const DEV_DIR = ".kav-dev";
 
 export const DEV_USAGE = `Runs Kav locally for development.
 
-Usage: deno task dev [--port 8080] [--speech google|openai] [--config FILE]
+Usage: deno task dev [--port 8080] [--admin-port 9090] [--speech google|openai] [--config FILE]
 
   --port N          port on 127.0.0.1 (default 8080)
+  --admin-port N    the operator console's port on 127.0.0.1 (default 9090; 0 picks a free one);
+                    its token is KAV_ADMIN_TOKEN, or one made up and printed at start
   --speech openai   speech recognition and synthesis through the OpenAI-compatible API
                     (stt.provider and tts.provider "openai") against a local speech server;
                     default google (local gRPC Speech and Text-to-Speech servers)
@@ -56,6 +59,8 @@ sandbox providers; each one set switches those providers to the real cloud ones.
 
 export interface DevArgs {
   readonly port: number;
+  /** The console's port on 127.0.0.1. */
+  readonly adminPort: number;
   readonly configPath: string | null;
   /** Which sandbox speech servers Kav uses. */
   readonly speech: SpeechProvider;
@@ -63,6 +68,7 @@ export interface DevArgs {
 
 const OPTIONS = {
   port: { type: "string" },
+  "admin-port": { type: "string" },
   config: { type: "string", short: "c" },
   speech: { type: "string" },
   help: { type: "boolean", short: "h" },
@@ -76,13 +82,19 @@ export function parseDevArgs(argv: readonly string[]): DevArgs | "help" {
   if (!Number.isInteger(port) || port < 0 || port > 65535) {
     throw new RangeError(`Cannot use --port ${JSON.stringify(values.port)}: expected 0-65535`);
   }
+  const adminPort = Number(values["admin-port"] ?? 9090);
+  if (!Number.isInteger(adminPort) || adminPort < 0 || adminPort > 65535) {
+    throw new RangeError(
+      `Cannot use --admin-port ${JSON.stringify(values["admin-port"])}: expected 0-65535`,
+    );
+  }
   const speech = values.speech ?? "google";
   if (speech !== "google" && speech !== "openai") {
     throw new RangeError(
       `Cannot use --speech ${JSON.stringify(speech)}: expected google or openai`,
     );
   }
-  return { port, configPath: values.config ?? null, speech };
+  return { port, adminPort, configPath: values.config ?? null, speech };
 }
 
 /** Which providers are real (credentials present) and which are sandboxed. */
@@ -94,6 +106,8 @@ export interface DevProviders {
 /** The dev config: loopback, signatures off, records under `dir`, sandbox where no credentials. */
 export function devToml(options: {
   port: number;
+  /** The console's port (default 9090). */
+  adminPort?: number;
   dir: string;
   real: DevProviders;
   servers: ProviderServers;
@@ -112,6 +126,8 @@ drain_timeout_s = 5
 validate_signatures = false
 [storage]
 path = "${dir}/kav.db"
+[admin]
+listen = "127.0.0.1:${options.adminPort ?? 9090}"
 ${sandboxProviderToml(servers, { google: !real.google, openai: !real.openai }, speech)}
 ${options.crmUrl === undefined ? "" : devActsToml(options.crmUrl)}`;
 }
@@ -171,11 +187,19 @@ function reportConfigError(error: unknown): boolean {
   return true;
 }
 
-async function serve(config: Config, log: Logger): Promise<number> {
+/** The console's line: where it is and the token to log in with. */
+export function consoleLine(url: string, token: string | null): string {
+  const login = token === null ? "the token in KAV_ADMIN_TOKEN" : `the token ${token}`;
+  return `console: open ${url} and log in with ${login}; ` +
+    "it shows the calls of `deno task simulate` live";
+}
+
+async function serve(config: Config, log: Logger, shownToken: string | null): Promise<number> {
   try {
     await runKav({
       config,
       log,
+      onConsole: (url) => log.info("DEV", consoleLine(url, shownToken)),
       onListen: () => log.info("DEV", "ready: try `deno task simulate -- --calls 5`"),
     });
     return 0;
@@ -203,7 +227,7 @@ export async function main(argv: readonly string[]): Promise<number> {
   if (args.configPath !== null) {
     log.info("DEV", devBanner(null, args.configPath));
     try {
-      return await serve(await loadConfig(args.configPath), log);
+      return await serve(await loadConfig(args.configPath), log, null);
     } catch (error) {
       if (reportConfigError(error)) return 1;
       throw error;
@@ -227,6 +251,7 @@ export async function main(argv: readonly string[]): Promise<number> {
     const dir = await Deno.realPath(DEV_DIR);
     const toml = devToml({
       port: args.port,
+      adminPort: args.adminPort,
       dir,
       real,
       servers,
@@ -234,15 +259,17 @@ export async function main(argv: readonly string[]): Promise<number> {
       crmUrl: crm.baseUrl,
     });
     await Deno.writeTextFile(`${dir}/kav.toml`, toml);
+    // Made up per run unless set: the console on loopback still asks for it (SPEC 7).
+    const token = env.KAV_ADMIN_TOKEN || crypto.randomUUID().replaceAll("-", "");
     let config: Config;
     try {
-      config = parseConfig(toml, { env });
+      config = parseConfig(toml, { env: { ...env, KAV_ADMIN_TOKEN: token } });
     } catch (error) {
       if (reportConfigError(error)) return 1;
       throw error;
     }
     log.info("DEV", "config written", { path: `${DEV_DIR}/kav.toml` });
-    return await serve(config, log);
+    return await serve(config, log, token);
   } finally {
     await servers.close();
     await crm.close();

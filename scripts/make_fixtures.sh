@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Regenerates the spoken Hebrew test clips in tests/fixtures/audio/ and tests/fixtures/clips.json.
+# Regenerates the spoken Hebrew test clips in tools/sandbox/fixtures/audio/ and tools/sandbox/fixtures/clips.json.
 # Each clip is raw μ-law, 8000 Hz, mono, no header (what Twilio sends), trimmed of leading and
 # trailing silence so it starts and ends with speech. Needs espeak-ng and sox
 # (apt-get install -y espeak-ng sox). The committed clips are what the tests use; a different
@@ -7,7 +7,7 @@
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-out="$root/tests/fixtures/audio"
+out="$root/tools/sandbox/fixtures/audio"
 mkdir -p "$out"
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
@@ -40,5 +40,5 @@ for entry in "${clips[@]}"; do
   sep=","
 done
 json+="\n}\n"
-printf "%b" "$json" >"$root/tests/fixtures/clips.json"
+printf "%b" "$json" >"$root/tools/sandbox/fixtures/clips.json"
 echo "make_fixtures: wrote ${#clips[@]} clips to $out"

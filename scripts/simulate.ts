@@ -30,10 +30,10 @@ import {
   type SimTotals,
   simulate,
   type SimulationReport,
-} from "./_sim_engine.ts";
-import type { CallerLine } from "./_sim_call.ts";
-import { normalizeBaseUrl } from "./_sim_twilio.ts";
-import { simulateActs } from "./_sim_acts.ts";
+} from "../tools/twilio/simulation.ts";
+import type { CallerLine } from "../tools/twilio/caller.ts";
+import { normalizeBaseUrl } from "../tools/twilio/http.ts";
+import { simulateActs } from "../tools/twilio/acts.ts";
 
 export const USAGE = `Places simultaneous Twilio-like calls against a Kav server and reports them.
 

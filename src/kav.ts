@@ -3,6 +3,7 @@
  * from a `Config`, and serves until stopped. `main.ts` runs it; tests and the dev sandbox start it
  * in-process on a free port.
  */
+import { type RunningConsole, startConsole } from "./admin/server.ts";
 import { runServer } from "./app.ts";
 import { CallManager, installEscapeHandlers } from "./call/manager.ts";
 import type { AgentFactory } from "./call/agent.ts";
@@ -67,6 +68,8 @@ export interface RunKavOptions {
    */
   readonly reload?: () => Promise<Config>;
   readonly onListen?: (addr: Deno.NetAddr) => void;
+  /** Called with the operator console's URL once it listens (SPEC 7; off without a token). */
+  readonly onConsole?: (url: string) => void;
   /**
    * Defaults to the store the config names: SQLite at `storage.path`, or PostgreSQL at
    * `storage.url` (benchmarks compare against a no-op store).
@@ -137,7 +140,17 @@ export async function runKav(options: RunKavOptions): Promise<void> {
   // An error that escapes every per-call handler is logged (with its call sid when known), counted
   // and ends at most its call: one bad call or provider never takes the process down.
   const uninstallEscapeHandlers = installEscapeHandlers(log);
+  let operatorConsole: RunningConsole | null = null;
   try {
+    const live = () => calls.live();
+    operatorConsole = await startConsole({
+      config,
+      log,
+      live,
+      store,
+      isDraining: () => calls.draining,
+    });
+    if (operatorConsole !== null) options.onConsole?.(operatorConsole.url);
     await runServer({
       config,
       log,
@@ -159,6 +172,7 @@ export async function runKav(options: RunKavOptions): Promise<void> {
     });
   } finally {
     uninstallEscapeHandlers();
+    await operatorConsole?.close();
     Deno.removeSignalListener("SIGHUP", onSighup);
     lifetime.abort();
     await reloads;

@@ -5,7 +5,7 @@
 import assert from "node:assert/strict";
 import { ToolBox } from "../src/agent/tools.ts";
 import type { ToolConfig } from "../src/config/types.ts";
-import { startToolServer } from "./support/tool_server.ts";
+import { startToolServer } from "../tools/sandbox/tool_server.ts";
 
 const CALLER = { callSid: "CA1", from: "+972501234567", to: "+97231234567" };
 

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { resample, Resampler } from "../src/audio/resample.ts";
 import { encodeMulaw } from "../src/audio/mulaw.ts";
-import { decodeMulaw } from "./support/bytes.ts";
+import { decodeMulaw } from "../tools/bytes.ts";
 import { measureTone, rms, sine } from "./support/tones.ts";
 
 Deno.test("resample() keeps a 1 kHz tone at 1 kHz and its length, through μ-law", () => {

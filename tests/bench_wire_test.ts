@@ -4,7 +4,7 @@
  */
 import assert from "node:assert/strict";
 import { analyzeCapture } from "../scripts/_bench_wire.ts";
-import { concatBytes } from "./support/bytes.ts";
+import { concatBytes } from "../tools/bytes.ts";
 
 const PORT = 8080; // Kav
 const T0 = 1_700_000_000; // capture start, epoch seconds

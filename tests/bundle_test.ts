@@ -14,10 +14,17 @@ import {
 } from "../scripts/build.ts";
 import { fixtureClip, sayAndWait, startKavProcess } from "./support/kav_process.ts";
 import { ignoredWhen } from "./support/requires.ts";
-import { startProviderServers } from "./support/sandbox.ts";
-import { TwilioClient } from "./support/twilio_client.ts";
+import { startProviderServers } from "../tools/sandbox/sandbox.ts";
+import { TwilioClient } from "../tools/twilio/client.ts";
 
 const decoder = new TextDecoder();
+
+function freePort(): number {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = (listener.addr as Deno.NetAddr).port;
+  listener.close();
+  return port;
+}
 
 Deno.test("finishBundle() inlines workers as data: URLs and defines __dirname", () => {
   const code =
@@ -262,10 +269,15 @@ async function buildAndServe(t: Deno.TestContext, launch: Launch): Promise<void>
     const notify = notifyListener(paths.notifySocket);
     cleanup.push(() => notify.close());
     const { cmd, args } = await launch(root, paths);
+    // The operator console too: its files and its history reader are inside the build.
+    const adminPort = freePort();
+    const adminToken = "bundle-console-token-0123456789";
     // The state dir is readable and writable under the baked permissions: config and db go there.
     const kav = await startKavProcess({
       servers,
       dir: paths.stateDir,
+      extra: `[admin]\nlisten = "127.0.0.1:${adminPort}"`,
+      env: { KAV_ADMIN_TOKEN: adminToken },
       command: {
         cmd,
         args,
@@ -307,6 +319,30 @@ async function buildAndServe(t: Deno.TestContext, launch: Launch): Promise<void>
         await client.close();
       }
     });
+    await t.step(
+      "the console's page, uPlot and the call's record come from inside the build",
+      async () => {
+        const consoleUrl = `http://127.0.0.1:${adminPort}`;
+        const page = await fetch(`${consoleUrl}/`);
+        assert.equal(page.status, 200);
+        assert.match(await page.text(), /src="\/static\/app\.js"/);
+        const uplot = await fetch(`${consoleUrl}/static/uplot.js`);
+        assert.match(await uplot.text(), /uPlot/);
+        const auth = { authorization: `Bearer ${adminToken}` };
+        let calls: { callSid: string }[] = [];
+        for (let i = 0; i < 50 && calls.length === 0; i++) {
+          await new Promise((resolve) => setTimeout(resolve, 100));
+          calls = (await (await fetch(`${consoleUrl}/api/calls`, { headers: auth })).json()).calls;
+        }
+        assert.equal(calls.length, 1, kav.log());
+        const detail = await (await fetch(`${consoleUrl}/api/calls/${calls[0].callSid}`, {
+          headers: auth,
+        })).json();
+        const said = detail.turns.find((turn: { speaker: string }) => turn.speaker === "caller");
+        assert.equal(said.text, fixtureClip("appointment").text);
+        assert.doesNotMatch(kav.log(), /history reads on the main thread/);
+      },
+    );
     kav.kill("SIGTERM");
     const result = await kav.status;
     const log = kav.log();

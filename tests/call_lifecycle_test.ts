@@ -8,7 +8,7 @@ import {
   testCallConfig,
   waitUntil,
 } from "./support/call_server.ts";
-import { TwilioClient } from "./support/twilio_client.ts";
+import { TwilioClient } from "../tools/twilio/client.ts";
 
 Deno.test("CallManager runs 20 concurrent streaming calls without loss", async () => {
   const server = await startCallServer({ greeting: patternAudio(25, 1) });

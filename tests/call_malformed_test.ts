@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { renderMetrics } from "../src/observe/metrics.ts";
 import type { MalformedReason } from "../src/twilio/protocol.ts";
 import { patternAudio, startCallServer, testCallConfig, waitUntil } from "./support/call_server.ts";
-import type { TwilioClient } from "./support/twilio_client.ts";
+import type { TwilioClient } from "../tools/twilio/client.ts";
 
 function malformedCount(reason: MalformedReason): number {
   const line = renderMetrics().split("\n").find((l) =>

@@ -17,8 +17,8 @@ import type { CallDetail } from "../src/store/read.ts";
 import type { SpeechSession, SttEvent, SttProvider } from "../src/stt/types.ts";
 import type { TtsProvider } from "../src/tts/types.ts";
 import { fixtureClip, sayAndWait } from "./support/kav_process.ts";
-import { type Sandbox, startSandbox } from "./support/sandbox.ts";
-import { TwilioClient } from "./support/twilio_client.ts";
+import { type Sandbox, startSandbox } from "../tools/sandbox/sandbox.ts";
+import { TwilioClient } from "../tools/twilio/client.ts";
 
 const TIMEOUT_MS = 30_000;
 

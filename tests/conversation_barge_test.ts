@@ -14,7 +14,7 @@ import {
   waitUntil,
   withSandbox,
 } from "./support/_conversation.ts";
-import { TwilioClient } from "./support/twilio_client.ts";
+import { TwilioClient } from "../tools/twilio/client.ts";
 
 const TIMEOUT = { timeoutMs: 20_000 };
 

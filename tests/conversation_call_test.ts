@@ -16,7 +16,7 @@ import {
   waitUntil,
   withSandbox,
 } from "./support/_conversation.ts";
-import { TwilioClient } from "./support/twilio_client.ts";
+import { TwilioClient } from "../tools/twilio/client.ts";
 
 const TIMEOUT = { timeoutMs: 20_000 };
 /** The local TTS server speaks 20 ms per character (60 by default), to keep the calls short. */

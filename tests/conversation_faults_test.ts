@@ -3,6 +3,7 @@
  * (before the first token, or after the first sentence) and a TTS that fails twice each produce
  * the cached apology audio, and the call goes on: the next turn is answered normally.
  */
+import * as grpc from "@grpc/grpc-js";
 import assert from "node:assert/strict";
 import { DEFAULT_APOLOGY, DEFAULT_GREETING } from "../src/config/_schema.ts";
 import {
@@ -14,7 +15,7 @@ import {
   ttsAudio,
   withSandbox,
 } from "./support/_conversation.ts";
-import { TwilioClient } from "./support/twilio_client.ts";
+import { TwilioClient } from "../tools/twilio/client.ts";
 
 const TIMEOUT = { timeoutMs: 20_000 };
 /** The local TTS server speaks 20 ms per character here, to keep the calls short. */
@@ -150,5 +151,42 @@ Deno.test("conversation: a TTS error plays the apology after one retry and the c
       "tts connectivity",
       "tts connectivity",
     ]);
+  });
+});
+
+Deno.test("conversation: a TTS refusal (not retryable) plays the apology at once, without a retry", async () => {
+  await withSandbox({ tts: { msPerChar: MS_PER_CHAR } }, async (sandbox) => {
+    const { llm, tts } = sandbox.servers;
+    llm.script({ text: "המשפט הזה לא יושמע." }, { text: "המשפט הזה כן יושמע." });
+    const client = await TwilioClient.connect({ url: sandbox.mediaUrl });
+    const line = new CallerLine(client);
+    try {
+      client.begin();
+      line.start();
+      await client.waitForEcho("greeting_end", TIMEOUT);
+      tts.failNext(1, grpc.status.PERMISSION_DENIED, "The voice is not allowed");
+      await line.say(clip("goodbye").audio);
+      await client.waitForEcho("a1_0", TIMEOUT);
+      await line.pause(200);
+      await line.say(clip("hours").audio);
+      await client.waitForEcho("a2_0", TIMEOUT);
+      await line.pause(100);
+    } finally {
+      await line.hangUp();
+    }
+    const apology = ttsAudio(DEFAULT_APOLOGY, MS_PER_CHAR);
+    assert.deepEqual(
+      audioSince(client, markIndex(client, "greeting_end")).subarray(0, apology.length),
+      apology,
+    );
+    // The refused sentence was asked for once; the next answer is spoken normally.
+    assert.deepEqual(tts.requests.slice(2).map((r) => r.text), [
+      "המשפט הזה לא יושמע.",
+      "המשפט הזה כן יושמע.",
+    ]);
+    const detail = await readEndedCall(sandbox.storagePath, client.callSid);
+    const errors = detail.events.filter((e) => e.kind === "provider_error");
+    assert.deepEqual(errors.map((e) => e.detail.split(":")[0]), ["tts authentication"]);
+    assert.ok(!sandbox.lines.some((l) => l.includes("[TTS]") && l.includes("failed, retrying")));
   });
 });

@@ -4,7 +4,7 @@
  */
 import assert from "node:assert/strict";
 import { CallerLine, clip, readEndedCall, withSandbox } from "./support/_conversation.ts";
-import { TwilioClient } from "./support/twilio_client.ts";
+import { TwilioClient } from "../tools/twilio/client.ts";
 
 Deno.test("CallSession records the caller's last words when stop follows them at once", async () => {
   await withSandbox({}, async (sandbox) => {

@@ -15,8 +15,8 @@ import {
   waitUntil,
   withSandbox,
 } from "./support/_conversation.ts";
-import { startToolServer } from "./support/tool_server.ts";
-import { TwilioClient } from "./support/twilio_client.ts";
+import { startToolServer } from "../tools/sandbox/tool_server.ts";
+import { TwilioClient } from "../tools/twilio/client.ts";
 
 const TIMEOUT = { timeoutMs: 20_000 };
 

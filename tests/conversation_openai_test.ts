@@ -7,7 +7,7 @@
  */
 import assert from "node:assert/strict";
 import { encodeMulaw } from "../src/audio/mulaw.ts";
-import { decodeMulaw } from "./support/bytes.ts";
+import { decodeMulaw } from "../tools/bytes.ts";
 import { resample } from "../src/audio/resample.ts";
 import { DEFAULT_GREETING } from "../src/config/_schema.ts";
 import {
@@ -19,8 +19,8 @@ import {
   waitUntil,
   withSandbox,
 } from "./support/_conversation.ts";
-import { TwilioClient } from "./support/twilio_client.ts";
-import { synthWaveform } from "./support/tts_server.ts";
+import { TwilioClient } from "../tools/twilio/client.ts";
+import { synthWaveform } from "../tools/sandbox/tts_server.ts";
 import { measureTone, sine } from "./support/tones.ts";
 
 const TIMEOUT = { timeoutMs: 20_000 };

@@ -16,7 +16,7 @@ import {
   waitUntil,
   withSandbox,
 } from "./support/_conversation.ts";
-import { TwilioClient } from "./support/twilio_client.ts";
+import { TwilioClient } from "../tools/twilio/client.ts";
 
 /** `ms` of a loud 440 Hz tone: speech to the VAD and the segmenter, no transcript. */
 function tone(ms: number): Uint8Array {

@@ -12,9 +12,9 @@ import {
   waitUntil,
   withSandbox,
 } from "./support/_conversation.ts";
-import { fixtureClips } from "./support/sandbox.ts";
-import { startSpeechServer } from "./support/speech_server.ts";
-import { TwilioClient } from "./support/twilio_client.ts";
+import { fixtureClips } from "../tools/sandbox/sandbox.ts";
+import { startSpeechServer } from "../tools/sandbox/speech_server.ts";
+import { TwilioClient } from "../tools/twilio/client.ts";
 
 const TIMEOUT = { timeoutMs: 20_000 };
 

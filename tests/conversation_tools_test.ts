@@ -15,8 +15,8 @@ import {
   ttsAudio,
   withSandbox,
 } from "./support/_conversation.ts";
-import { startToolServer, type ToolServer } from "./support/tool_server.ts";
-import { TwilioClient } from "./support/twilio_client.ts";
+import { startToolServer, type ToolServer } from "../tools/sandbox/tool_server.ts";
+import { TwilioClient } from "../tools/twilio/client.ts";
 import { renderMetrics } from "../src/observe/metrics.ts";
 
 const TIMEOUT = { timeoutMs: 20_000 };

@@ -12,7 +12,7 @@ import {
   waitUntil,
   withSandbox,
 } from "./support/_conversation.ts";
-import { followConnectAction, followDialAction, TwilioClient } from "./support/twilio_client.ts";
+import { followConnectAction, followDialAction, TwilioClient } from "../tools/twilio/client.ts";
 import { renderMetrics } from "../src/observe/metrics.ts";
 import { openCallReader } from "../src/store/read.ts";
 import { sharedScheduler } from "../src/call/scheduler.ts";

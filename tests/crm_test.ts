@@ -6,7 +6,7 @@ import { openCallReader } from "../src/store/read.ts";
 import { CRM_DEFAULTS, crmRetryDelayMs } from "../src/store/crm_outbox.ts";
 import type { CrmSummary } from "../src/store/crm_summary.ts";
 import type { CallStore } from "../src/store/types.ts";
-import { startCrmServer } from "./support/crm_server.ts";
+import { startCrmServer } from "../tools/sandbox/crm_server.ts";
 import { recordAgentActs } from "./support/agent_acts_records.ts";
 
 const SECRET = "s3cret-key";

@@ -2,8 +2,8 @@ import assert from "node:assert/strict";
 import { fileURLToPath } from "node:url";
 import { openCallReader } from "../src/store/read.ts";
 import { devBanner, devToml, parseDevArgs } from "../scripts/dev.ts";
-import { fixtureClips } from "./support/sandbox.ts";
-import type { ProviderServers } from "./support/sandbox.ts";
+import { fixtureClips } from "../tools/sandbox/sandbox.ts";
+import type { ProviderServers } from "../tools/sandbox/sandbox.ts";
 
 const DEV = fileURLToPath(new URL("../scripts/dev.ts", import.meta.url));
 /** The repository root, where `deno task` finds deno.json. */
@@ -54,7 +54,7 @@ Deno.test("deno task dev runs Kav on sandbox providers that simulate --calls 5 c
   const port = freePort();
   const env = { GOOGLE_APPLICATION_CREDENTIALS: "", OPENAI_API_KEY: "" };
   const dev = new Deno.Command(Deno.execPath(), {
-    args: ["run", "--allow-all", DEV, "--port", String(port)],
+    args: ["run", "--allow-all", DEV, "--port", String(port), "--admin-port", "0"],
     cwd,
     env,
     stdout: "piped",
@@ -65,6 +65,19 @@ Deno.test("deno task dev runs Kav on sandbox providers that simulate --calls 5 c
   try {
     await out.waitFor(/\[DEV\] ready/, 60_000);
     assert.match(out.lines[0], /\[DEV\] running against sandbox providers/);
+    // The console's URL and token are printed; the page and its API answer with that token.
+    const line = out.lines.find((l) => /\[DEV\] console: open /.test(l)) ?? "";
+    const shown = /open (http:\/\/127\.0\.0\.1:\d+) and log in with the token (\w+);/.exec(line);
+    assert.ok(shown, out.lines.join("\n"));
+    const [, consoleUrl, token] = shown;
+    const page = await fetch(`${consoleUrl}/`);
+    assert.equal(page.status, 200);
+    await page.body?.cancel();
+    const live = await fetch(`${consoleUrl}/api/live`, {
+      headers: { authorization: `Bearer ${token}` },
+    });
+    assert.equal(live.status, 200);
+    assert.deepEqual((await live.json()).calls, []);
     assert.match(
       out.lines[0],
       /GOOGLE_APPLICATION_CREDENTIALS and OPENAI_API_KEY, or pass --config/,
@@ -138,26 +151,35 @@ Deno.test("deno task dev runs Kav on sandbox providers that simulate --calls 5 c
 });
 
 Deno.test("parseDevArgs() and devBanner() describe what dev runs against", () => {
-  assert.deepEqual(parseDevArgs([]), { port: 8080, configPath: null, speech: "google" });
-  assert.deepEqual(parseDevArgs(["--port=9000", "--config", "k.toml"]), {
+  assert.deepEqual(parseDevArgs([]), {
+    port: 8080,
+    adminPort: 9090,
+    configPath: null,
+    speech: "google",
+  });
+  assert.deepEqual(parseDevArgs(["--port=9000", "--config", "k.toml", "--admin-port", "0"]), {
     port: 9000,
+    adminPort: 0,
     configPath: "k.toml",
     speech: "google",
   });
   // `deno task dev -- --port 9000` hands the `--` to the script.
   assert.deepEqual(parseDevArgs(["--", "--port", "9000"]), {
     port: 9000,
+    adminPort: 9090,
     configPath: null,
     speech: "google",
   });
   assert.deepEqual(parseDevArgs(["--speech", "openai"]), {
     port: 8080,
+    adminPort: 9090,
     configPath: null,
     speech: "openai",
   });
   assert.throws(() => parseDevArgs(["--speech", "whisper"]), /expected google or openai/);
   assert.equal(parseDevArgs(["-h"]), "help");
   assert.throws(() => parseDevArgs(["--port", "99999"]), RangeError);
+  assert.throws(() => parseDevArgs(["--admin-port", "x"]), /--admin-port "x": expected 0-65535/);
   assert.throws(() => parseDevArgs(["--nope"]), RangeError);
   assert.match(devBanner({ google: false, openai: false }, null), /^running against sandbox/);
   assert.match(devBanner({ google: true, openai: false }, null), /Google Speech .* sandbox LLM/);
@@ -210,7 +232,8 @@ Deno.test("deno task dev --speech openai answers calls through the OpenAI-compat
   const cwd = await Deno.makeTempDir({ prefix: "kav-dev-" });
   const port = freePort();
   const dev = new Deno.Command(Deno.execPath(), {
-    args: ["run", "--allow-all", DEV, "--port", String(port), "--speech", "openai"],
+    args: ["run", "--allow-all", DEV, "--port", String(port), "--speech", "openai"]
+      .concat(["--admin-port", "0"]),
     cwd,
     env: { GOOGLE_APPLICATION_CREDENTIALS: "", OPENAI_API_KEY: "" },
     stdout: "piped",

@@ -13,8 +13,8 @@ import {
   sayAndWait,
   startKavProcess,
 } from "./support/kav_process.ts";
-import { type ProviderServers, startProviderServers } from "./support/sandbox.ts";
-import { TwilioClient } from "./support/twilio_client.ts";
+import { type ProviderServers, startProviderServers } from "../tools/sandbox/sandbox.ts";
+import { TwilioClient } from "../tools/twilio/client.ts";
 
 const TIMEOUT_MS = 30_000;
 

@@ -15,8 +15,8 @@ import * as grpc from "@grpc/grpc-js";
 import { openCallReader } from "../src/store/read.ts";
 import type { CallDetail } from "../src/store/read.ts";
 import { fixtureClip, sayAndWait } from "./support/kav_process.ts";
-import { type Sandbox, startSandbox } from "./support/sandbox.ts";
-import { TwilioClient } from "./support/twilio_client.ts";
+import { type Sandbox, startSandbox } from "../tools/sandbox/sandbox.ts";
+import { TwilioClient } from "../tools/twilio/client.ts";
 
 const CALLS = 50;
 const TIMEOUT_MS = 45_000;

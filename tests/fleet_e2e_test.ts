@@ -8,9 +8,9 @@
 import assert from "node:assert/strict";
 import type { CallDetail, CallRow } from "../src/store/read.ts";
 import { fixtureClip, runKavCli, sayAndWait, startKavProcess } from "./support/kav_process.ts";
-import { PG_PASSWORD, POSTGRES_UNAVAILABLE, startPostgres } from "./support/postgres.ts";
-import { startProviderServers } from "./support/sandbox.ts";
-import { TwilioClient } from "./support/twilio_client.ts";
+import { PG_PASSWORD, POSTGRES_UNAVAILABLE, startPostgres } from "../tools/sandbox/postgres.ts";
+import { startProviderServers } from "../tools/sandbox/sandbox.ts";
+import { TwilioClient } from "../tools/twilio/client.ts";
 
 const TIMEOUT_MS = 60_000;
 const ENV = { PGPASSWORD: PG_PASSWORD };

@@ -4,7 +4,7 @@
  */
 import assert from "node:assert/strict";
 import { computeSignature } from "../src/twilio/signature.ts";
-import { startSandbox } from "./support/sandbox.ts";
+import { startSandbox } from "../tools/sandbox/sandbox.ts";
 
 Deno.test("/twiml accepts a signature for server.voice_url and streams to this node's public_url", async () => {
   const token = "test-auth-token";

@@ -11,8 +11,8 @@ import { renderMetrics } from "../src/observe/metrics.ts";
 import { parsePrometheusText, sampleValue } from "../src/observe/prom_parse.ts";
 import { openCallReader } from "../src/store/read.ts";
 import { type InboundMessage, type MalformedReason, parseInbound } from "../src/twilio/protocol.ts";
-import { startSandbox } from "./support/sandbox.ts";
-import { TwilioClient } from "./support/twilio_client.ts";
+import { startSandbox } from "../tools/sandbox/sandbox.ts";
+import { TwilioClient } from "../tools/twilio/client.ts";
 
 type Json = null | boolean | number | string | Json[] | { [key: string]: Json };
 type JsonObject = { [key: string]: Json };

@@ -8,8 +8,8 @@ import { loadConfig } from "../src/config/load.ts";
 import type { CallDetail } from "../src/store/read.ts";
 import { openCallReader } from "../src/store/read.ts";
 import { fixtureClip, runKavCli, sayAndWait, startKavProcess } from "./support/kav_process.ts";
-import { startProviderServers } from "./support/sandbox.ts";
-import { TwilioClient } from "./support/twilio_client.ts";
+import { startProviderServers } from "../tools/sandbox/sandbox.ts";
+import { TwilioClient } from "../tools/twilio/client.ts";
 
 const TIMEOUT_MS = 30_000;
 const ANSWERS = ["בשמחה, מתי נוח לך?", "מצוין, קבעתי לך תור למחר בתשע."];

@@ -16,8 +16,8 @@ import type { CallEvent } from "../src/store/types.ts";
 import { computeSignature } from "../src/twilio/signature.ts";
 import { busyTwiml } from "../src/twilio/twiml.ts";
 import { patternAudio, startCallServer, testCallConfig } from "./support/call_server.ts";
-import { startSandbox } from "./support/sandbox.ts";
-import { TwilioClient } from "./support/twilio_client.ts";
+import { startSandbox } from "../tools/sandbox/sandbox.ts";
+import { TwilioClient } from "../tools/twilio/client.ts";
 
 const TIMEOUT_MS = 20_000;
 

@@ -6,7 +6,7 @@ import { SentenceCutter } from "../src/llm/sentences.ts";
 import type { ChatMessage, LlmDelta } from "../src/llm/types.ts";
 import { renderMetrics } from "../src/observe/metrics.ts";
 import { createLogger } from "../src/observe/log.ts";
-import { type OpenAiServer, startOpenAiServer } from "./support/openai_server.ts";
+import { type OpenAiServer, startOpenAiServer } from "../tools/sandbox/openai_server.ts";
 
 const MESSAGES: readonly ChatMessage[] = [
   { role: "system", content: "את נציגה של מרפאה" },

@@ -4,7 +4,7 @@ import { runServer, startServer } from "../src/app.ts";
 import { parseConfig } from "../src/config/load.ts";
 import type { MediaCallAcceptor } from "../src/http/types.ts";
 import { createLogger } from "../src/observe/log.ts";
-import { sandboxToml, startProviderServers } from "./support/sandbox.ts";
+import { sandboxToml, startProviderServers } from "../tools/sandbox/sandbox.ts";
 
 const ROOT = new URL("../", import.meta.url);
 const fixture = (name: string) => new URL(`tests/fixtures/config/${name}`, ROOT).pathname;

@@ -8,8 +8,8 @@ import assert from "node:assert/strict";
 import { createLogger } from "../src/observe/log.ts";
 import { openPostgresStore, type OpenPostgresStoreOptions } from "../src/store/postgres.ts";
 import type { CallStore } from "../src/store/types.ts";
-import { type CrmAttempt, startCrmServer } from "./support/crm_server.ts";
-import { PG_PASSWORD, POSTGRES_UNAVAILABLE, startPostgres } from "./support/postgres.ts";
+import { type CrmAttempt, startCrmServer } from "../tools/sandbox/crm_server.ts";
+import { PG_PASSWORD, POSTGRES_UNAVAILABLE, startPostgres } from "../tools/sandbox/postgres.ts";
 
 const CHILD_ARG = "pg-crm-child";
 const T0 = Date.UTC(2025, 0, 15, 10, 0, 0);

@@ -6,8 +6,8 @@
 import assert from "node:assert/strict";
 import type { CallDetail, CallRow } from "../src/store/read.ts";
 import { fixtureClip, runKavCli, sayAndWait, startKavProcess } from "./support/kav_process.ts";
-import { startProviderServers } from "./support/sandbox.ts";
-import { TwilioClient } from "./support/twilio_client.ts";
+import { startProviderServers } from "../tools/sandbox/sandbox.ts";
+import { TwilioClient } from "../tools/twilio/client.ts";
 
 const TIMEOUT_MS = 30_000;
 const FROM = "+972501234567";

@@ -2,15 +2,15 @@ import assert from "node:assert/strict";
 import { parseConfig } from "../src/config/load.ts";
 import { runKav } from "../src/kav.ts";
 import { createLogger } from "../src/observe/log.ts";
-import { fixtureLines, simulate } from "../scripts/_sim_engine.ts";
-import { parseTwiml } from "../scripts/_sim_twilio.ts";
+import { fixtureLines, simulate } from "../tools/twilio/simulation.ts";
+import { parseTwiml } from "../tools/twilio/http.ts";
 import { formatReport, parseSimulateArgs, reportJson } from "../scripts/simulate.ts";
-import { MsHistogram } from "../scripts/_sim_stats.ts";
-import { sandboxToml, startProviderServers } from "./support/sandbox.ts";
-import { actsReply } from "./support/sandbox_acts.ts";
-import { startToolServer } from "./support/tool_server.ts";
+import { MsHistogram } from "../tools/stats.ts";
+import { sandboxToml, startProviderServers } from "../tools/sandbox/sandbox.ts";
+import { actsReply } from "../tools/sandbox/acts.ts";
+import { startToolServer } from "../tools/sandbox/tool_server.ts";
 import { devToml } from "../scripts/dev.ts";
-import { simulateActs } from "../scripts/_sim_acts.ts";
+import { simulateActs } from "../tools/twilio/acts.ts";
 
 const TOKEN = "simulate-test-token";
 

@@ -14,7 +14,7 @@ import type { AgentFactory, CallAgent } from "../src/call/agent.ts";
 import type { CallSession } from "../src/call/session.ts";
 import { TX_STALL_CLOSE_S } from "../src/call/_session_timers.ts";
 import { startCallServer, testCallConfig, waitUntil } from "./support/call_server.ts";
-import { TwilioClient } from "./support/twilio_client.ts";
+import { TwilioClient } from "../tools/twilio/client.ts";
 
 const MAX_BUFFERED = 64 * 1024;
 const TX_QUEUE_FRAMES = 144;

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { computeSignature } from "../src/twilio/signature.ts";
-import { fixtureClips, startSandbox } from "./support/sandbox.ts";
-import { TwilioClient } from "./support/twilio_client.ts";
+import { fixtureClips, startSandbox } from "../tools/sandbox/sandbox.ts";
+import { TwilioClient } from "../tools/twilio/client.ts";
 
 const TOKEN = "status-load-token";
 const PUBLIC_URL = "http://127.0.0.1:8080";

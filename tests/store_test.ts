@@ -4,7 +4,7 @@ import { createLogger, type Logger } from "../src/observe/log.ts";
 import { openCallStore } from "../src/store/sqlite.ts";
 import { openCallReader } from "../src/store/read.ts";
 import { summarize } from "../src/store/_stats.ts";
-import { LATENCY_NAMES } from "../src/store/_schema.ts";
+import { LATENCY_NAMES, SCHEMA_VERSION } from "../src/store/_schema.ts";
 import { startCheckpointer } from "../src/store/_checkpointer.ts";
 import type { CallEnded, CallEvent, CallStarted, TurnRecord } from "../src/store/types.ts";
 import { recordAgentActs } from "./support/agent_acts_records.ts";
@@ -344,7 +344,7 @@ Deno.test("openCallStore() migrates a fresh file to the current schema in WAL mo
   await store.close();
   const db = new DatabaseSync(path, { readOnly: true });
   try {
-    assert.equal(db.prepare("PRAGMA user_version").get()?.user_version, 3);
+    assert.equal(db.prepare("PRAGMA user_version").get()?.user_version, SCHEMA_VERSION);
     assert.equal(db.prepare("PRAGMA journal_mode").get()?.journal_mode, "wal");
     assert.ok(!lines.some((l) => l.includes("checkpoints on the main thread")), lines.join("\n"));
   } finally {

@@ -8,17 +8,20 @@ import fc from "fast-check";
 import { ProviderError } from "../src/errors.ts";
 import { AudioRing } from "../src/stt/_audio_ring.ts";
 import { EventQueue } from "../src/stt/_event_queue.ts";
-import { GrpcCode, parseEndpoint, toProviderError } from "../src/stt/_grpc.ts";
+import { GrpcCode, parseEndpoint, toProviderError } from "../src/providers/grpc.ts";
 import { durationMs, readResponse } from "../src/stt/_response.ts";
 import { createLogger } from "../src/observe/log.ts";
 import { RecognizeWorker } from "../src/stt/_recognize_worker.ts";
+import { RecognizeMode } from "../src/stt/_recognize_mode.ts";
+import { Timers } from "../src/stt/_timers.ts";
+import { STT_TUNING } from "../src/stt/_tuning.ts";
 import { levelDbfs, Segmenter } from "../src/stt/_segmenter.ts";
 import type { SttEvent } from "../src/stt/types.ts";
-import { ClipMatcher, findClips } from "./support/_clip_matcher.ts";
-import { type Clip, loadClips } from "./support/_protos.ts";
-import { concatBytes } from "./support/bytes.ts";
+import { ClipMatcher, findClips } from "../tools/sandbox/_clip_matcher.ts";
+import { type Clip, fixtureClips } from "../tools/sandbox/sandbox.ts";
+import { concatBytes } from "../tools/bytes.ts";
 
-const CLIPS: Clip[] = loadClips(new URL("./fixtures/clips.json", import.meta.url).pathname);
+const CLIPS: Clip[] = fixtureClips();
 
 function silence(ms: number): Uint8Array {
   return new Uint8Array(ms * 8).fill(0xff);
@@ -294,6 +297,42 @@ Deno.test("RecognizeWorker reports what it gives up: refused audio, the oldest p
   assert.ok(lines.some((l) => /audio lost .*reason=call_ended/.test(l)), "what the end cut off");
   assert.deepEqual(texts(), []);
   assert.ok(calls.length >= 2);
+});
+
+Deno.test("RecognizeMode.leave() trims what Recognize answered since the last batch: the stream never hears it again", async () => {
+  const ring = new AudioRing(STT_TUNING.ringBytes);
+  const events: SttEvent[] = [];
+  const timers = new Timers();
+  const abort = new AbortController();
+  const mode = new RecognizeMode({
+    ring,
+    recognize: () => Promise.resolve([{ text: "recognized", confidence: 0.9 }]),
+    emit: (event) => events.push(event),
+    probe: {
+      endpoints: ["127.0.0.1:9"],
+      openStream: () => Promise.reject(new Error("not used")),
+      streamingConfig: {},
+    },
+    onStream: () => {},
+    tuning: { ...STT_TUNING, resumeFirstMs: 60_000 },
+    timers,
+    log: createLogger(() => {}),
+    signal: abort.signal,
+  });
+  mode.enter(unavailable());
+  // As the session does: every batch goes to the ring, then to the mode.
+  const push = (audio: Uint8Array) => {
+    ring.append(audio);
+    mode.push(audio);
+  };
+  push(concatBytes(silence(400), noise(500, 7), silence(700))); // one utterance, sent at once
+  assert.equal(ring.begin, 100 * 8, "held from the utterance (with its preroll) on");
+  await new Promise((resolve) => setTimeout(resolve, 10)); // Recognize answers; no batch since
+  assert.deepEqual(events.flatMap((e) => e.type === "final" ? [e.text] : []), ["recognized"]);
+  mode.leave(); // a probe's stream is up now
+  assert.ok(ring.begin >= 1000 * 8, `the replay starts after the recognized audio (${ring.begin})`);
+  mode.stop();
+  timers.clear();
 });
 
 Deno.test("EventQueue drops the oldest when full and ends after draining", async () => {

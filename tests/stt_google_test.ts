@@ -1,5 +1,5 @@
 /**
- * Google STT provider against the local gRPC Speech server (tests/support/speech_server.ts), with the
+ * Google STT provider against the local gRPC Speech server (tools/sandbox/speech_server.ts), with the
  * real `@google-cloud/speech` client over real loopback sockets. The server recognizes a clip only
  * when its exact bytes arrive contiguously on one stream, so "every clip recognized exactly once"
  * proves that no audio was lost, cut or duplicated across stream restarts.
@@ -7,7 +7,9 @@
 import assert from "node:assert/strict";
 import * as grpc from "@grpc/grpc-js";
 import { v1 } from "@google-cloud/speech";
-import { gaxClientOptions } from "../src/stt/_grpc.ts";
+import { gaxClientOptions } from "../src/providers/grpc.ts";
+import * as metrics from "../src/observe/metrics.ts";
+import { parsePrometheusText, sampleValue } from "../src/observe/prom_parse.ts";
 import {
   clip,
   CLIPS,
@@ -20,7 +22,7 @@ import {
   waitFor,
   withServer,
 } from "./support/stt_harness.ts";
-import { concatBytes } from "./support/bytes.ts";
+import { concatBytes } from "../tools/bytes.ts";
 
 const [APPOINTMENT, HOURS, GOODBYE, TOMORROW] = ["appointment", "hours", "goodbye", "tomorrow"]
   .map(clip);
@@ -32,6 +34,7 @@ Deno.test(
   "open() streams MULAW 8000 Hz he-IL phone_call audio in 40 ms batches, in order",
   TEST,
   async () => {
+    metrics.resetMetrics();
     await withServer({ clips: CLIPS }, async (server) => {
       const h = openSession(sttConfig(server.address));
       await h.session.ready;
@@ -62,6 +65,12 @@ Deno.test(
       const partials = h.events.filter((e) => e.type === "partial");
       assert.ok(partials.length >= 2, "interim results arrive as partial events");
       assert.ok(HOURS.text.startsWith(partials[0].type === "partial" ? partials[0].text : "?"));
+      // The final's latency (its end written → final received) is in the per-provider histogram.
+      const scrape = parsePrometheusText(metrics.renderMetrics());
+      const labels = { provider: "google" };
+      assert.equal(sampleValue(scrape, "kav_stt_final_latency_seconds_count", labels), 1);
+      const seconds = sampleValue(scrape, "kav_stt_final_latency_seconds_sum", labels) ?? -1;
+      assert.ok(seconds >= 0 && seconds < 2, `${seconds} s`);
     });
   },
 );

@@ -1,6 +1,6 @@
 /**
  * The OpenAI-compatible STT provider against the local speech server
- * (tests/support/openai_speech_server.ts), with the real `npm:openai` client over loopback:
+ * (tools/sandbox/openai_speech_server.ts), with the real `npm:openai` client over loopback:
  * utterances cut by Kav's VAD and uploaded as WAV in a multipart form, SSE partials in OpenAI's and
  * vLLM's shapes, and the no-loss promise (retries in order, drops only past a bound, logged and
  * counted).
@@ -20,7 +20,7 @@ import type { SpeechSession, SttEvent } from "../src/stt/types.ts";
 import {
   type OpenAiSpeechServer,
   startOpenAiSpeechServer,
-} from "./support/openai_speech_server.ts";
+} from "../tools/sandbox/openai_speech_server.ts";
 import { clip, CLIPS, silence } from "./support/stt_harness.ts";
 import { waitUntil } from "./support/_conversation.ts";
 

@@ -7,7 +7,7 @@
 import assert from "node:assert/strict";
 import * as grpc from "@grpc/grpc-js";
 import type { SttEvent } from "../src/stt/types.ts";
-import type { SpeechServer, StreamRecord } from "./support/speech_server.ts";
+import type { SpeechServer, StreamRecord } from "../tools/sandbox/speech_server.ts";
 import {
   CallerLine,
   clip,

@@ -6,8 +6,8 @@
 import assert from "node:assert/strict";
 import { fixtureClip, sayAndWait, startKavProcess } from "./support/kav_process.ts";
 import { commandRuns, ignoredWhen } from "./support/requires.ts";
-import { startProviderServers } from "./support/sandbox.ts";
-import { TwilioClient } from "./support/twilio_client.ts";
+import { startProviderServers } from "../tools/sandbox/sandbox.ts";
+import { TwilioClient } from "../tools/twilio/client.ts";
 
 const TIMEOUT_MS = 30_000;
 

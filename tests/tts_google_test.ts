@@ -1,6 +1,6 @@
 /**
  * Google TTS provider and the boot-time phrase cache against the local gRPC TextToSpeech server
- * (tests/support/tts_server.ts), with the real `@google-cloud/text-to-speech` client over loopback.
+ * (tools/sandbox/tts_server.ts), with the real `@google-cloud/text-to-speech` client over loopback.
  */
 import assert from "node:assert/strict";
 import * as grpc from "@grpc/grpc-js";
@@ -10,7 +10,7 @@ import { createLogger } from "../src/observe/log.ts";
 import { PhraseCache } from "../src/tts/cache.ts";
 import { createGoogleTts, stripWavHeader } from "../src/tts/google.ts";
 import type { TtsProvider } from "../src/tts/types.ts";
-import { startTtsServer, synthWaveform, type TtsServer, wav } from "./support/tts_server.ts";
+import { startTtsServer, synthWaveform, type TtsServer, wav } from "../tools/sandbox/tts_server.ts";
 
 function ttsConfig(endpoint: string): Parameters<typeof createGoogleTts>[0] {
   return {

@@ -1,12 +1,12 @@
 /**
  * The OpenAI-compatible TTS provider against the local speech server
- * (tests/support/openai_speech_server.ts), with the real `npm:openai` client over loopback: the
+ * (tools/sandbox/openai_speech_server.ts), with the real `npm:openai` client over loopback: the
  * request, streaming (audio handed on before the answer is complete), the conversion of 24 kHz
  * PCM or WAV to 8 kHz μ-law (frequency, attenuation above 4 kHz, duration), errors in OpenAI's
  * shape, and the phrase cache on top.
  */
 import assert from "node:assert/strict";
-import { decodeMulaw } from "./support/bytes.ts";
+import { decodeMulaw } from "../tools/bytes.ts";
 import { parseConfig } from "../src/config/load.ts";
 import type { TtsOpenAiConfig } from "../src/config/types.ts";
 import { ProviderError } from "../src/errors.ts";
@@ -20,7 +20,7 @@ import {
   type OpenAiSpeechServer,
   type OpenAiSpeechServerOptions,
   startOpenAiSpeechServer,
-} from "./support/openai_speech_server.ts";
+} from "../tools/sandbox/openai_speech_server.ts";
 import { measureTone, rms, sine } from "./support/tones.ts";
 
 /** `[tts.openai]` through the real config loader. */

@@ -1,8 +1,8 @@
 import assert from "node:assert/strict";
 import { encodeMulaw, frameDbfs } from "../src/audio/mulaw.ts";
-import { decodeMulaw } from "./support/bytes.ts";
+import { decodeMulaw } from "../tools/bytes.ts";
 import { createVad, Vad, type VadTransition } from "../src/audio/vad.ts";
-import { concatBytes } from "./support/bytes.ts";
+import { concatBytes } from "../tools/bytes.ts";
 
 /**
  * Real Hebrew speech: the shared clips (espeak-ng he → 8000 Hz μ-law, trimmed) and our own
@@ -12,7 +12,7 @@ import { concatBytes } from "./support/bytes.ts";
  */
 const FIXTURES = [
   "tests/fixtures/vad/appointment_long.ulaw",
-  ...listClips("tests/fixtures/audio"),
+  ...listClips("tools/sandbox/fixtures/audio"),
 ];
 const HANGOVER_MS = 180;
 /** A 20 ms window above this level counts as voiced for the ground truth. */

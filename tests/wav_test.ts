@@ -9,7 +9,7 @@ import {
   MULAW_TO_PCM,
 } from "../src/audio/mulaw.ts";
 import { parseWav } from "../src/audio/wav.ts";
-import { concatBytes, decodeMulaw } from "./support/bytes.ts";
+import { concatBytes, decodeMulaw } from "../tools/bytes.ts";
 import { commandRuns, ignoredWhen } from "./support/requires.ts";
 
 /** Every μ-law byte once, then a ramp: covers the whole table. */

@@ -12,6 +12,7 @@
 import { ProviderError } from "../errors.ts";
 import { SentenceCutter } from "../llm/sentences.ts";
 import type { ChatMessage, LlmProvider, ToolCall } from "../llm/types.ts";
+import { retry, type RetryPolicy } from "../providers/policy.ts";
 import type { TurnTimings } from "../store/types.ts";
 import type { TtsProvider } from "../tts/types.ts";
 import type { AgentContext, CallAction } from "../call/agent.ts";
@@ -58,7 +59,13 @@ interface SpokenItem {
   readonly audio?: Uint8Array | null;
 }
 
-const TTS_ATTEMPTS = 2;
+/** A sentence's TTS: one retry of a retryable failure, after a short jittered wait (a live call). */
+const TTS_RETRY: RetryPolicy = Object.freeze({
+  attempts: 2,
+  firstMs: 100,
+  maxMs: 100,
+  jitter: 0.5,
+});
 
 /** Starts the answer at once; see the module comment. */
 export function speakReply(options: ReplyOptions): AgentReply {
@@ -365,10 +372,10 @@ export class AgentReply {
   }
 
   /**
-   * TTS (one retry), then the apology; queues the audio (as it arrives, when the provider streams)
-   * and a mark. False: stop speaking. An apology ends the answer: what would follow it no longer
-   * fits. A stream that breaks after some audio was queued keeps that audio and its mark, then
-   * the apology follows.
+   * TTS (a retryable failure retried once), then the apology; queues the audio (as it arrives,
+   * when the provider streams) and a mark. False: stop speaking. An apology ends the answer: what
+   * would follow it no longer fits. A stream that breaks after some audio was queued keeps that
+   * audio and its mark, then the apology follows.
    */
   async #speakItem(item: SpokenItem): Promise<boolean> {
     let spoken = item;
@@ -437,36 +444,37 @@ export class AgentReply {
   }
 
   /**
-   * The audio of `text`, with one retry: whole from `synthesize`, or from `stream` once its first
-   * chunk has come (a stream that fails before any audio is retried like a failed request).
+   * The audio of `text`, retried per `TTS_RETRY` when the failure is retryable: whole from
+   * `synthesize`, or from `stream` once its first chunk has come (a stream that fails before any
+   * audio is retried like a failed request). Null when it failed for good or was cancelled.
    */
   async #synthesize(text: string): Promise<AsyncIterable<Uint8Array> | null> {
     const { clock, tts } = this.#o;
-    for (let attempt = 1; attempt <= TTS_ATTEMPTS; attempt++) {
-      if (this.#signal.aborted) return null;
-      const startedAt = clock.now();
-      try {
+    const signal = this.#signal;
+    if (signal.aborted) return null;
+    try {
+      return await retry(async () => {
+        const startedAt = clock.now();
         const audio = tts.stream
-          ? await firstChunk(tts.stream(text, { signal: this.#signal }))
-          : once(await tts.synthesize(text, { signal: this.#signal }));
+          ? await firstChunk(tts.stream(text, { signal }))
+          : once(await tts.synthesize(text, { signal }));
         if (this.#ttsStartAt === null) {
           this.#ttsStartAt = startedAt;
           this.#ttsAudioAt = clock.now();
         }
         return audio;
-      } catch (error) {
-        if (this.#signal.aborted) return null;
-        this.#providerFailed("tts", error, attempt < TTS_ATTEMPTS);
-      }
+      }, { ...TTS_RETRY, signal, onRetry: (error) => this.#providerFailed("tts", error, true) });
+    } catch (error) {
+      if (!signal.aborted) this.#providerFailed("tts", error);
+      return null;
     }
-    return null;
   }
 
   #providerFailed(provider: "llm" | "tts", error: unknown, willRetry = false): void {
     const { ctx } = this.#o;
     const category = error instanceof ProviderError ? error.category : "server";
     const message = error instanceof Error ? error.message : String(error);
-    // The provider adapters count `kav_provider_errors_total` themselves.
+    // The provider policy (src/providers/policy.ts) counts `kav_provider_errors_total`.
     ctx.log.warn(provider.toUpperCase(), willRetry ? "failed, retrying" : "failed", {
       category,
       error: message,

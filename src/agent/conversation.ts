@@ -27,6 +27,7 @@ import type { TurnTimings } from "../store/types.ts";
 import type { SttEvent } from "../stt/types.ts";
 import type { TtsProvider } from "../tts/types.ts";
 import type { AgentContext, AgentFactory, CallAgent, MarkEcho } from "../call/agent.ts";
+import type { AgentLive, AgentState, LiveLine } from "../call/live.ts";
 import { type AgentReply, speakReply } from "./_reply.ts";
 import { fetchCallerContext, promptWithContext } from "./context.ts";
 import { Greeting } from "./greeting.ts";
@@ -112,6 +113,9 @@ class Conversation implements CallAgent {
   #closed = false;
   /** Onset (clock ms) of the first speech since the last caller turn, for the turn's start. */
   #speechStartAt: number | null = null;
+  /** For the live view: the last answer heard and its latency. */
+  #lastAgentLine: LiveLine | null = null;
+  #lastTurnLatencyMs: number | null = null;
 
   constructor(deps: ConversationDeps, ctx: AgentContext) {
     this.#deps = deps;
@@ -175,6 +179,24 @@ class Conversation implements CallAgent {
     // A key pressed while the agent speaks interrupts it, like speech does.
     this.#bargeIn(this.#clock.now(), "dtmf");
     this.#keypad.press(digit);
+  }
+
+  live(): AgentLive {
+    // An answer on the wire already has its latency, before its last sentence is heard.
+    const reply = this.#reply;
+    const current = reply !== null && reply.audioQueued ? reply.timings().e2e_latency : null;
+    return {
+      state: this.#state(),
+      lastAgentLine: this.#lastAgentLine,
+      lastTurnLatencyMs: current ?? this.#lastTurnLatencyMs,
+    };
+  }
+
+  #state(): AgentState {
+    if (this.#greeting.playing) return "greeting";
+    const reply = this.#reply;
+    if (reply === null || reply.recorded) return "listening";
+    return reply.audioQueued ? "speaking" : "thinking";
   }
 
   async close(): Promise<void> {
@@ -385,6 +407,10 @@ class Conversation implements CallAgent {
     if (!reply.audioQueued) return;
     const heard = reply.heardText();
     const timings = reply.timings();
+    if (heard !== "") {
+      this.#lastAgentLine = { speaker: "agent", text: heard, final: true, at: Date.now() };
+    }
+    if (timings.e2e_latency !== null) this.#lastTurnLatencyMs = timings.e2e_latency;
     if (timings.e2e_latency !== null) metrics.e2eLatencyObserved(timings.e2e_latency / 1000);
     const index = this.#turnIndex++;
     const generated = reply.generatedText();

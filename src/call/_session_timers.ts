@@ -105,11 +105,20 @@ export class Telemetry {
   };
 }
 
-/** The per-second `[RX]` and `[TX]` lines (SPEC 2 telemetry). */
+/** One telemetry second's figures, kept for the live view. */
+export interface TelemetryWindow {
+  readonly rxFps: number;
+  readonly rxQueue: number;
+  readonly txFps: number;
+  readonly txQueue: number;
+  readonly txLateMsMax: number;
+}
+
+/** The per-second `[RX]` and `[TX]` lines (SPEC 2 telemetry); returns what they said. */
 export function logTelemetry(
   log: Logger,
   parts: { rx: RxWorker; rxQueue: RxQueue<Uint8Array>; tx: TxWorker; framesIn: number },
-): void {
+): TelemetryWindow {
   const rw = parts.rx.takeWindow();
   const tw = parts.tx.takeWindow();
   const q = parts.rxQueue;
@@ -125,6 +134,13 @@ export function logTelemetry(
     drops: 0,
     late_ms_max: tw.lateMsMax,
   });
+  return {
+    rxFps: parts.framesIn,
+    rxQueue: q.size,
+    txFps: tw.frames,
+    txQueue: parts.tx.queue.size,
+    txLateMsMax: tw.lateMsMax,
+  };
 }
 
 /**

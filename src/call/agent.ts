@@ -11,6 +11,7 @@ import type { SttEvent } from "../stt/types.ts";
 import type { HandOff, Resume } from "./hand_off.ts";
 
 export type { CallAction, HandOff, Resume } from "./hand_off.ts";
+import type { AgentLive } from "./live.ts";
 
 /**
  * The agent's side of the TX queue. All audio is raw μ-law 8000 Hz mono (20 ms = 160 bytes).
@@ -72,6 +73,11 @@ export interface CallAgent {
   onMark(name: string, echo: MarkEcho): void;
   /** A DTMF digit pressed by the caller ("0"-"9", "*", "#"). */
   onDtmf(digit: string): void;
+  /**
+   * What the agent is doing, for the operator console's live view (read about once a second; must
+   * be cheap and must not change anything). Optional: without it the call shows as listening.
+   */
+  live?(): AgentLive;
   /**
    * The call is ending (the context's `signal` is already aborted). Flush what must be recorded;
    * the core waits for this with a cap before closing the speech session and the store record.

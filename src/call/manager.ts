@@ -11,9 +11,12 @@ import type { AgentFactory } from "./agent.ts";
 import type { HandOffBoard } from "./hand_off.ts";
 import { type Scheduler, sharedScheduler } from "./scheduler.ts";
 import { CallSession } from "./session.ts";
+import type { LiveCall, LiveSnapshot } from "./live.ts";
 
 /** Process-level last line of containment; `runKav` installs it (see `_session_escape.ts`). */
 export { installEscapeHandlers } from "./_session_escape.ts";
+/** The call scope every socket handler runs in, also timed by `scripts/bench_containment.ts`. */
+export { type CallScope, inCallScope } from "./_session_escape.ts";
 
 /** The config slices the call core reads. */
 export interface CallCoreConfig {
@@ -118,6 +121,13 @@ export class CallManager {
   /** The live sessions (a snapshot). */
   sessions(): CallSession[] {
     return [...this.#sessions];
+  }
+
+  /** Every call in progress as the operator console shows it (read-only). */
+  live(): LiveSnapshot {
+    const calls: LiveCall[] = [];
+    for (const session of this.#sessions) calls.push(session.live());
+    return { at: Date.now(), calls };
   }
 
   /**

@@ -25,8 +25,10 @@ import {
   logTelemetry,
   StallWatch,
   Telemetry,
+  type TelemetryWindow,
   TX_STALL_CLOSE_S,
 } from "./_session_timers.ts";
+import type { LiveCall, LiveLine } from "./live.ts";
 import { MarkTracker } from "./marks.ts";
 import { QueueOutbound } from "./outbound.ts";
 import { RxQueue } from "./rx_queue.ts";
@@ -71,6 +73,10 @@ export class CallSession {
   #earlyFailure: string | null = null;
   #earlyFailureTimer: ReturnType<typeof setTimeout> | undefined;
   #windowIn = 0;
+  /** The last telemetry second, and the caller's last partial or final (for the live view). */
+  #lastWindow: TelemetryWindow | null = null;
+  #callerLine: LiveLine | null = null;
+  readonly #connectedAt = Date.now();
   readonly #stall = new StallWatch();
   /** For the workers and the speech session: logs as `call=<connection id>`, then `<CallSid>`. */
   readonly #followingLog: Logger = followingLogger(() => this.#log);
@@ -151,6 +157,37 @@ export class CallSession {
     };
   }
 
+  /** The call as the live view shows it (read-only; cheap enough to call every second). */
+  live(): LiveCall {
+    const params = this.#start?.customParameters;
+    const agent = this.#agent?.live?.() ?? null;
+    const window = this.#lastWindow;
+    const agentLine = agent?.lastAgentLine ?? null;
+    const callerLine = this.#callerLine;
+    return {
+      callSid: this.callSid,
+      connectionId: this.connectionId,
+      from: params?.["From"] ?? null,
+      to: params?.["To"] ?? null,
+      connectedAt: this.#connectedAt,
+      state: agent?.state ?? (this.#start === null ? "connecting" : "listening"),
+      media: {
+        rxFps: window?.rxFps ?? 0,
+        rxQueue: this.#rxQueue.size,
+        rxDrops: this.#rxQueue.drops,
+        txFps: window?.txFps ?? 0,
+        txQueue: this.#tx?.queue.size ?? 0,
+        txLate: this.#tx?.lateTicks ?? 0,
+        txLateMsMax: window?.txLateMsMax ?? 0,
+        malformed: this.#malformed,
+      },
+      lastLine: agentLine === null || (callerLine !== null && callerLine.at >= agentLine.at)
+        ? callerLine
+        : agentLine,
+      lastTurnLatencyMs: agent?.lastTurnLatencyMs ?? null,
+    };
+  }
+
   /**
    * Ends the call (idempotent): abort, stop the workers, close the agent and the speech session
    * (each awaited with a cap), close the socket, record the end. Resolves with the record.
@@ -215,7 +252,13 @@ export class CallSession {
       log: () => this.#log,
       transcripts: deps.transcripts,
       event: (kind, detail) => this.#event(kind, detail),
-      deliver: (event) => this.#agent?.onSpeech(event),
+      deliver: (event) => {
+        if (event.type === "partial" || event.type === "final") {
+          const final = event.type === "final";
+          this.#callerLine = { speaker: "caller", text: event.text, final, at: Date.now() };
+        }
+        this.#agent?.onSpeech(event);
+      },
       fail,
     });
     this.#limits.start();
@@ -356,7 +399,7 @@ export class CallSession {
   #logTelemetry(): void {
     if (this.#rx === null || this.#tx === null) return;
     this.#checkStall(this.#tx);
-    logTelemetry(this.#log, {
+    this.#lastWindow = logTelemetry(this.#log, {
       rx: this.#rx,
       rxQueue: this.#rxQueue,
       tx: this.#tx,

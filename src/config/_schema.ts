@@ -26,6 +26,12 @@ export type Rule =
 
 const MIB = 1024 * 1024;
 
+/** Whether `hostname` can only be reached from this host (127.0.0.0/8, ::1, localhost). */
+export function isLoopbackHost(hostname: string): boolean {
+  const host = hostname.toLowerCase();
+  return host === "localhost" || host === "::1" || /^127(?:\.\d{1,3}){3}$/.test(host);
+}
+
 /** "host:port" or "[v6]:port", port 0-65535. */
 export function parseListen(value: string): { hostname: string; port: number } | null {
   const match = /^(?:\[([0-9A-Fa-f:.%\w]+)\]|([^\s:[\]]+)):(\d{1,5})$/.exec(value);
@@ -192,6 +198,8 @@ export const SCHEMA: ReadonlyMap<string, Rule> = new Map<string, Rule>([
   ["log.transcripts", bool(true)],
   ["crm.url", { kind: "nullable_string", default: null, check: checkHttpUrl }],
   ["crm.context_url", { kind: "nullable_string", default: null, check: checkHttpUrl }],
+  // The operator console's own listener (SPEC 7); "" turns it off.
+  ["admin.listen", { kind: "nullable_string", default: "127.0.0.1:9090", check: checkListen }],
 ]);
 
 /** Secrets (and the Google credential path) never read from the file, with where they come from. */
@@ -203,6 +211,7 @@ export const SECRET_KEYS: ReadonlyMap<string, { env: string; credential: string 
   ["tts.openai.api_key", { env: "OPENAI_TTS_API_KEY", credential: "openai_tts_api_key" }],
   ["crm.secret", { env: "KAV_CRM_SECRET", credential: "crm_secret" }],
   ["storage.password", { env: "PGPASSWORD", credential: "db_password" }],
+  ["admin.token", { env: "KAV_ADMIN_TOKEN", credential: "admin_token" }],
   [
     "google.credentials_path",
     { env: "GOOGLE_APPLICATION_CREDENTIALS", credential: "google_credentials" },

@@ -7,7 +7,7 @@ import { parse, TomlError } from "smol-toml";
 import type { Config } from "./types.ts";
 import { ConfigError, type ConfigProblem } from "../errors.ts";
 import { indexLines, lineOf } from "./_lines.ts";
-import { type ConfigValue, parseListen, SECRET_KEYS } from "./_schema.ts";
+import { type ConfigValue, isLoopbackHost, parseListen, SECRET_KEYS } from "./_schema.ts";
 import { validateTree } from "./_validate.ts";
 import { type AgentActs, validateAgentActs } from "./_agent_acts.ts";
 
@@ -88,11 +88,39 @@ export function parseConfig(text: string, options: ConfigOptions = {}): Config {
       : ["server.tls_cert", "server.tls_key"];
     problem(set, `is set but ${unset} is not: set both or neither`);
   }
+  checkAdmin(values.get("admin.listen"), secrets.get("admin.token") ?? null, problem);
   const all = [...problems, ...acts.problems, ...extra].sort((a, b) =>
     (a.line ?? Infinity) - (b.line ?? Infinity)
   );
   if (all.length > 0) throw new ConfigError(all);
   return deepFreeze(buildConfig(values, secrets, acts));
+}
+
+/** Shortest admin token accepted: a guessable token would guard call transcripts. */
+export const ADMIN_TOKEN_MIN_CHARS = 16;
+
+/** SPEC 7: the console is never reachable from another host without a token. */
+function checkAdmin(
+  listen: ConfigValue | undefined,
+  token: string | null,
+  problem: (key: string, message: string) => void,
+): void {
+  if (token !== null && token.length < ADMIN_TOKEN_MIN_CHARS) {
+    problem(
+      "admin.token",
+      `must be at least ${ADMIN_TOKEN_MIN_CHARS} characters (env KAV_ADMIN_TOKEN or the credential admin_token): it has ${token.length}`,
+    );
+  }
+  if (typeof listen !== "string" || token !== null) return;
+  const parsed = parseListen(listen);
+  if (parsed !== null && !isLoopbackHost(parsed.hostname)) {
+    problem(
+      "admin.listen",
+      `is ${
+        JSON.stringify(listen)
+      }, reachable from other hosts, but no token was found: set env KAV_ADMIN_TOKEN or the systemd credential admin_token, or listen on 127.0.0.1`,
+    );
+  }
 }
 
 function readSecret(
@@ -167,6 +195,11 @@ function buildConfig(
   const fallback = optStr("stt.openai.fallback_base_url");
   const listen = parseListen(str("server.listen"));
   if (listen === null) throw new TypeError("Cannot parse server.listen after validation");
+  const adminListen = optStr("admin.listen");
+  const admin = adminListen === null ? null : parseListen(adminListen);
+  if (adminListen !== null && admin === null) {
+    throw new TypeError("Cannot parse admin.listen after validation");
+  }
   return {
     server: {
       hostname: listen.hostname,
@@ -265,6 +298,7 @@ function buildConfig(
       context_url: optStr("crm.context_url"),
     },
     google: { credentials_path: secrets.get("google.credentials_path") ?? null },
+    admin: { listen: admin, token: secrets.get("admin.token") ?? null },
     tools: acts.tools,
   };
 }

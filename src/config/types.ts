@@ -194,6 +194,17 @@ export interface CrmConfig {
   readonly context_url: string | null;
 }
 
+/** The operator console (SPEC 7), on its own listener apart from the port Twilio reaches. */
+export interface AdminConfig {
+  /** Where the console listens, from `admin.listen`; null when "" (off). */
+  readonly listen: { readonly hostname: string; readonly port: number } | null;
+  /**
+   * From env KAV_ADMIN_TOKEN or credential `admin_token`; null when absent (then the console stays
+   * off, and a non-loopback `listen` is refused).
+   */
+  readonly token: string | null;
+}
+
 export interface GoogleCredentials {
   /** Path to a service-account JSON, from env GOOGLE_APPLICATION_CREDENTIALS or credential `google_credentials`. */
   readonly credentials_path: string | null;
@@ -211,6 +222,7 @@ export interface Config {
   readonly log: LogConfig;
   readonly crm: CrmConfig;
   readonly google: GoogleCredentials;
+  readonly admin: AdminConfig;
   /** `[[tools]]`, in file order. */
   readonly tools: readonly ToolConfig[];
 }

@@ -7,8 +7,8 @@ import OpenAI, { APIError } from "openai";
 import type { LlmConfig } from "../config/types.ts";
 import { ProviderError } from "../errors.ts";
 import type { Logger } from "../observe/log.ts";
-import * as metrics from "../observe/metrics.ts";
-import { mapOpenAiError } from "./openai_errors.ts";
+import { mapOpenAiError } from "../providers/openai_errors.ts";
+import { observeStream } from "../providers/policy.ts";
 import type {
   ChatMessage,
   LlmDelta,
@@ -53,14 +53,15 @@ export function createOpenAiLlm(config: LlmConfig, options: OpenAiLlmOptions = {
   });
   return {
     stream(messages: readonly ChatMessage[], streamOptions: OpenAiStreamOptions) {
-      return streamChat(
-        client,
-        config,
-        messages,
-        streamOptions.signal,
-        streamOptions.log ?? options.log,
-        streamOptions.tools ?? [],
-      );
+      return observeStream("llm", "chat", () =>
+        streamChat(
+          client,
+          config,
+          messages,
+          streamOptions.signal,
+          streamOptions.log ?? options.log,
+          streamOptions.tools ?? [],
+        ));
     },
   };
 }
@@ -141,7 +142,6 @@ async function* streamChat(
   } catch (error) {
     if (signal.aborted) throw signal.reason;
     const mapped = timedOut ? timeoutError(config, tokens) : mapError(error, config);
-    metrics.providerError("llm", mapped.category);
     log?.warn("LLM", "request failed", {
       category: mapped.category,
       retryable: mapped.retryable,

@@ -267,6 +267,11 @@ const ttsFirstByte = new LabelledHistogram(
   "TTS request sent to its first audio bytes, by provider",
   PROVIDER_BUCKETS_S,
 );
+const providerLatency = new LabelledHistogram(
+  "kav_provider_latency_seconds",
+  "Provider request sent to its answer (first token or audio when streamed), by provider and kind",
+  PROVIDER_BUCKETS_S,
+);
 const sttRetries = new Counter(
   "kav_stt_retries_total",
   "Utterance transcriptions tried again after a failure, by provider",
@@ -312,8 +317,13 @@ export function sttRestarted(): void {
 export function sttDegraded(delta: 1 | -1): void {
   sttDegradedSessions += delta;
 }
+/** Call through `countError` in `src/providers/policy.ts`, which counts each error once. */
 export function providerError(provider: string, category: string): void {
   providerErrors.inc({ provider, category });
+}
+/** A provider request of `kind` answered after `seconds` (through `observe` in the policy). */
+export function providerLatencyObserved(provider: string, kind: string, seconds: number): void {
+  providerLatency.observe({ provider, kind }, seconds);
 }
 /** An utterance's final transcript arrived `seconds` after the utterance ended. */
 export function sttFinalLatencyObserved(provider: string, seconds: number): void {

@@ -7,6 +7,7 @@ import type { CallEvent, TurnRecord } from "./types.ts";
 import {
   type CallDetail,
   type CallRow,
+  pageSize,
   type Row,
   toCallRow,
   toEvent,
@@ -14,6 +15,7 @@ import {
   toTransfer,
   toTurn,
 } from "./read.ts";
+import { type HistoryQuery, historyWhere } from "./_history_sql.ts";
 import type { PgQueryable } from "./_pg_client.ts";
 
 const CALL_SELECT =
@@ -25,6 +27,16 @@ const TURNS = "SELECT * FROM turns WHERE call_sid = $1 ORDER BY idx";
 const EVENTS = "SELECT * FROM events WHERE call_sid = $1 ORDER BY at, id";
 const TOOLS = "SELECT * FROM tool_calls WHERE call_sid = $1 ORDER BY at, id";
 const TRANSFERS = "SELECT * FROM transfers WHERE call_sid = $1 ORDER BY at, id";
+
+const PG_DIALECT = {
+  placeholder: (index: number) => `$${index}`,
+  // The expression of the turns_text_search index, so the planner can use it.
+  textMatch: (words: readonly string[], param: (value: string) => string) =>
+    "EXISTS (SELECT 1 FROM turns t WHERE t.call_sid = c.call_sid AND " +
+    `to_tsvector('simple', t.text) @@ to_tsquery('simple', ${
+      param(words.map((word) => `${word}:*`).join(" & "))
+    }))`,
+};
 
 /** Typed reads over a pool or a transaction. */
 export class PgCallReader {
@@ -38,6 +50,14 @@ export class PgCallReader {
   async listCalls(options: { sinceMs: number; limit?: number }): Promise<CallRow[]> {
     const rows = await this.#sql.unsafe<Row[]>(LIST, [options.sinceMs, options.limit ?? 1000]);
     return rows.map(toCallRow).reverse();
+  }
+
+  /** Calls matching `query`, newest first (see `history.ts`). */
+  async searchCalls(query: HistoryQuery): Promise<CallRow[]> {
+    const { where, params } = historyWhere(query, PG_DIALECT);
+    const sql = `${CALL_SELECT} WHERE ${where} ` +
+      `ORDER BY c.started_at DESC, c.call_sid DESC LIMIT ${pageSize(query.limit)}`;
+    return (await this.#sql.unsafe<Row[]>(sql, params)).map(toCallRow);
   }
 
   async getCallRow(callSid: string): Promise<CallRow | null> {

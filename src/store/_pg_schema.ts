@@ -90,7 +90,10 @@ CREATE TABLE kav_chores (
   node_id TEXT NOT NULL
 );
 `,
-  // 2: the agent acts (SPEC 6): tool calls, transfers and keypad turns, idempotent by op_key.
+  // 2: full-text search of transcripts for the console's history ('simple': no stemming or stop
+  // words, so Hebrew and English words match as written).
+  "CREATE INDEX turns_text_search ON turns USING gin (to_tsvector('simple', text));",
+  // 3: the agent acts (SPEC 6): tool calls, transfers and keypad turns, idempotent by op_key.
   `
 CREATE TABLE tool_calls (
   id BIGSERIAL PRIMARY KEY,

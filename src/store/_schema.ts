@@ -81,7 +81,30 @@ CREATE INDEX crm_outbox_call ON crm_outbox (call_sid);
 `,
   // 2: the node that answered the call (server.node_id); null for calls recorded before.
   "ALTER TABLE calls ADD COLUMN node_id TEXT;",
-  // 3: the agent acts (SPEC 6): tool calls, transfers and keypad turns.
+  // 3: full-text search of transcripts for the console's history (FTS5 over turns.text, kept by
+  // triggers). The writer replaces a turn with INSERT OR REPLACE, whose implicit delete fires no
+  // trigger: the BEFORE INSERT trigger takes the old text out of the index first.
+  `
+CREATE VIRTUAL TABLE turns_fts USING fts5(
+  text, content = 'turns', content_rowid = 'rowid', tokenize = 'unicode61 remove_diacritics 2'
+);
+CREATE TRIGGER turns_fts_replace BEFORE INSERT ON turns BEGIN
+  INSERT INTO turns_fts (turns_fts, rowid, text)
+    SELECT 'delete', rowid, text FROM turns WHERE call_sid = new.call_sid AND idx = new.idx;
+END;
+CREATE TRIGGER turns_fts_insert AFTER INSERT ON turns BEGIN
+  INSERT INTO turns_fts (rowid, text) VALUES (new.rowid, new.text);
+END;
+CREATE TRIGGER turns_fts_delete AFTER DELETE ON turns BEGIN
+  INSERT INTO turns_fts (turns_fts, rowid, text) VALUES ('delete', old.rowid, old.text);
+END;
+CREATE TRIGGER turns_fts_update AFTER UPDATE OF text ON turns BEGIN
+  INSERT INTO turns_fts (turns_fts, rowid, text) VALUES ('delete', old.rowid, old.text);
+  INSERT INTO turns_fts (rowid, text) VALUES (new.rowid, new.text);
+END;
+INSERT INTO turns_fts (turns_fts) VALUES ('rebuild');
+`,
+  // 4: the agent acts (SPEC 6): tool calls, transfers and keypad turns.
   `
 CREATE TABLE tool_calls (
   id INTEGER PRIMARY KEY,

@@ -24,6 +24,7 @@ import type {
 } from "./types.ts";
 import type { StoreOp } from "./_writer.ts";
 import type { CallDetail, CallRow } from "./read.ts";
+import type { CallHistory, HistorySource } from "./history.ts";
 import { type CrmBackoff, CrmOutbox } from "./crm_outbox.ts";
 import { createPgClient, describePgError, isConfigurationError, type PgSql } from "./_pg_client.ts";
 import { Journal } from "./_journal.ts";
@@ -71,7 +72,7 @@ export interface OpenPostgresStoreOptions {
 const DEFAULT_CRM_TIMEOUT_MS = 10_000;
 
 /** Use {@link openPostgresStore}. */
-export class PostgresCallStore implements CallStore {
+export class PostgresCallStore implements CallStore, HistorySource {
   readonly #options: OpenPostgresStoreOptions;
   readonly #log: Logger;
   readonly #now: () => number;
@@ -185,6 +186,16 @@ export class PostgresCallStore implements CallStore {
   /** A call of any node with its turns and events, or null. */
   getCall(callSid: string): Promise<CallDetail | null> {
     return new PgCallReader(this.#pool).getCall(callSid);
+  }
+
+  /** The console's history: the whole fleet's calls, read over the pool. */
+  openHistory(): Promise<CallHistory> {
+    const reader = () => new PgCallReader(this.#pool);
+    return Promise.resolve({
+      searchCalls: (query) => reader().searchCalls(query),
+      getCall: (callSid) => reader().getCall(callSid),
+      close: () => Promise.resolve(),
+    });
   }
 
   /** CRM summaries not yet delivered by any node, as last counted (0 with CRM off). */

@@ -13,6 +13,7 @@ import type {
   TurnTimings,
 } from "./types.ts";
 import { LATENCY_NAMES, SCHEMA_VERSION, schemaVersion } from "./_schema.ts";
+import { type HistoryQuery, historyWhere, MAX_PAGE } from "./_history_sql.ts";
 
 export type LatencyName = typeof LATENCY_NAMES[number];
 
@@ -215,6 +216,18 @@ export function toEvent(row: Row): CallEvent | null {
 const CALL_SELECT =
   "SELECT c.*, (SELECT count(*) FROM turns t WHERE t.call_sid = c.call_sid) AS turn_count FROM calls c";
 
+/** `limit` as a whole number within 1 to {@link MAX_PAGE}. */
+export function pageSize(limit: number): number {
+  return Math.max(1, Math.min(MAX_PAGE, Math.trunc(limit) || 1));
+}
+
+const SQLITE_DIALECT = {
+  placeholder: (index: number) => `?${index}`,
+  textMatch: (words: readonly string[], param: (value: string) => string) =>
+    "c.call_sid IN (SELECT t.call_sid FROM turns_fts f JOIN turns t ON t.rowid = f.rowid " +
+    `WHERE turns_fts MATCH ${param(words.map((word) => `"${word}"*`).join(" "))})`,
+};
+
 /** Prepared read queries over one connection. */
 export class CallReader {
   readonly #db: DatabaseSync;
@@ -244,6 +257,14 @@ export class CallReader {
   listCalls(options: { sinceMs: number; limit?: number }): CallRow[] {
     const rows = this.#list.all(options.sinceMs, options.limit ?? 1000) as Row[];
     return rows.map(toCallRow).reverse();
+  }
+
+  /** Calls matching `query`, newest first (FTS5 for the words; see `history.ts`). */
+  searchCalls(query: HistoryQuery): CallRow[] {
+    const { where, params } = historyWhere(query, SQLITE_DIALECT);
+    const sql = `${CALL_SELECT} WHERE ${where} ` +
+      `ORDER BY c.started_at DESC, c.call_sid DESC LIMIT ${pageSize(query.limit)}`;
+    return (this.#db.prepare(sql).all(...params) as Row[]).map(toCallRow);
   }
 
   /** The call row alone, or null. */

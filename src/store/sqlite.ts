@@ -28,6 +28,8 @@ import { RETENTION_CHUNK, sweepRetentionChunk, sweepRetentionOrphans } from "./_
 import { type Checkpointer, startCheckpointer } from "./_checkpointer.ts";
 import { type CrmBackoff, CrmOutbox, sqliteOutboxTable } from "./crm_outbox.ts";
 import { type CallDetail, CallReader, type CallRow } from "./read.ts";
+import type { CallHistory, HistorySource } from "./history.ts";
+import { openSqliteHistory } from "./_sqlite_history.ts";
 
 export { STORE_DEFAULTS, type StoreTuning };
 
@@ -59,8 +61,9 @@ interface StoreParts {
 }
 
 /** Use {@link openCallStore}. */
-export class SqliteCallStore implements CallStore {
+export class SqliteCallStore implements CallStore, HistorySource {
   readonly #db: DatabaseSync;
+  readonly #path: string;
   readonly #log: Logger;
   readonly #now: () => number;
   readonly #queue: WriteQueue;
@@ -73,6 +76,7 @@ export class SqliteCallStore implements CallStore {
 
   constructor(parts: StoreParts) {
     this.#db = parts.db;
+    this.#path = parts.path;
     this.#log = parts.log;
     this.#now = parts.now;
     this.#reader = new CallReader(parts.db);
@@ -133,6 +137,11 @@ export class SqliteCallStore implements CallStore {
   /** A call with its turns and events, or null. Sees only flushed writes. */
   getCall(callSid: string): CallDetail | null {
     return this.#reader.getCall(callSid);
+  }
+
+  /** The console's history: reads on a thread of their own (see `_sqlite_history.ts`). */
+  openHistory(): Promise<CallHistory> {
+    return openSqliteHistory({ path: this.#path, log: this.#log, fallback: this.#reader });
   }
 
   /** CRM summaries not yet delivered (0 with CRM off). */

@@ -14,18 +14,22 @@ import type { Logger } from "../observe/log.ts";
 import * as metrics from "../observe/metrics.ts";
 import { AudioRing } from "./_audio_ring.ts";
 import { EventQueue } from "./_event_queue.ts";
-import { GrpcCode, grpcCode, toProviderError } from "./_grpc.ts";
+import { GrpcCode, grpcCode, toProviderError } from "../providers/grpc.ts";
+import { countError } from "../providers/policy.ts";
 import { RecognizeMode } from "./_recognize_mode.ts";
-import { type RecognizedText, reportAudioLost } from "./_recognize_worker.ts";
+import type { RecognizedText } from "./_recognize_worker.ts";
 import { readResponse } from "./_response.ts";
 import { hasSpeech, Segmenter } from "./_segmenter.ts";
 import type { Response, Stream } from "./_stream_probe.ts";
 import { Timers } from "./_timers.ts";
 import type { SttTuning } from "./_tuning.ts";
+import { reportAudioLost } from "./_utterance_queue.ts";
 import type { SpeechSession, SttEvent } from "./types.ts";
 
 /** Trailing silence replayed after a restart in a quiet moment: 200 ms of μ-law. */
 const QUIET_REPLAY_BYTES = 1600;
+/** Batches whose write time is remembered, to time finals: 128 × 40 ms ≈ 5 s. */
+const WRITE_TIMES = 128;
 
 export interface GoogleSessionDeps {
   /** Primary endpoint, then the fallback one if configured. */
@@ -78,6 +82,10 @@ export class GoogleSpeechSession implements SpeechSession {
   /** `#ring.droppedBytes` already reported as lost. */
   #lostBytes = 0;
   #degraded = false;
+  /** Ring end offset and time of the last `WRITE_TIMES` batches (a circular log, no allocation). */
+  readonly #writeEnds = new Float64Array(WRITE_TIMES);
+  readonly #writeTimes = new Float64Array(WRITE_TIMES);
+  #writes = 0;
   #startedAt = 0;
   #base = 0;
   #sent = 0;
@@ -209,13 +217,16 @@ export class GoogleSpeechSession implements SpeechSession {
       : this.#batch.subarray(0, this.#batchFill);
     this.#ring.append(batch);
     this.#batchFill = 0;
+    const slot = this.#writes++ % WRITE_TIMES;
+    this.#writeEnds[slot] = this.#ring.end;
+    this.#writeTimes[slot] = this.#deps.now();
     if (this.#ring.droppedBytes !== this.#lostBytes) {
       // No final for longer than the ring holds (a stream that hears but never finalizes).
-      reportAudioLost(
-        this.#deps.log,
-        this.#ring.droppedBytes - this.#lostBytes,
-        "replay_buffer_full",
-      );
+      reportAudioLost(this.#deps.log, {
+        provider: "google",
+        bytes: this.#ring.droppedBytes - this.#lostBytes,
+        reason: "replay_buffer_full",
+      });
       this.#lostBytes = this.#ring.droppedBytes;
     }
     if (this.#mode === "recognize") {
@@ -326,6 +337,7 @@ export class GoogleSpeechSession implements SpeechSession {
       );
       if (final.text !== "") {
         this.#events.push({ type: "final", text: final.text, confidence: final.confidence });
+        if (final.endMs !== null) this.#observeLatency(this.#base + final.endMs * 8);
       }
     }
     if (partial) {
@@ -347,7 +359,7 @@ export class GoogleSpeechSession implements SpeechSession {
     const failure = error ?? { code: GrpcCode.UNKNOWN, details: "Stream ended by the server" };
     const { minHealthyStreamMs } = this.#deps.tuning;
     const providerError = toProviderError("stt", `Cannot stream speech at "${endpoint}"`, failure);
-    metrics.providerError("stt", providerError.category);
+    countError(providerError);
     // A stream that dies right after opening, with no result, counts as a failed open (backoff,
     // fallback), so a server that keeps refusing mid-stream cannot make us replay in a tight loop.
     // Results do not prove much (replayed audio gives some at once): streams that keep dying young
@@ -370,6 +382,8 @@ export class GoogleSpeechSession implements SpeechSession {
   }
 
   #openFailed(error: ProviderError): void {
+    // Every failed open counts, whatever found it (a stream's failure is counted once).
+    countError(error);
     this.#detach(false);
     this.#opening = false;
     if (this.#ending) {
@@ -463,6 +477,19 @@ export class GoogleSpeechSession implements SpeechSession {
     stream.removeAllListeners();
     stream.on("error", () => {}); // a cancelled call still reports CANCELLED
     if (cancel) stream.cancel();
+  }
+
+  /** Final latency: from when the audio at `offset` (its end) was written, to now. */
+  #observeLatency(offset: number): void {
+    const oldest = Math.max(0, this.#writes - WRITE_TIMES);
+    for (let i = oldest; i < this.#writes; i++) {
+      const slot = i % WRITE_TIMES;
+      if (this.#writeEnds[slot] >= offset) {
+        const ms = this.#deps.now() - this.#writeTimes[slot];
+        metrics.sttFinalLatencyObserved("google", ms / 1000);
+        return;
+      }
+    }
   }
 
   #setDegraded(degraded: boolean): void {

@@ -10,6 +10,7 @@
  */
 import type { ProviderError } from "../errors.ts";
 import type { Logger } from "../observe/log.ts";
+import { backoffMs } from "../providers/policy.ts";
 import type { AudioRing } from "./_audio_ring.ts";
 import { type RecognizedText, RecognizeWorker } from "./_recognize_worker.ts";
 import {
@@ -51,7 +52,9 @@ export class RecognizeMode {
   #probeTimer: Timer | null = null;
   #probeDue = false;
   #stopped = false;
-  /** The last wait before a streaming retry (ms); 0 when streaming has been healthy since. */
+  /** Streaming retries planned since streaming was last healthy. */
+  #retries = 0;
+  /** The last wait before a streaming retry (ms). */
   #delayMs = 0;
 
   constructor(deps: RecognizeModeDeps) {
@@ -112,6 +115,9 @@ export class RecognizeMode {
    * recognized is still in the ring, from which the session replays it into the stream.
    */
   leave(): void {
+    // Utterances recognized since the last batch are in the ring until trimmed: trim first, or the
+    // stream would hear them again.
+    this.#trim();
     const worker = this.#worker;
     this.#worker = null;
     this.#cancelProbe();
@@ -120,7 +126,7 @@ export class RecognizeMode {
 
   /** Streaming has proved healthy: the next period's first retry waits `resumeFirstMs` again. */
   resetBackoff(): void {
-    this.#delayMs = 0;
+    this.#retries = 0;
   }
 
   /**
@@ -147,7 +153,8 @@ export class RecognizeMode {
   #schedule(): void {
     if (this.#stopped) return;
     const { resumeFirstMs, resumeMaxMs } = this.#deps.tuning;
-    this.#delayMs = this.#delayMs === 0 ? resumeFirstMs : Math.min(this.#delayMs * 2, resumeMaxMs);
+    // Exact waits (no jitter): one session's retries, whose next_ms the log states.
+    this.#delayMs = backoffMs(++this.#retries, { firstMs: resumeFirstMs, maxMs: resumeMaxMs });
     this.#probeTimer = this.#deps.timers.later(this.#delayMs, () => {
       this.#probeTimer = null;
       this.#probeDue = true;

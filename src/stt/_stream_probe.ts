@@ -11,8 +11,8 @@
 import type { protos, v1 } from "@google-cloud/speech";
 import type { ProviderError } from "../errors.ts";
 import type { Logger } from "../observe/log.ts";
-import * as metrics from "../observe/metrics.ts";
-import { GrpcCode, toProviderError } from "./_grpc.ts";
+import { GrpcCode, toProviderError } from "../providers/grpc.ts";
+import { countError } from "../providers/policy.ts";
 import { Timers } from "./_timers.ts";
 
 /** google-gax's bidi stream (a Duplex with `cancel()`). */
@@ -126,7 +126,7 @@ export class StreamProbe {
       `Cannot open speech stream at "${endpoints[index]}"`,
       failure,
     );
-    metrics.providerError("stt", error.category);
+    countError(error);
     if (index + 1 < endpoints.length) {
       this.#attempt(index + 1);
       return;

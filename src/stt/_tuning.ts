@@ -5,7 +5,7 @@ export interface SttTuning {
    * refused 3 times moves on to the fallback endpoint, so 3 attempts in all.
    */
   readonly openAttempts: number;
-  /** Wait between open attempts (ms). */
+  /** Wait between open attempts (ms), the same each time (SPEC: "3 times with 200 ms backoff"). */
   readonly openBackoffMs: number;
   /** `ready` resolves anyway this long after the first open started (ms); audio stays buffered. */
   readonly readyGraceMs: number;
@@ -38,7 +38,10 @@ export interface SttTuning {
    * result (ms). Silence on a quiet line proves nothing and never counts.
    */
   readonly resultTimeoutMs: number;
-  /** Wait before sending a failed `Recognize` utterance again (ms); doubles up to the max. */
+  /**
+   * Wait before sending a failed `Recognize` utterance again (ms); doubles up to the max, less up
+   * to `RESEND_JITTER` at random (the provider policy's `backoffMs`).
+   */
   readonly recognizeRetryFirstMs: number;
   readonly recognizeRetryMaxMs: number;
   readonly eventCapacity: number;

@@ -9,8 +9,9 @@ import * as v1 from "@google-cloud/speech/v1";
 import type { protos } from "@google-cloud/speech";
 import type { SttConfig } from "../config/types.ts";
 import { createLogger, type Logger } from "../observe/log.ts";
-import * as metrics from "../observe/metrics.ts";
-import { GoogleSpeechSession } from "./_google_session.ts";
+import { ProviderError } from "../errors.ts";
+import { observe } from "../providers/policy.ts";
+import { type GoogleSessionDeps, GoogleSpeechSession } from "./_google_session.ts";
 import { STT_TUNING, type SttTuning } from "./_tuning.ts";
 import {
   connectEagerly,
@@ -19,11 +20,13 @@ import {
   raceSignal,
   toProviderError,
   unaryCallOptions,
-} from "./_grpc.ts";
+} from "../providers/grpc.ts";
 import type { RecognizedText } from "./_recognize_worker.ts";
 import type { SpeechSession, SttOpenOptions, SttProvider } from "./types.ts";
 
 export { STT_TUNING, type SttTuning };
+/** One call's session, also driven directly by `scripts/bench_stt_recovery.ts` (write-path cost). */
+export { type GoogleSessionDeps, GoogleSpeechSession };
 
 type RecognitionConfig = protos.google.cloud.speech.v1.IRecognitionConfig;
 
@@ -71,28 +74,34 @@ export function createGoogleStt(
     };
   }
 
-  async function recognizeOnce(
+  /** One `Recognize` call; rejects with a `ProviderError`, or with `signal.reason` once aborted. */
+  async function recognizeAt(
     endpoint: string,
     language: string,
     audio: Uint8Array,
     signal: AbortSignal,
   ): Promise<RecognizedText[]> {
-    const client = await raceSignal(clients.get(endpoint), signal);
-    const call = client.recognize(
-      { config: recognitionConfig(language), audio: { content: audio } },
-      unaryCallOptions(tuning.recognizeTimeoutMs, signal),
-    );
-    const [response] = await raceSignal(call, signal);
-    const texts: RecognizedText[] = [];
-    for (const result of response.results ?? []) {
-      const best = result.alternatives?.[0];
-      const text = (best?.transcript ?? "").trim();
-      if (text !== "") texts.push({ text, confidence: best?.confidence ?? 0 });
+    try {
+      const client = await raceSignal(clients.get(endpoint), signal);
+      const call = client.recognize(
+        { config: recognitionConfig(language), audio: { content: audio } },
+        unaryCallOptions(tuning.recognizeTimeoutMs, signal),
+      );
+      const [response] = await raceSignal(call, signal);
+      const texts: RecognizedText[] = [];
+      for (const result of response.results ?? []) {
+        const best = result.alternatives?.[0];
+        const text = (best?.transcript ?? "").trim();
+        if (text !== "") texts.push({ text, confidence: best?.confidence ?? 0 });
+      }
+      return texts;
+    } catch (error) {
+      if (signal.aborted) throw error;
+      throw toProviderError("stt", `Cannot recognize speech at "${endpoint}"`, error);
     }
-    return texts;
   }
 
-  /** Primary first; a retryable failure moves on to the fallback endpoint. */
+  /** Primary first; a retryable failure (or a refused language) moves on to the fallback endpoint. */
   async function recognize(
     language: string,
     audio: Uint8Array,
@@ -101,13 +110,15 @@ export function createGoogleStt(
     let lastError: unknown = null;
     for (const endpoint of endpoints) {
       try {
-        return await recognizeOnce(endpoint, language, audio, signal);
+        return await observe(
+          "stt",
+          "recognize",
+          () => recognizeAt(endpoint, language, audio, signal),
+        );
       } catch (error) {
-        if (signal.aborted) throw error;
-        const mapped = toProviderError("stt", `Cannot recognize speech at "${endpoint}"`, error);
-        metrics.providerError("stt", mapped.category);
-        lastError = mapped;
-        if (!mapped.retryable && mapped.category !== "invalid_request") throw mapped;
+        if (signal.aborted || !(error instanceof ProviderError)) throw error;
+        lastError = error;
+        if (!error.retryable && error.category !== "invalid_request") throw error;
       }
     }
     throw lastError;

@@ -12,9 +12,9 @@ import OpenAI, { toFile } from "openai";
 import { writeWav } from "../audio/wav.ts";
 import type { SttConfig } from "../config/types.ts";
 import { ProviderError } from "../errors.ts";
-import { mapOpenAiError } from "../llm/openai_errors.ts";
+import { mapOpenAiError } from "../providers/openai_errors.ts";
 import { createLogger, type Logger } from "../observe/log.ts";
-import * as metrics from "../observe/metrics.ts";
+import { observe } from "../providers/policy.ts";
 import {
   type Transcribe,
   UTTERANCE_TUNING,
@@ -145,11 +145,9 @@ export function createOpenAiStt(config: SttConfig, options: OpenAiSttOptions = {
       return done ?? text;
     } catch (error) {
       if (signal.aborted) throw signal.reason;
-      const mapped = deadline.signal.aborted
+      throw deadline.signal.aborted
         ? new ProviderError("stt", "timeout", `${action} took over ${settings.timeout_ms} ms`)
         : mapOpenAiError("stt", action, error);
-      metrics.providerError("stt", mapped.category);
-      throw mapped;
     } finally {
       clearTimeout(timer);
     }
@@ -161,7 +159,11 @@ export function createOpenAiStt(config: SttConfig, options: OpenAiSttOptions = {
       let lastError: unknown = null;
       for (let server = 0; server < servers.length; server++) {
         try {
-          return await transcribeAt(server, language, audio, signal, onPartial);
+          return await observe(
+            "stt",
+            "transcribe",
+            () => transcribeAt(server, language, audio, signal, onPartial),
+          );
         } catch (error) {
           if (signal.aborted) throw error;
           lastError = error;

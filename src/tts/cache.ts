@@ -6,17 +6,27 @@
  */
 import { ProviderError } from "../errors.ts";
 import type { Logger } from "../observe/log.ts";
+import { retry } from "../providers/policy.ts";
 import type { TtsProvider } from "./types.ts";
 
-/** Retry numbers for boot-time synthesis, in one frozen object. */
+/** Retry numbers for boot-time synthesis, in one frozen object (the provider policy's shape). */
 export interface PhraseCacheRetry {
   /** Attempts per phrase, the first included. */
   readonly attempts: number;
-  /** Wait between attempts (ms), doubled each time. */
+  /** Wait after the first failure (ms), doubled after each next one. */
   readonly backoffMs: number;
+  /** Longest wait (ms). */
+  readonly maxBackoffMs: number;
+  /** Share of each wait drawn at random (see `RetryPolicy.jitter`). */
+  readonly jitter: number;
 }
 
-export const PHRASE_CACHE_RETRY: PhraseCacheRetry = Object.freeze({ attempts: 3, backoffMs: 500 });
+export const PHRASE_CACHE_RETRY: PhraseCacheRetry = Object.freeze({
+  attempts: 3,
+  backoffMs: 500,
+  maxBackoffMs: 4000,
+  jitter: 0.2,
+});
 
 /** What a load did: names synthesized, and the ones that failed with why. */
 export interface PhraseLoadReport {
@@ -27,21 +37,6 @@ export interface PhraseLoadReport {
 interface Entry {
   readonly text: string;
   readonly audio: Uint8Array;
-}
-
-function sleep(ms: number, signal: AbortSignal | undefined): Promise<void> {
-  return new Promise((resolve, reject) => {
-    if (signal?.aborted) return reject(signal.reason);
-    const onAbort = () => {
-      clearTimeout(timer);
-      reject(signal?.reason);
-    };
-    const timer = setTimeout(() => {
-      signal?.removeEventListener("abort", onAbort);
-      resolve();
-    }, ms);
-    signal?.addEventListener("abort", onAbort, { once: true });
-  });
 }
 
 export class PhraseCache {
@@ -116,30 +111,27 @@ export class PhraseCache {
     return { loaded, failed };
   }
 
-  async #synthesize(
-    name: string,
-    text: string,
-    signal: AbortSignal | undefined,
-  ): Promise<Uint8Array> {
-    let delay = this.#retry.backoffMs;
-    for (let attempt = 1;; attempt++) {
-      try {
-        const audio = await this.#tts.synthesize(text, { signal });
-        if (audio.length === 0) {
-          throw new ProviderError(
-            "tts",
-            "invalid_request",
-            `Cannot cache phrase "${name}": no audio`,
-          );
-        }
-        return audio;
-      } catch (error) {
-        const retryable = error instanceof ProviderError && error.retryable;
-        if (signal?.aborted || !retryable || attempt >= this.#retry.attempts) throw error;
-        this.#log?.warn("TTS", "phrase synthesis retry", { phrase: name, attempt });
-        await sleep(delay, signal);
-        delay *= 2;
+  #synthesize(name: string, text: string, signal: AbortSignal | undefined): Promise<Uint8Array> {
+    const { attempts, backoffMs, maxBackoffMs, jitter } = this.#retry;
+    return retry(async () => {
+      const audio = await this.#tts.synthesize(text, { signal });
+      if (audio.length === 0) {
+        throw new ProviderError(
+          "tts",
+          "invalid_request",
+          `Cannot cache phrase "${name}": no audio`,
+        );
       }
-    }
+      return audio;
+    }, {
+      attempts,
+      firstMs: backoffMs,
+      maxMs: maxBackoffMs,
+      jitter,
+      signal,
+      onRetry: (_error, attempt) => {
+        this.#log?.warn("TTS", "phrase synthesis retry", { phrase: name, attempt });
+      },
+    });
   }
 }

@@ -19,7 +19,8 @@ import {
   raceSignal,
   toProviderError,
   unaryCallOptions,
-} from "../stt/_grpc.ts";
+} from "../providers/grpc.ts";
+import { observe } from "../providers/policy.ts";
 import type { TtsProvider } from "./types.ts";
 
 export interface GoogleTtsOptions {
@@ -81,28 +82,28 @@ export function createGoogleTts(
     async synthesize(text, { signal, voice }): Promise<Uint8Array> {
       if (text.trim() === "") return new Uint8Array(0);
       signal?.throwIfAborted();
-      const startedAt = performance.now();
-      try {
-        const client = await raceSignal(clients.get(endpoint), signal);
-        const call = client.synthesizeSpeech(
-          {
-            input: { text },
-            voice: { languageCode: config.language, name: voice ?? config.voice },
-            audioConfig: { audioEncoding: "MULAW", sampleRateHertz: 8000 },
-          },
-          unaryCallOptions(timeoutMs, signal),
-        );
-        const [response] = await raceSignal(call, signal);
-        // A unary answer: its first byte comes with its last.
-        metrics.ttsFirstByteObserved("google", (performance.now() - startedAt) / 1000);
-        // A copy: a plain Uint8Array that does not pin the decoder's larger message buffer.
-        return new Uint8Array(stripWavHeader(toBytes(response.audioContent)));
-      } catch (error) {
-        if (signal?.aborted) throw signal.reason;
-        const mapped = toProviderError("tts", `Cannot synthesize speech at "${endpoint}"`, error);
-        metrics.providerError("tts", mapped.category);
-        throw mapped;
-      }
+      return await observe("tts", "synthesize", async () => {
+        const startedAt = performance.now();
+        try {
+          const client = await raceSignal(clients.get(endpoint), signal);
+          const call = client.synthesizeSpeech(
+            {
+              input: { text },
+              voice: { languageCode: config.language, name: voice ?? config.voice },
+              audioConfig: { audioEncoding: "MULAW", sampleRateHertz: 8000 },
+            },
+            unaryCallOptions(timeoutMs, signal),
+          );
+          const [response] = await raceSignal(call, signal);
+          // A unary answer: its first byte comes with its last.
+          metrics.ttsFirstByteObserved("google", (performance.now() - startedAt) / 1000);
+          // A copy: a plain Uint8Array that does not pin the decoder's larger message buffer.
+          return new Uint8Array(stripWavHeader(toBytes(response.audioContent)));
+        } catch (error) {
+          if (signal?.aborted) throw signal.reason;
+          throw toProviderError("tts", `Cannot synthesize speech at "${endpoint}"`, error);
+        }
+      });
     },
     close(): Promise<void> {
       return clients.close();

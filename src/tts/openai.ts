@@ -9,8 +9,9 @@
 import OpenAI from "openai";
 import type { TtsOpenAiConfig } from "../config/types.ts";
 import { ProviderError } from "../errors.ts";
-import { mapOpenAiError } from "../llm/openai_errors.ts";
+import { mapOpenAiError } from "../providers/openai_errors.ts";
 import * as metrics from "../observe/metrics.ts";
+import { observeStream } from "../providers/policy.ts";
 import { SpeechAudioDecoder } from "./_speech_audio.ts";
 import type { TtsProvider, TtsRequestOptions } from "./types.ts";
 
@@ -44,9 +45,10 @@ export function createOpenAiTts(
   });
   const action = `Speech synthesis at "${config.base_url}"`;
 
-  async function* stream(text: string, request: TtsRequestOptions): AsyncGenerator<Uint8Array> {
+  /** One request, as it arrives; `stream` is this, observed by the provider policy. */
+  async function* request(text: string, options: TtsRequestOptions): AsyncGenerator<Uint8Array> {
     if (text.trim() === "") return;
-    const { signal } = request;
+    const { signal } = options;
     signal?.throwIfAborted();
     const deadline = new AbortController();
     const timer = setTimeout(() => deadline.abort(), config.timeout_ms);
@@ -56,7 +58,7 @@ export function createOpenAiTts(
     try {
       const response = await client.audio.speech.create({
         model: config.model,
-        voice: request.voice ?? config.voice,
+        voice: options.voice ?? config.voice,
         input: text,
         response_format: config.response_format,
         ...(config.instructions === null ? {} : { instructions: config.instructions }),
@@ -82,11 +84,9 @@ export function createOpenAiTts(
       if (rest.length > 0) yield rest;
     } catch (error) {
       if (signal?.aborted) throw signal.reason;
-      const mapped = deadline.signal.aborted
+      throw deadline.signal.aborted
         ? new ProviderError("tts", "timeout", `${action} took over ${config.timeout_ms} ms`)
         : mapOpenAiError("tts", action, error);
-      metrics.providerError("tts", mapped.category);
-      throw mapped;
     } finally {
       clearTimeout(timer);
       // Stops the download when the consumer gave up early (barge-in); a no-op after the end.
@@ -94,10 +94,14 @@ export function createOpenAiTts(
     }
   }
 
-  async function synthesize(text: string, request: TtsRequestOptions): Promise<Uint8Array> {
+  function stream(text: string, options: TtsRequestOptions): AsyncGenerator<Uint8Array> {
+    return observeStream("tts", "synthesize", () => request(text, options));
+  }
+
+  async function synthesize(text: string, options: TtsRequestOptions): Promise<Uint8Array> {
     const chunks: Uint8Array[] = [];
     let length = 0;
-    for await (const chunk of stream(text, request)) {
+    for await (const chunk of stream(text, options)) {
       chunks.push(chunk);
       length += chunk.length;
     }

@@ -15,11 +15,16 @@ import {
 import { frameDbfs } from "../../src/audio/mulaw.ts";
 import { sharedScheduler, sleepUntil } from "../../src/call/scheduler.ts";
 import { type CallDetail, openCallReader } from "../../src/store/read.ts";
-import type { Clip } from "./_protos.ts";
-import { fixtureClips, type Sandbox, type SandboxOptions, startSandbox } from "./sandbox.ts";
-import { synthWaveform } from "./tts_server.ts";
-import type { TwilioClient } from "./twilio_client.ts";
-import { concatBytes } from "./bytes.ts";
+import {
+  type Clip,
+  fixtureClips,
+  type Sandbox,
+  type SandboxOptions,
+  startSandbox,
+} from "../../tools/sandbox/sandbox.ts";
+import { synthWaveform } from "../../tools/sandbox/tts_server.ts";
+import type { TwilioClient } from "../../tools/twilio/client.ts";
+import { concatBytes } from "../../tools/bytes.ts";
 
 const SILENT_FRAME = new Uint8Array(FRAME_BYTES).fill(MULAW_SILENCE);
 

@@ -12,7 +12,7 @@ import type { Scheduler } from "../../src/call/scheduler.ts";
 import { createLogger, type Logger } from "../../src/observe/log.ts";
 import { type LocalSpeechOptions, LocalSttProvider } from "./local_speech.ts";
 import { MemoryStore } from "./memory_store.ts";
-import { TwilioClient, type TwilioClientOptions } from "./twilio_client.ts";
+import { TwilioClient, type TwilioClientOptions } from "../../tools/twilio/client.ts";
 
 /** The call-core config used by tests (SPEC defaults, short limits). */
 export function testCallConfig(overrides: {

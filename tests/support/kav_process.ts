@@ -4,9 +4,14 @@
  * to a temp file and pointing at local provider servers that the test process runs. Lines Kav
  * prints (stdout and stderr) are captured in order; signals go to the process.
  */
-import type { Clip } from "./_protos.ts";
-import { fixtureClips, mergeToml, type ProviderServers, sandboxToml } from "./sandbox.ts";
-import type { TwilioClient } from "./twilio_client.ts";
+import {
+  type Clip,
+  fixtureClips,
+  mergeToml,
+  type ProviderServers,
+  sandboxToml,
+} from "../../tools/sandbox/sandbox.ts";
+import type { TwilioClient } from "../../tools/twilio/client.ts";
 
 const ROOT = new URL("../..", import.meta.url).pathname.replace(/\/$/, "");
 

@@ -10,13 +10,11 @@ type GoogleSttConfig = Omit<SttConfig, "openai">;
 import { createLogger } from "../../src/observe/log.ts";
 import { createGoogleStt, type GoogleSttOptions } from "../../src/stt/google.ts";
 import type { SpeechSession, SttEvent, SttProvider } from "../../src/stt/types.ts";
-import { type Clip, loadClips } from "./_protos.ts";
-import { type SpeechServer, startSpeechServer } from "./speech_server.ts";
-import { concatBytes } from "./bytes.ts";
+import { type Clip, fixtureClips } from "../../tools/sandbox/sandbox.ts";
+import { type SpeechServer, startSpeechServer } from "../../tools/sandbox/speech_server.ts";
+import { concatBytes } from "../../tools/bytes.ts";
 
-export const CLIPS: readonly Clip[] = loadClips(
-  new URL("../fixtures/clips.json", import.meta.url).pathname,
-);
+export const CLIPS: readonly Clip[] = fixtureClips();
 
 /** The fixture clip named `name` ("appointment", "hours", "goodbye", "tomorrow"). */
 export function clip(name: string): Clip {

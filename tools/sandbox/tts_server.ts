@@ -6,7 +6,7 @@
  * deterministic non-silent waveform (`synthWaveform`). Latency and failures are scriptable; requests
  * are recorded.
  *
- * Standalone: `deno run -A tests/support/tts_server.ts --port 50052`
+ * Standalone: `deno run -A tools/sandbox/tts_server.ts --port 50052`
  */
 import * as grpc from "@grpc/grpc-js";
 import alawmulaw from "alawmulaw";

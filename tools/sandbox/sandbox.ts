@@ -11,6 +11,7 @@ import type { Config } from "../../src/config/types.ts";
 import { type KavProviders, runKav } from "../../src/kav.ts";
 import { createLogger, type Logger, type LogSink } from "../../src/observe/log.ts";
 import { type Clip, loadClips } from "./_protos.ts";
+export type { Clip };
 import { type OpenAiServer, type OpenAiServerOptions, startOpenAiServer } from "./openai_server.ts";
 import {
   type OpenAiSpeechServer,
@@ -20,7 +21,7 @@ import {
 import { type SpeechServer, type SpeechServerOptions, startSpeechServer } from "./speech_server.ts";
 import { startTtsServer, type TtsServer } from "./tts_server.ts";
 
-export const CLIPS_JSON = fileURLToPath(new URL("../fixtures/clips.json", import.meta.url));
+export const CLIPS_JSON = fileURLToPath(new URL("./fixtures/clips.json", import.meta.url));
 
 /** The Hebrew fixture clips (μ-law 8 kHz) with their transcripts. */
 export function fixtureClips(): Clip[] {

@@ -1,4 +1,4 @@
-import { MULAW_TO_PCM } from "../../src/audio/mulaw.ts";
+import { MULAW_TO_PCM } from "../src/audio/mulaw.ts";
 
 /** The parts one after another in a new array. */
 export function concatBytes(...parts: readonly Uint8Array[]): Uint8Array {

@@ -7,18 +7,17 @@
  * connects the caller back, it opens the new stream and waits for the agent's words. Every step
  * is printed; the call's record (`deno task calls`) shows the tool calls and the transfer.
  */
-import { FRAME_MS } from "../src/audio/frames.ts";
-import { sharedScheduler } from "../src/call/scheduler.ts";
-import { CallerLine as LiveLine, waitUntil } from "../tests/support/_conversation.ts";
-import { parseTwiml, TwilioClient, type TwimlNext } from "../tests/support/twilio_client.ts";
-import type { CallerLine } from "./_sim_call.ts";
+import { FRAME_BYTES, FRAME_MS } from "../../src/audio/frames.ts";
+import { sharedScheduler, sleepUntil } from "../../src/call/scheduler.ts";
+import { parseTwiml, TwilioClient, type TwimlNext } from "./client.ts";
+import type { CallerLine } from "./caller.ts";
 import {
   connectUrl,
   type KavTarget,
   postTwilioForm,
   requestTwiml,
   signatureHeaders,
-} from "./_sim_twilio.ts";
+} from "./http.ts";
 
 export interface ActsOptions {
   readonly target: KavTarget;
@@ -41,6 +40,81 @@ function audioOf(line: CallerLine): Uint8Array {
   const out = new Uint8Array(line.frames.length * 160);
   line.frames.forEach((frame, i) => out.set(Uint8Array.fromBase64(frame), i * 160));
   return out;
+}
+
+/** Polls `predicate` every 20 ms; rejects after `timeoutMs`. */
+async function waitUntil(
+  predicate: () => boolean,
+  options: { timeoutMs: number; what: string },
+): Promise<void> {
+  const deadline = performance.now() + options.timeoutMs;
+  while (!predicate()) {
+    if (performance.now() > deadline) {
+      throw new Error(`Timed out after ${options.timeoutMs} ms waiting for ${options.what}`);
+    }
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+}
+
+const SILENT_FRAME = new Uint8Array(FRAME_BYTES).fill(0xff);
+
+/** The caller's side of a live line: 50 frames a second, silence unless a line is queued. */
+class LiveLine {
+  readonly #client: TwilioClient;
+  readonly #queue: Uint8Array[] = [];
+  #waiters: (() => void)[] = [];
+  #stopping = false;
+  readonly #running: Promise<void>;
+
+  constructor(client: TwilioClient) {
+    this.#client = client;
+    this.#running = this.#run();
+  }
+
+  /** Queues `mulaw` (whole frames); resolves once its last frame left (or the socket closed). */
+  say(mulaw: Uint8Array): Promise<void> {
+    for (let at = 0; at < mulaw.length; at += FRAME_BYTES) {
+      const frame = SILENT_FRAME.slice();
+      frame.set(mulaw.subarray(at, Math.min(mulaw.length, at + FRAME_BYTES)));
+      this.#queue.push(frame);
+    }
+    return new Promise((resolve) => this.#waiters.push(resolve));
+  }
+
+  async stop(): Promise<void> {
+    this.#stopping = true;
+    await this.#running;
+  }
+
+  /** Hangs up like Twilio: the line stops, `stop`, then the socket closes. */
+  async hangUp(): Promise<void> {
+    await this.stop();
+    this.#client.sendStop();
+    await this.#client.close();
+  }
+
+  async #run(): Promise<void> {
+    const scheduler = sharedScheduler();
+    const socket = this.#client.socket;
+    let next = scheduler.now();
+    while (!this.#stopping && socket.readyState === WebSocket.OPEN) {
+      const now = scheduler.now();
+      if (now - next > 200) next = now;
+      if (next > now) await sleepUntil(scheduler, next, {});
+      if (this.#stopping || socket.readyState !== WebSocket.OPEN) break;
+      const frame = this.#queue.shift();
+      this.#client.sendMedia(frame ?? SILENT_FRAME);
+      if (frame !== undefined && this.#queue.length === 0) this.#release();
+      next += FRAME_MS;
+    }
+    this.#release();
+  }
+
+  #release(): void {
+    const waiters = this.#waiters;
+    this.#waiters = [];
+    for (const resolve of waiters) resolve();
+  }
 }
 
 /** Runs the call; resolves true when every step happened as Twilio would see it. */
@@ -130,9 +204,8 @@ async function openStream(
     callSid,
     customParameters: parameters,
   });
-  const line = new LiveLine(client);
   client.begin();
-  line.start();
+  const line = new LiveLine(client);
   return { client, line };
 }
 

@@ -4,7 +4,7 @@
  * a body that is not JSON, an answer too large, or no answer at all), and records every request
  * with its signature and parsed body. Unknown names answer `{"ok": true}` at once.
  *
- * Standalone: `deno run --allow-net tests/support/tool_server.ts --port 8091`.
+ * Standalone: `deno run --allow-net tools/sandbox/tool_server.ts --port 8091`.
  */
 import { readCommandLine } from "../../src/command_line.ts";
 

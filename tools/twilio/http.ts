@@ -3,8 +3,8 @@
  * `<Connect><Stream>` answer, and the stream status callbacks, each signed with
  * `X-Twilio-Signature` when an auth token is given (twilio-media-streams.md sections 3, 4, 6).
  */
-import { computeSignature } from "../src/twilio/signature.ts";
-import { ROUTES, toWebSocketUrl } from "../src/twilio/twiml.ts";
+import { computeSignature } from "../../src/twilio/signature.ts";
+import { ROUTES, toWebSocketUrl } from "../../src/twilio/twiml.ts";
 
 /** Where to reach Kav and which URLs Twilio would sign. */
 export interface KavTarget {

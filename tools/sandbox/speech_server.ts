@@ -4,7 +4,7 @@
  * Everything is scriptable per test through the mutable `script` and the control methods, and the
  * server records what it received in `stats`.
  *
- * Standalone: `deno run -A tests/support/speech_server.ts --port 50051 --clips tests/fixtures/clips.json`
+ * Standalone: `deno run -A tools/sandbox/speech_server.ts --port 50051 --clips tools/sandbox/fixtures/clips.json`
  */
 import * as grpc from "@grpc/grpc-js";
 import { ClipMatcher, findClips, type MatchEvent } from "./_clip_matcher.ts";
@@ -365,7 +365,7 @@ export async function startSpeechServer(options: SpeechServerOptions): Promise<S
 
 if (import.meta.main) {
   const { values } = readCommandLine(Deno.args, {
-    clips: { type: "string", default: new URL("../fixtures/clips.json", import.meta.url).pathname },
+    clips: { type: "string", default: new URL("./fixtures/clips.json", import.meta.url).pathname },
     port: { type: "string", default: "50051" },
     host: { type: "string", default: "127.0.0.1" },
     "open-delay-ms": { type: "string", default: "0" },

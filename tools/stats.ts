@@ -1,7 +1,7 @@
 /**
- * Allocation-free statistics for the call simulator and the benchmarks: a fixed-bin histogram of
- * milliseconds (0.1 ms bins) that gives percentiles without keeping every sample, and small helpers
- * for arrays of figures.
+ * The statistics of the simulator, the benchmarks and the tests: an allocation-free fixed-bin
+ * histogram of milliseconds (0.1 ms bins) that gives percentiles without keeping every sample, and
+ * the one quantile (nearest rank), median and spread of arrays of figures.
  */
 
 /** Bins per millisecond (0.1 ms bins; edges computed as i / 10 to stay exact in decimal). */
@@ -150,11 +150,49 @@ export interface IntervalSummary {
   readonly max: number;
 }
 
-/** The `q` quantile (nearest rank) of `values`; NaN when empty. Sorts a copy. */
-export function quantile(values: readonly number[], q: number): number {
-  if (values.length === 0) return NaN;
-  const sorted = [...values].sort((a, b) => a - b);
+/**
+ * The `q` quantile (0..1) of ascending `sorted` by nearest rank: the smallest value with at least
+ * `q` of the values at or below it, so p50 of [1, 2, 3, 4] is 2. NaN when empty.
+ */
+export function quantileOfSorted(sorted: ArrayLike<number>, q: number): number {
+  if (sorted.length === 0) return NaN;
   return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil(q * sorted.length) - 1))];
+}
+
+/** The `q` quantile (nearest rank, see `quantileOfSorted`) of `values`; sorts a copy. */
+export function quantile(values: readonly number[], q: number): number {
+  return quantileOfSorted(ascending(values), q);
+}
+
+/** The middle value, or the mean of the two middle ones; NaN when empty. */
+export function median(values: readonly number[]): number {
+  const sorted = ascending(values);
+  const mid = sorted.length >> 1;
+  if (sorted.length === 0) return NaN;
+  return sorted.length % 2 === 1 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
+}
+
+/** How a set of latencies spreads (ms, rounded). */
+export interface Spread {
+  readonly p50: number;
+  readonly p95: number;
+  readonly p99: number;
+  readonly max: number;
+}
+
+/** p50, p95, p99 and max of `values`, each through `round` (default one decimal); NaN when empty. */
+export function spread(values: readonly number[], round: (n: number) => number = round1): Spread {
+  const sorted = ascending(values);
+  return {
+    p50: round(quantileOfSorted(sorted, 0.5)),
+    p95: round(quantileOfSorted(sorted, 0.95)),
+    p99: round(quantileOfSorted(sorted, 0.99)),
+    max: round(sorted.length === 0 ? NaN : sorted[sorted.length - 1]),
+  };
+}
+
+function ascending(values: readonly number[]): number[] {
+  return [...values].sort((a, b) => a - b);
 }
 
 /** One decimal (NaN stays NaN, which JSON prints as null). */

@@ -1,8 +1,13 @@
 /**
- * A Twilio-like Media Streams client over a real WebSocket, for tests, the simulator and benchmarks.
- * It sends `connected`, `start`, `media` at 50 fps on an absolute-deadline schedule, `dtmf`, `stop`;
- * it plays received audio on a virtual clock (20 ms per 160 bytes) and echoes each `mark` when the
- * audio before it would have finished, or at once on `clear`, like Twilio (twilio-media-streams.md).
+ * The Twilio-like Media Streams client over a real WebSocket: the one the tests, the simulator
+ * (`caller.ts`) and the bench use. It sends `connected`, `start`, `media` at 50 fps on an
+ * absolute-deadline schedule, `dtmf`, `stop`; it plays received audio on a virtual clock (20 ms per
+ * 160 bytes), measures the agent's frame cadence, and echoes each `mark` when the audio before it
+ * would have finished, or at once on `clear`, like Twilio (twilio-media-streams.md).
+ *
+ * Hundreds of clients can share one scheduler (one timer); a load generator sends pre-encoded
+ * payloads (`sendEncodedMedia`), turns off `keepAudio` and `keepMessages`, and sets `fastMedia` so
+ * received media is recognised without JSON parsing.
  *
  * Timing note: Deno's WebSocket client leaves Nagle's algorithm on, so two messages sent back to
  * back (e.g. `begin()`'s `connected` + `start`) can see the second held ~40 ms until the server's
@@ -11,9 +16,10 @@
  */
 import { FRAME_BYTES, FRAME_MS, frameAt, frameCount } from "../../src/audio/frames.ts";
 import { type Scheduler, sharedScheduler, sleepUntil } from "../../src/call/scheduler.ts";
-import { Playout, type ReceivedMessage } from "./_playout.ts";
+import type { MsHistogram } from "../stats.ts";
+import { Playout, type ReceivedMessage, type TwilioClientListener } from "./_playout.ts";
 
-export type { MarkEchoRecord, ReceivedMessage } from "./_playout.ts";
+export type { MarkEchoRecord, ReceivedMessage, TwilioClientListener } from "./_playout.ts";
 
 export interface TwilioClientOptions {
   /** e.g. `ws://127.0.0.1:8080/ws/twilio-media`. */
@@ -33,15 +39,27 @@ export interface TwilioClientOptions {
   readonly echoMarks?: boolean;
   /** Keep every received audio byte (default true; benchmarks may turn it off). */
   readonly keepAudio?: boolean;
+  /**
+   * Keep every received message in `received` and every media arrival in `mediaArrivals` (default
+   * true). Off, the counters, the cadence histogram and the listener still see everything.
+   */
+  readonly keepMessages?: boolean;
+  /** Recognise media by its exact prefix, without JSON parsing (default false: check everything). */
+  readonly fastMedia?: boolean;
+  /** Told of each message, echo and invalid message as it happens. */
+  readonly listener?: TwilioClientListener;
   /** Clock for the media schedule and mark echoes; default the shared real-time scheduler. */
   readonly scheduler?: Scheduler;
 }
 
-let counter = 0;
+let sidCounter = 0;
 
-function sid(prefix: string): string {
-  counter++;
-  return prefix + counter.toString(16).padStart(32, "0");
+/** A sid unique across processes too (several load generators may call one Kav). */
+export function newSid(prefix: string): string {
+  const random = crypto.getRandomValues(new Uint8Array(8));
+  let hex = "";
+  for (const byte of random) hex += byte.toString(16).padStart(2, "0");
+  return prefix + hex + (++sidCounter).toString(16).padStart(16, "0");
 }
 
 export class TwilioClient {
@@ -55,22 +73,26 @@ export class TwilioClient {
   readonly #scheduler: Scheduler;
   readonly #playout: Playout;
   readonly #sidJson: string;
+  #upgradeMs = NaN;
   #sequence = 0;
   #chunk = 0;
-  #mediaStartedAt = NaN;
 
   private constructor(socket: WebSocket, options: TwilioClientOptions) {
     this.socket = socket;
     this.#options = options;
     this.#scheduler = options.scheduler ?? sharedScheduler();
-    this.callSid = options.callSid ?? sid("CA");
-    this.streamSid = options.streamSid ?? sid("MZ");
+    this.callSid = options.callSid ?? newSid("CA");
+    this.streamSid = options.streamSid ?? newSid("MZ");
     this.accountSid = options.accountSid ?? "AC" + "0".repeat(32);
     this.#sidJson = JSON.stringify(this.streamSid);
     this.#playout = new Playout({
       scheduler: this.#scheduler,
+      streamSid: this.streamSid,
       keepAudio: options.keepAudio ?? true,
+      keepMessages: options.keepMessages ?? true,
+      fastMedia: options.fastMedia ?? false,
       echo: options.echoMarks === false ? null : (name) => this.#echo(name),
+      listener: options.listener,
     });
     socket.addEventListener("message", (e) => this.#playout.receive(e.data));
     this.closed = new Promise((resolve) => {
@@ -83,6 +105,7 @@ export class TwilioClient {
 
   /** Opens the socket (rejects if the upgrade fails) and returns the client. */
   static connect(options: TwilioClientOptions): Promise<TwilioClient> {
+    const upgradeStartedAt = performance.now();
     const socket = new WebSocket(options.url, {
       protocols: [...(options.protocols ?? ["audio.twilio.com"])],
       headers: options.headers,
@@ -94,22 +117,40 @@ export class TwilioClient {
       socket.addEventListener("error", onError, { once: true });
       socket.addEventListener("open", () => {
         socket.removeEventListener("error", onError);
+        client.#upgradeMs = performance.now() - upgradeStartedAt;
         resolve(client);
       }, { once: true });
     });
   }
 
-  /** What was received, in order, with arrival times (ms, scheduler clock). */
+  /** WebSocket upgrade request → socket open, ms. */
+  get upgradeMs(): number {
+    return this.#upgradeMs;
+  }
+
+  /** What was received, in order, with arrival times (ms, scheduler clock; needs `keepMessages`). */
   get received(): readonly ReceivedMessage[] {
     return this.#playout.received;
   }
-  /** Arrival time of every received media message (ms, scheduler clock). */
+  /** Arrival time of every received media message (ms, scheduler clock; needs `keepMessages`). */
   get mediaArrivals(): readonly number[] {
     return this.#playout.mediaArrivals;
   }
   /** Received media messages. */
   get mediaFrames(): number {
-    return this.#playout.mediaArrivals.length;
+    return this.#playout.mediaFrames;
+  }
+  /** Arrival time of the last media message (ms, scheduler clock; NaN before the first). */
+  get lastMediaAt(): number {
+    return this.#playout.lastMediaAt;
+  }
+  /** When the audio received so far will have played (ms, scheduler clock). */
+  get playoutEndsAt(): number {
+    return this.#playout.playoutEnd;
+  }
+  /** Marks received and not yet echoed. */
+  get pendingEchoes(): number {
+    return this.#playout.pendingEchoes;
   }
   /** Received marks, in order. */
   get marks(): readonly string[] {
@@ -133,12 +174,13 @@ export class TwilioClient {
     return this.#playout.audio();
   }
 
-  /** Intervals between consecutive media arrivals, ms. */
-  intervals(): number[] {
-    const t = this.#playout.mediaArrivals;
-    const out: number[] = [];
-    for (let i = 1; i < t.length; i++) out.push(t[i] - t[i - 1]);
-    return out;
+  /** Intervals between consecutive media arrivals with no mark or clear between them, ms. */
+  get interArrival(): MsHistogram {
+    return this.#playout.interArrival;
+  }
+  /** Such intervals over 40 ms (two frames' time). */
+  get gapsOver40(): number {
+    return this.#playout.gapsOver40;
   }
 
   /** Mean arrival interval over the run (first to last frame), ms; NaN under 2 frames. */
@@ -181,12 +223,16 @@ export class TwilioClient {
 
   /** One `media` message carrying `payload` (any length). */
   sendMedia(payload: Uint8Array): void {
-    if (Number.isNaN(this.#mediaStartedAt)) this.#mediaStartedAt = this.#scheduler.now();
-    const timestamp = Math.round(this.#chunk * FRAME_MS);
+    this.sendEncodedMedia(payload.toBase64());
+  }
+
+  /** One `media` message carrying an already base64-encoded payload (encode once, send often). */
+  sendEncodedMedia(base64: string): void {
+    const timestamp = this.#chunk * FRAME_MS;
     this.sendRaw(
       `{"event":"media","sequenceNumber":"${++this.#sequence}","streamSid":${this.#sidJson},` +
         `"media":{"track":"inbound","chunk":"${++this.#chunk}","timestamp":"${timestamp}",` +
-        `"payload":"${payload.toBase64()}"}}`,
+        `"payload":"${base64}"}}`,
     );
   }
 
@@ -259,10 +305,20 @@ export class TwilioClient {
     });
   }
 
-  /** Closes the socket (if open) and waits for the close; cancels pending echoes. */
-  async close(): Promise<void> {
+  /**
+   * Closes the socket (if open) and waits for the close, at most `timeoutMs` when given (a peer
+   * that never answers the close handshake); cancels pending echoes.
+   */
+  async close(options: { timeoutMs?: number } = {}): Promise<void> {
     if (this.socket.readyState <= WebSocket.OPEN) this.socket.close(1000);
-    await this.closed;
+    if (options.timeoutMs === undefined) {
+      await this.closed;
+      return;
+    }
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const cap = new Promise<void>((resolve) => (timer = setTimeout(resolve, options.timeoutMs)));
+    await Promise.race([this.closed, cap]);
+    clearTimeout(timer);
   }
 
   #echo(name: string): void {

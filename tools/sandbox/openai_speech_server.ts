@@ -12,11 +12,11 @@
  * HTTP error for the next N requests), `down(ms)` (not listening at all for a while, as a restarting
  * server), latencies. Every request is recorded.
  *
- * Standalone: `deno run -A tests/support/openai_speech_server.ts --port 8090`, then
+ * Standalone: `deno run -A tools/sandbox/openai_speech_server.ts --port 8090`, then
  * `base_url = "http://127.0.0.1:8090/v1"` in `[stt.openai]` and `[tts.openai]`.
  */
 import { encodeMulaw } from "../../src/audio/mulaw.ts";
-import { decodeMulaw } from "./bytes.ts";
+import { decodeMulaw } from "../bytes.ts";
 import { parseWav } from "../../src/audio/wav.ts";
 import { findClips } from "./_clip_matcher.ts";
 import { readCommandLine } from "../../src/command_line.ts";
@@ -440,7 +440,7 @@ export async function startOpenAiSpeechServer(
 
 if (import.meta.main) {
   const { values } = readCommandLine(Deno.args, {
-    clips: { type: "string", default: new URL("../fixtures/clips.json", import.meta.url).pathname },
+    clips: { type: "string", default: new URL("./fixtures/clips.json", import.meta.url).pathname },
     port: { type: "string", default: "8090" },
     host: { type: "string", default: "127.0.0.1" },
     sse: { type: "string", default: "openai" },

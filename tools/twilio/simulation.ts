@@ -1,20 +1,14 @@
 /**
- * Runs N simulated Twilio calls against one Kav (`_sim_call.ts`) on one shared scheduler, with a
+ * Runs N simulated Twilio calls against one Kav (`caller.ts`) on one shared scheduler, with a
  * progress callback once per second, and sums them up. Used by `simulate.ts` and the benchmarks.
  */
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { frameAt, frameCount } from "../src/audio/frames.ts";
-import { RealtimeScheduler } from "../src/call/scheduler.ts";
-import {
-  type CallerLine,
-  type CallResult,
-  newTotals,
-  runCall,
-  type SimTotals,
-} from "./_sim_call.ts";
-import { type IntervalSummary, MsHistogram, quantile, round1 } from "./_sim_stats.ts";
-import type { KavTarget } from "./_sim_twilio.ts";
+import { frameAt, frameCount } from "../../src/audio/frames.ts";
+import { RealtimeScheduler } from "../../src/call/scheduler.ts";
+import { type CallerLine, type CallResult, newTotals, runCall, type SimTotals } from "./caller.ts";
+import { type IntervalSummary, MsHistogram, round1, type Spread, spread } from "../stats.ts";
+import type { KavTarget } from "./http.ts";
 
 export type { CallerLine, CallResult, SimTotals };
 
@@ -79,11 +73,11 @@ export interface CallCounts {
 export interface OverallReport extends CallCounts {
   readonly interArrivalMs: IntervalSummary;
   /** `start` → first greeting frame, ms. */
-  readonly greetingFirstFrameMs: { p50: number; p95: number; max: number };
+  readonly greetingFirstFrameMs: Spread;
   /** WebSocket upgrade request → open, ms. */
-  readonly upgradeMs: { p50: number; p95: number; max: number };
+  readonly upgradeMs: Spread;
   /** Caller's last frame → first answer frame, ms (includes STT, LLM and TTS). */
-  readonly answerLatencyMs: { p50: number; p95: number; max: number };
+  readonly answerLatencyMs: Spread;
   readonly wallS: number;
 }
 
@@ -102,21 +96,13 @@ export function encodeLine(name: string, text: string, mulaw: Uint8Array): Calle
   return { name, text, frames };
 }
 
-/** The repository's Hebrew fixture clips (`tests/fixtures/clips.json`), which the sandbox recognizes. */
+/** The repository's Hebrew fixture clips (`tools/sandbox/fixtures/clips.json`), which the sandbox recognizes. */
 export function fixtureLines(): CallerLine[] {
-  const dir = join(dirname(fileURLToPath(import.meta.url)), "..", "tests", "fixtures");
+  const dir = join(dirname(fileURLToPath(import.meta.url)), "..", "sandbox", "fixtures");
   const texts: Record<string, string> = JSON.parse(Deno.readTextFileSync(join(dir, "clips.json")));
   return Object.entries(texts).map(([file, text]) =>
     encodeLine(file.replace(/\.ulaw$/, ""), text, Deno.readFileSync(join(dir, "audio", file)))
   );
-}
-
-function spread(values: number[]): { p50: number; p95: number; max: number } {
-  return {
-    p50: round1(quantile(values, 0.5)),
-    p95: round1(quantile(values, 0.95)),
-    max: round1(values.length === 0 ? NaN : Math.max(...values)),
-  };
 }
 
 /** Places the calls, waits for all of them, and reports. */

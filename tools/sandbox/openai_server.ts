@@ -4,7 +4,7 @@
  * Replies are scriptable per request (text, token timing, stalls, dropped connections, HTTP
  * errors) and every request is recorded, including whether the client went away early.
  *
- * Standalone: `deno run --allow-net tests/support/openai_server.ts --port 8089
+ * Standalone: `deno run --allow-net tools/sandbox/openai_server.ts --port 8089
  * [--token-delay-ms 30] [--first-token-delay-ms 200]`, then `llm.base_url =
  * "http://127.0.0.1:8089/v1"`.
  */
