@@ -171,6 +171,8 @@ Deno.test("simulate --keys: a tool call on the caller's line, then keypad 0 tran
       real: { google: false, openai: false },
       servers,
       crmUrl: crm.baseUrl,
+      // A free port: 9090 may be another Kav's console on this machine.
+      adminPort: 0,
     }),
     { env: {}, credentialsDir: null },
   );
