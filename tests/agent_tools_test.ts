@@ -69,3 +69,57 @@ Deno.test("ToolBox.run() refuses oversized, unparsable and invalid arguments wit
     await crm.close();
   }
 });
+
+Deno.test("callDetailView() masks keypad turns and transfer numbers unless personal data may show", async () => {
+  const { callDetailView } = await import("../src/admin/_views.ts");
+  const turn = {
+    index: 1,
+    speaker: "caller" as const,
+    text: "4271",
+    generated: null,
+    cut: false,
+    startedAt: 0,
+    endedAt: 1,
+    timings: null,
+    input: "keypad" as const,
+  };
+  const transfer = {
+    at: 0,
+    department: "sales",
+    target: "+97231234567",
+    dialStatus: null,
+    dialEndedAt: null,
+    dialDurationS: null,
+  };
+  const detail = {
+    call: {
+      callSid: "CA1",
+      node: null,
+      streamSid: "MZ1",
+      accountSid: "AC1",
+      from: null,
+      to: null,
+      customParameters: {},
+      startedAt: 0,
+      endedAt: null,
+      outcome: null,
+      reason: null,
+      counters: null,
+      turns: 1,
+      latency: {} as never,
+    },
+    turns: [turn],
+    events: [],
+    toolCalls: [],
+    transfers: [transfer, { ...transfer, target: "sip:support@pbx.example.com" }],
+  };
+  const masked = callDetailView(detail, { personalData: false });
+  assert.equal(masked.turns[0].text, "••••");
+  assert.deepEqual(masked.transfers.map((t) => t.target), [
+    "+•••••••4567",
+    "sip:support@pbx.example.com",
+  ]);
+  const shown = callDetailView(detail, { personalData: true });
+  assert.equal(shown.turns[0].text, "4271");
+  assert.equal(shown.transfers[0].target, "+97231234567");
+});
