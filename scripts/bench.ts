@@ -4,7 +4,8 @@
  *   deno task bench [-- --steps 25,50,100,200,400,800] [--quick] [--no-pin] [--skip-variants]
  *                      [--floor] [--no-wire] [--keep-going] [--extra-toml TOML] [--kav-flag FLAG]
  *                      [--speech google|openai] [--speech-compare CALLS]
- *                      [--store sqlite|postgres] [--console CALLS] [--workers 1,2] [--with-floor]
+ *                      [--store sqlite|postgres] [--console CALLS] [--tools] [--workers 1,2]
+ *                      [--with-floor]
  *
  * Kav runs as a subprocess (`_bench_kav.ts`, i.e. `runKav` with a config file) pinned to core 0 with
  * `taskset`; the local provider servers (gRPC Speech and TTS, OpenAI-compatible SSE; answering
@@ -42,6 +43,11 @@
  *    Compare worker counts unpinned (`--no-pin`): pinned, every worker shares Kav's one core.
  * 10. With `--with-floor`: the floor server's ramp first, in the same run, and Kav's CPU over the
  *    floor's at each step (the per-call cost target: ≤ 2× at 100 calls, workers=1 pinned).
+ *
+ * 8. With `--tools` (issue 15): every caller turn makes the sandbox LLM call an operator tool on a
+ *    local CRM that answers at once, then answer with its result: two LLM requests and a signed tool
+ *    request per turn. `server_latency` then leaves out both LLM requests, the tool's own time and
+ *    TTS: what Kav adds to a turn with a tool (SPEC 6 budget: p95 < 15 ms at 100 calls).
  *
  * Timing is measured twice: at the client (the load generators), and on the wire by `tcpdump` on
  * loopback when it can run (`_bench_wire.ts`: kernel timestamps of Kav's own packets, so the
@@ -88,6 +94,8 @@ import {
 import { runStep, type StepOptions, type StepResult } from "./_bench_step.ts";
 import { openLiveViewer } from "./_bench_console.ts";
 import { median, round2 } from "../tools/stats.ts";
+import { actsReply } from "../tools/sandbox/acts.ts";
+import { startToolServer } from "../tools/sandbox/tool_server.ts";
 
 /** Calls of the unmeasured warm-up each fresh Kav gets. */
 const WARMUP_CALLS = 20;
@@ -127,6 +135,8 @@ interface BenchArgs {
   workers: number[];
   /** Also ramp the floor server in this run and compare Kav's CPU with it. */
   withFloor: boolean;
+  /** Every turn calls a tool on a local instant CRM (`--tools`). */
+  tools: boolean;
   out: string;
 }
 
@@ -156,6 +166,7 @@ const OPTIONS = {
   console: { type: "string" },
   workers: { type: "string" },
   "with-floor": { type: "boolean" },
+  tools: { type: "boolean" },
 } as const;
 
 function parseArgs(argv: readonly string[]): BenchArgs {
@@ -209,6 +220,7 @@ function parseArgs(argv: readonly string[]): BenchArgs {
     speech,
     speechCompare,
     store,
+    tools: values.tools ?? false,
     out: values.out ?? new URL("../bench/results/", import.meta.url).pathname,
   };
 }
@@ -270,6 +282,27 @@ function latencyOf(
   );
 }
 
+/**
+ * The `--tools` config: one operator tool on the local CRM, no hang-up tool (the callers' lines
+ * include a goodbye that must not end the bench's calls). Arrays of tables go last.
+ */
+function benchToolsToml(url: string): string {
+  return `
+[call]
+end_call = false
+[[tools]]
+name = "lookup_customer"
+description = "Find the caller's customer record"
+url = "${url}"
+timeout_ms = 4000
+[tools.parameters]
+type = "object"
+required = ["phone"]
+[tools.parameters.properties.phone]
+type = "string"
+`;
+}
+
 /** `[LAG]` lines (`_bench_kav.ts --lag-probe`) logged between two epoch times. */
 function lagStalls(logPath: string, from: number, to: number): { count: number; maxMs: number } {
   let count = 0;
@@ -329,7 +362,10 @@ async function main(): Promise<void> {
         "(other jobs on this machine)",
     );
   }
-  const servers = await startProviderServers();
+  const servers = await startProviderServers(args.tools ? { llm: { reply: actsReply } } : {});
+  const crm = args.tools ? await startToolServer() : null;
+  if (crm !== null) log(`every turn calls a tool on the local CRM at ${crm.baseUrl} (--tools)`);
+  const toolsToml = crm === null ? "" : benchToolsToml(crm.url("lookup_customer"));
   let pg: LocalPostgres | null = null;
   if (args.store === "postgres" && !args.floor) {
     // fsync on: what a real database pays for each commit.
@@ -387,7 +423,7 @@ async function main(): Promise<void> {
         servers,
         port,
         dbPath,
-        `${args.extraToml}${storeToml}${consoleToml}\n[server]\nworkers = ${workers}\n`,
+        `${args.extraToml}${storeToml}${consoleToml}${toolsToml}\n[server]\nworkers = ${workers}\n`,
         speech,
       ),
       port,
@@ -732,6 +768,7 @@ async function main(): Promise<void> {
         store: args.store,
         workers: args.workers,
         loadAverage: loadAverage(),
+        tools: args.tools,
         kavCore: cores.kav,
         loadCore: cores.load,
         clkTck: CLK_TCK,
@@ -809,6 +846,7 @@ async function main(): Promise<void> {
   } finally {
     await shutdown();
     await servers.close();
+    await crm?.close();
     await pg?.close();
     if (args.keep) log(`kept Kav's configs, logs and stores in ${dir}`);
     else await Deno.remove(dir, { recursive: true }).catch(() => {});

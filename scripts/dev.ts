@@ -17,6 +17,11 @@
  * `--speech openai`, speech recognition and synthesis use `stt.provider = "openai"` and
  * `tts.provider = "openai"` (SPEC 10) against a local OpenAI-compatible speech server instead of
  * the gRPC ones. With `--config FILE`, Kav runs exactly as `kav --config FILE` would.
+ *
+ * The sandbox also shows the agent acting (SPEC 6, docs/agent-actions.md): a local CRM answers the
+ * tool `lookup_customer`, which the sandbox LLM calls for every line the caller says; keypad "0"
+ * transfers to the department `sales`, "9" says goodbye and hangs up. Try them with
+ * `deno task simulate -- --keys 0` (and `--dial-status no-answer|completed`).
  */
 import { readCommandLine } from "../src/command_line.ts";
 import { loadConfig, parseConfig } from "../src/config/load.ts";
@@ -30,6 +35,8 @@ import {
   type SpeechProvider,
   startProviderServers,
 } from "../tools/sandbox/sandbox.ts";
+import { actsReply } from "../tools/sandbox/acts.ts";
+import { startToolServer } from "../tools/sandbox/tool_server.ts";
 
 /** Where the dev sandbox keeps its config and records (relative to the working directory). */
 export const DEV_DIR = ".kav-dev";
@@ -105,6 +112,8 @@ export function devToml(options: {
   real: DevProviders;
   servers: ProviderServers;
   speech?: SpeechProvider;
+  /** The local CRM's base URL: adds the sandbox's tool and transfer department. */
+  crmUrl?: string;
 }): string {
   const { port, dir, real, servers } = options;
   const speech = options.speech ?? "google";
@@ -120,6 +129,24 @@ path = "${dir}/kav.db"
 [admin]
 listen = "127.0.0.1:${options.adminPort ?? 9090}"
 ${sandboxProviderToml(servers, { google: !real.google, openai: !real.openai }, speech)}
+${options.crmUrl === undefined ? "" : devActsToml(options.crmUrl)}`;
+}
+
+/** The sandbox's agent acts: one department to transfer to, one tool on the local CRM. */
+function devActsToml(crmUrl: string): string {
+  return `[call.transfer]
+sales = "+15005550006"
+[[tools]]
+name = "lookup_customer"
+description = "Find the caller's customer record"
+url = "${crmUrl}/lookup_customer"
+timeout_ms = 3000
+filler = "רגע, אני בודקת."
+[tools.parameters]
+type = "object"
+required = ["query"]
+[tools.parameters.properties.query]
+type = "string"
 `;
 }
 
@@ -212,7 +239,13 @@ export async function main(argv: readonly string[]): Promise<number> {
     openai: Boolean(env.OPENAI_API_KEY),
   };
   log.info("DEV", devBanner(real, null, args.speech));
-  const servers = await startProviderServers();
+  // The sandbox LLM calls tools only where Kav offers them (a real LLM decides by itself).
+  const servers = await startProviderServers({ llm: { reply: actsReply } });
+  const crm = await startToolServer({
+    behaviours: {
+      lookup_customer: { kind: "json", body: { name: "Dana Levi", plan: "gold", open_tickets: 1 } },
+    },
+  });
   try {
     await Deno.mkdir(DEV_DIR, { recursive: true });
     const dir = await Deno.realPath(DEV_DIR);
@@ -223,6 +256,7 @@ export async function main(argv: readonly string[]): Promise<number> {
       real,
       servers,
       speech: args.speech,
+      crmUrl: crm.baseUrl,
     });
     await Deno.writeTextFile(`${dir}/kav.toml`, toml);
     // Made up per run unless set: the console on loopback still asks for it (SPEC 7).
@@ -238,6 +272,7 @@ export async function main(argv: readonly string[]): Promise<number> {
     return await serve(config, log, token);
   } finally {
     await servers.close();
+    await crm.close();
   }
 }
 

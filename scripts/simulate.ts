@@ -33,6 +33,7 @@ import {
 } from "../tools/twilio/simulation.ts";
 import type { CallerLine } from "../tools/twilio/caller.ts";
 import { normalizeBaseUrl } from "../tools/twilio/http.ts";
+import { simulateActs } from "../tools/twilio/acts.ts";
 
 export const USAGE = `Places simultaneous Twilio-like calls against a Kav server and reports them.
 
@@ -49,6 +50,11 @@ Usage: deno task simulate -- [options]
                         (default: the Hebrew fixture clips, which the sandbox recognizes)
   --answer-timeout S    seconds to wait for each answer (default 15)
   --no-callbacks        do not POST the stream status callbacks
+  --keys DIGITS         try the agent's acts on one call (docs/agent-actions.md): say --turns
+                        lines, type DIGITS on the keypad, then follow Kav's <Connect action> and
+                        <Dial action> answers as Twilio would (against \`deno task dev\`: "0"
+                        transfers, "9" hangs up; every line the caller says calls a tool)
+  --dial-status STATUS  how the pretended dial ends: no-answer (default), busy, failed, completed
   --json                print the report as JSON (progress still goes to stderr)
   --quiet               no progress line
   --help
@@ -65,6 +71,9 @@ export interface SimulateArgs {
   readonly audio: string | null;
   readonly answerTimeoutS: number;
   readonly callbacks: boolean;
+  /** Try the agent's acts on one call: keys to type (null: the load simulation). */
+  readonly keys: string | null;
+  readonly dialStatus: string;
   readonly json: boolean;
   readonly quiet: boolean;
 }
@@ -80,6 +89,8 @@ const OPTIONS = {
   audio: { type: "string" },
   "answer-timeout": { type: "string" },
   "no-callbacks": { type: "boolean" },
+  keys: { type: "string" },
+  "dial-status": { type: "string" },
   json: { type: "boolean" },
   quiet: { type: "boolean" },
   help: { type: "boolean", short: "h" },
@@ -120,10 +131,22 @@ export function parseSimulateArgs(
       integer: false,
     }),
     callbacks: !values["no-callbacks"],
+    keys: values.keys ?? null,
+    dialStatus: values["dial-status"] ?? "no-answer",
     json: values.json ?? false,
     quiet: values.quiet ?? false,
   };
   if (args.calls < 1) throw new RangeError("Cannot simulate fewer than 1 call");
+  if (args.keys !== null && !/^[0-9*#A-D]*$/.test(args.keys)) {
+    throw new RangeError(`Cannot type --keys ${JSON.stringify(args.keys)}: use 0-9, *, # and A-D`);
+  }
+  if (!["no-answer", "busy", "failed", "canceled", "completed"].includes(args.dialStatus)) {
+    throw new RangeError(
+      `Cannot use --dial-status ${
+        JSON.stringify(args.dialStatus)
+      }: no-answer, busy, failed, canceled or completed`,
+    );
+  }
   normalizeBaseUrl(args.url);
   if (args.publicUrl !== null) normalizeBaseUrl(args.publicUrl);
   return args;
@@ -228,6 +251,22 @@ export async function main(argv: readonly string[]): Promise<number> {
     return 2;
   }
   const baseUrl = normalizeBaseUrl(args.url);
+  if (args.keys !== null) {
+    const ok = await simulateActs({
+      target: {
+        baseUrl,
+        publicUrl: normalizeBaseUrl(args.publicUrl ?? baseUrl),
+        authToken: args.authToken,
+      },
+      lines,
+      turns: args.turns,
+      keys: args.keys,
+      dialStatus: args.dialStatus,
+      answerTimeoutMs: args.answerTimeoutS * 1000,
+      print: (line) => console.log(line),
+    });
+    return ok ? 0 : 1;
+  }
   const tty = Deno.stderr.isTerminal();
   const encoder = new TextEncoder();
   let lastPrinted = -Infinity;

@@ -58,8 +58,9 @@ export interface RunServerOptions {
   readonly log: Logger;
   readonly calls: MediaCallAcceptor;
   readonly onStatusEvent: HandlerDeps["onStatusEvent"];
-  /** The calls' shared facts (`src/call/call_state.ts`), handed to the routes. */
-  readonly callState?: HandlerDeps["callState"];
+  /** Agent transfers and hang-ups (SPEC 6), and where dial outcomes go. */
+  readonly callControl?: HandlerDeps["callControl"];
+  readonly onDialEnded?: HandlerDeps["onDialEnded"];
   /**
    * Called once on SIGTERM/SIGINT (or `signal`) after /healthz turned 503: let active calls end
    * and flush records. `signal` aborts at `server.drain_timeout_s`.
@@ -80,8 +81,9 @@ export async function runServer(options: RunServerOptions): Promise<void> {
     log,
     calls: options.calls,
     onStatusEvent: options.onStatusEvent,
+    callControl: options.callControl,
+    onDialEnded: options.onDialEnded,
     isDraining: () => draining,
-    callState: options.callState,
   });
   const server = startServer({
     config,

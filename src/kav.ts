@@ -5,13 +5,15 @@
  */
 import { type RunningConsole, startConsole } from "./admin/server.ts";
 import { runServer } from "./app.ts";
-import { LocalCallState } from "./call/call_state.ts";
 import { CallManager, installEscapeHandlers } from "./call/manager.ts";
+import { HandOffBoard } from "./call/hand_off.ts";
 import type { Config } from "./config/types.ts";
 import {
   callScript,
   createProviders,
+  fixedPhrases,
   type KavProviders,
+  recordDialEnded,
   recordStatus,
   ttsVoice,
   withVoice,
@@ -93,17 +95,16 @@ async function runOnMainThread(options: RunKavOptions): Promise<void> {
   const store: CallStore = options.store ?? await openConfiguredStore(config, log);
   // The voice the phrases are synthesized with; SIGHUP may change it.
   let voice = ttsVoice(config.tts);
-  const phrases = new PhraseCache(withVoice(providers.tts, () => voice), {
-    greeting: config.call.greeting,
-    apology: config.call.apology,
-  }, { log });
+  const phrases = new PhraseCache(withVoice(providers.tts, () => voice), fixedPhrases(config), {
+    log,
+  });
   // The first call must not pay for client creation (protos, stubs, connections).
   const [boot] = await Promise.all([phrases.load({}), providers.stt.warm?.()]);
   for (const failed of boot.failed) {
     log.error("TTS", "phrase not cached", { phrase: failed.name, error: failed.error.message });
   }
   let script = callScript(config, config, providers, phraseAudio(phrases));
-  const callState = new LocalCallState();
+  const handOffs = new HandOffBoard();
   const calls = new CallManager({
     config,
     stt: providers.stt,
@@ -111,6 +112,7 @@ async function runOnMainThread(options: RunKavOptions): Promise<void> {
     logger: log,
     // Read at `start`: a reload swaps the greeting, prompt and voice together.
     agentFactory: (ctx) => script(ctx),
+    handOffs,
   });
   const lifetime = new AbortController();
   let reloads = Promise.resolve();
@@ -121,7 +123,7 @@ async function runOnMainThread(options: RunKavOptions): Promise<void> {
       voice = ttsVoice(next.tts);
       const report = await phrases.reload({
         signal: lifetime.signal,
-        phrases: { greeting: next.call.greeting, apology: next.call.apology },
+        phrases: fixedPhrases(next),
       });
       script = callScript(config, next, providers, phraseAudio(phrases));
       log.info("KAV", "reloaded for new calls", {
@@ -165,7 +167,8 @@ async function runOnMainThread(options: RunKavOptions): Promise<void> {
         options.onListen?.(addr);
       },
       onStatusEvent: (params, webhook) => recordStatus(store, params, webhook),
-      callState,
+      callControl: handOffs,
+      onDialEnded: (params) => recordDialEnded(store, params),
       drain: async ({ signal }) => {
         await notifier.stopping({ extendTimeoutMs: config.server.drain_timeout_s * 1000 + 5000 });
         const timeoutMs = config.server.drain_timeout_s * 1000;

@@ -5,11 +5,13 @@
  * `src/workers/call_worker.ts` in each call worker. Nothing here opens the store.
  */
 import type { AgentFactory } from "./call/agent.ts";
-import { createConversationFactory } from "./agent/conversation.ts";
+import { createConversationFactory, fillerPhraseName } from "./agent/conversation.ts";
+import { ToolBox } from "./agent/tools.ts";
 import type { Config } from "./config/types.ts";
 import { createOpenAiLlm } from "./llm/openai.ts";
 import type { LlmProvider } from "./llm/types.ts";
 import type { Logger } from "./observe/log.ts";
+import { transferEnded } from "./observe/metrics.ts";
 import type { CallEventKind, CallStore } from "./store/types.ts";
 import { createGoogleStt } from "./stt/google.ts";
 import { createOpenAiStt } from "./stt/openai.ts";
@@ -58,7 +60,7 @@ export type PhraseAudio = ReadonlyMap<string, Uint8Array>;
 
 /**
  * What a new call gets: the agent of `next`'s greeting, prompt, apology and voice (every other
- * setting stays `boot`'s), with `phrases` as they were synthesized for `next`. SIGHUP replaces it;
+ * setting, the tools among them, stays `boot`'s), with `phrases` as they were synthesized for `next`. SIGHUP replaces it;
  * active calls keep theirs.
  */
 export function callScript(
@@ -78,7 +80,21 @@ export function callScript(
     llm: providers.llm,
     tts: withVoice(providers.tts, () => voice),
     phrases: { get: (name) => audio.get(name) ?? null },
+    tools: new ToolBox({ tools: boot.tools, call: boot.call, secret: boot.crm.secret }),
+    crm: boot.crm,
   });
+}
+
+/** The phrases synthesized at boot and on reload: greeting, apology and each tool's filler. */
+export function fixedPhrases(config: Config): Record<string, string> {
+  const phrases: Record<string, string> = {
+    greeting: config.call.greeting,
+    apology: config.call.apology,
+  };
+  for (const tool of config.tools) {
+    if (tool.filler !== null) phrases[fillerPhraseName(tool.name)] = tool.filler;
+  }
+  return phrases;
 }
 
 /** `tts` speaking with `voice()` unless a request names its own voice; closing it is a no-op. */
@@ -105,4 +121,18 @@ export function recordStatus(
   const kind: CallEventKind = "stream_status";
   const detail = [webhook, params.StreamEvent, params.StreamError].filter(Boolean).join(" ");
   store.event(callSid, { kind, at: Date.now(), detail });
+}
+
+/** Twilio's `<Dial action>` report, recorded against the call's transfer (off the response path). */
+export function recordDialEnded(store: CallStore, params: Readonly<Record<string, string>>): void {
+  const callSid = params.CallSid;
+  if (!callSid) return;
+  const status = params.DialCallStatus || "failed";
+  const duration = Number(params.DialCallDuration);
+  transferEnded(status);
+  store.dialEnded(callSid, {
+    at: Date.now(),
+    status,
+    durationS: params.DialCallDuration && Number.isFinite(duration) ? duration : null,
+  });
 }

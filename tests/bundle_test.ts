@@ -135,6 +135,7 @@ import * as grpc from "@grpc/grpc-js";
 import OpenAI from "openai";
 import { parse } from "smol-toml";
 import alawmulaw from "alawmulaw";
+import { Ajv } from "ajv";
 import { Buffer } from "node:buffer";
 
 const out: Record<string, unknown> = {};
@@ -172,6 +173,9 @@ out.llm = text;
 await http.shutdown();
 
 out.toml = parse("a = 1").a;
+// ajv generates its validators with new Function: it must run from the bundle too.
+const check = new Ajv({ allErrors: true }).compile({ type: "object", required: ["phone"] });
+out.ajv = [check({ phone: "1" }), check({})];
 out.mulaw = Array.from(alawmulaw.mulaw.decode(new Uint8Array([0xff, 0x00])));
 
 const worker = new Worker(new URL("./probe_worker.ts", import.meta.url).href, { type: "module" });
@@ -221,6 +225,7 @@ Deno.test("bundle() output using every npm dependency runs from an empty DENO_DI
       tts: 0,
       llm: "שלום עולם",
       toml: 1,
+      ajv: [true, false],
       mulaw: [0, -32124],
       worker: 42,
     });

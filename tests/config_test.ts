@@ -107,7 +107,7 @@ Deno.test("parseConfig() fills every key with the SPEC section 4 defaults", () =
     password: null,
   });
   assert.deepEqual(config.log, { transcripts: true });
-  assert.deepEqual(config.crm, { url: null, secret: null });
+  assert.deepEqual(config.crm, { url: null, secret: null, context_url: null });
   assert.deepEqual(config.google, { credentials_path: null });
 });
 
@@ -543,4 +543,104 @@ Deno.test("parseConfig() refuses a password in storage.url, a bad URL and a bad 
   ]);
   const node = only(problemsOf(MINIMAL.replace("[server]\n", '[server]\nnode_id = "a b"\n')));
   assert.equal(node.key, "server.node_id");
+});
+
+const ACTS = `${MINIMAL}[call]
+end_call = false
+filler_after_ms = 500
+[call.transfer]
+sales = "+97231234567"
+support = "sip:support@pbx.example.com"
+
+[[tools]]
+name = "lookup_customer"
+description = "Find the caller's customer record"
+url = "https://crm.example.com/kav/lookup_customer"
+timeout_ms = 4000
+filler = "רגע, אני בודקת."
+[tools.parameters]
+type = "object"
+required = ["phone"]
+[tools.parameters.properties.phone]
+type = "string"
+
+[[tools]]
+name = "open_ticket"
+description = "Open a ticket"
+url = "https://crm.example.com/kav/open_ticket"
+[crm]
+context_url = "https://crm.example.com/kav/context"
+`;
+
+Deno.test("parseConfig() reads SPEC 6: end_call, filler, transfer, tools and crm.context_url", () => {
+  const config = parseConfig(ACTS, NO_SECRETS);
+  assert.equal(config.call.end_call, false);
+  assert.equal(config.call.filler_after_ms, 500);
+  assert.deepEqual(config.call.transfer, {
+    sales: "+97231234567",
+    support: "sip:support@pbx.example.com",
+  });
+  assert.equal(config.crm.context_url, "https://crm.example.com/kav/context");
+  assert.equal(config.tools.length, 2);
+  assert.deepEqual(config.tools[0], {
+    name: "lookup_customer",
+    description: "Find the caller's customer record",
+    url: "https://crm.example.com/kav/lookup_customer",
+    timeout_ms: 4000,
+    filler: "רגע, אני בודקת.",
+    parameters: { type: "object", required: ["phone"], properties: { phone: { type: "string" } } },
+  });
+  assert.equal(config.tools[1].timeout_ms, 4000, "timeout_ms defaults to 4000");
+  assert.equal(config.tools[1].filler, null);
+  assert.deepEqual(config.tools[1].parameters, { type: "object", properties: {} });
+  const defaults = parseConfig(MINIMAL, NO_SECRETS);
+  assert.equal(defaults.call.end_call, true);
+  assert.equal(defaults.call.filler_after_ms, 800);
+  assert.deepEqual(defaults.call.transfer, {});
+  assert.deepEqual(defaults.tools, []);
+  assert.equal(defaults.crm.context_url, null);
+});
+
+Deno.test("parseConfig() names the key and line of a bad transfer target or tool", () => {
+  const bad = ACTS
+    .replace('sales = "+97231234567"', 'sales = "031234567"')
+    .replace('url = "https://crm.example.com/kav/open_ticket"', 'url = "ftp://crm"')
+    .replace('required = ["phone"]', 'requried = ["phone"]')
+    .replace('name = "open_ticket"', 'name = "end_call"');
+  const problems = problemsOf(bad);
+  const line = (needle: string) => bad.split("\n").findIndex((l) => l.includes(needle)) + 1;
+  assert.deepEqual(problems.map((p) => [p.key, p.line]), [
+    ["call.transfer.sales", line("031234567")],
+    ["tools[1].parameters", line("[tools.parameters]")],
+    ["tools[2].name", line('name = "end_call"')],
+    ["tools[2].url", line("ftp://crm")],
+  ]);
+  assert.match(problems[0].message, /E\.164/);
+  assert.match(problems[1].message, /not a valid JSON Schema.*requried/);
+  assert.match(problems[2].message, /built-in/);
+});
+
+Deno.test("parseConfig() refuses tools without a name, duplicate names and non-object schemas", () => {
+  const text = `${MINIMAL}[[tools]]
+description = "x"
+url = "https://crm.example.com/a"
+[[tools]]
+name = "a"
+description = "x"
+url = "https://crm.example.com/a"
+timeout_ms = 50
+[[tools]]
+name = "a"
+description = "x"
+url = "https://crm.example.com/a"
+[tools.parameters]
+type = "string"
+`;
+  const problems = problemsOf(text);
+  assert.deepEqual(problems.map((p) => [p.key, p.line]), [
+    ["tools[1].name", 5],
+    ["tools[2].timeout_ms", 12],
+    ["tools[3].name", 14],
+    ["tools[3].parameters", 17],
+  ]);
 });

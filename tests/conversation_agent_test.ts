@@ -112,6 +112,8 @@ function setup(options: { llm: FakeLlm; phrases?: Record<string, Uint8Array> }) 
     signal: controller.signal,
     store,
     hangup: () => {},
+    handOff: () => {},
+    resume: null,
   };
   const agent = createConversationFactory({
     call: CONFIG.call,

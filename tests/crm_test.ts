@@ -7,6 +7,7 @@ import { CRM_DEFAULTS, crmRetryDelayMs } from "../src/store/crm_outbox.ts";
 import type { CrmSummary } from "../src/store/crm_summary.ts";
 import type { CallStore } from "../src/store/types.ts";
 import { startCrmServer } from "../tools/sandbox/crm_server.ts";
+import { recordAgentActs } from "./support/agent_acts_records.ts";
 
 const SECRET = "s3cret-key";
 const T0 = Date.UTC(2025, 0, 15, 10, 0, 0);
@@ -320,4 +321,60 @@ Deno.test("crmRetryDelayMs() doubles from the base, caps, and jitters by ±25 %"
   assert.equal(crmRetryDelayMs(30, backoff, mid), 300_000);
   assert.equal(crmRetryDelayMs(1, backoff, () => 0), 750);
   assert.equal(crmRetryDelayMs(1, backoff, () => 0.999999), 1250);
+});
+
+Deno.test("CRM summaries carry tool calls, transfers and keypad input; the dial outcome sends the summary again", async () => {
+  const crm = await startCrmServer();
+  const { log } = collectingLogger();
+  try {
+    await withDir(async (path) => {
+      const store = await openCallStore(options(path, crm.url, log));
+      try {
+        recordAgentActs(store, "CA_ACTS", Date.UTC(2025, 0, 15, 10), "dialled");
+        await crm.waitFor(() => crm.accepted().length === 2);
+        // Two rows due at the same moment may be delivered in either order: `revision` says which.
+        const [first, second] = crm.accepted().map((a) => JSON.parse(a.body))
+          .sort((a, b) => a.revision - b.revision);
+        assert.deepEqual([first.revision, second.revision], [1, 2]);
+        assert.equal(first.call.outcome, "transferred");
+        assert.deepEqual(first.transfers.map((t: { dial_status: unknown }) => t.dial_status), [
+          null,
+        ]);
+        assert.deepEqual(second.transfers, [{
+          at: "2025-01-15T10:00:06.300Z",
+          department: "sales",
+          target: "+97231234500",
+          dial_status: "no-answer",
+          dial_duration_s: null,
+        }]);
+        assert.deepEqual(second.tool_calls, [
+          {
+            at: "2025-01-15T10:00:01.600Z",
+            name: "lookup_customer",
+            arguments: '{"id":"1234"}',
+            result: { name: "דנה" },
+            error: null,
+            ms: 41.3,
+          },
+          {
+            at: "2025-01-15T10:00:01.600Z",
+            name: "open_ticket",
+            arguments: "{}",
+            result: null,
+            error: "timed out after 4000 ms",
+            ms: 4000,
+          },
+        ]);
+        assert.deepEqual(
+          second.transcript.map((t: { input: string }) => t.input),
+          ["keypad", "speech"],
+        );
+        assert.notEqual(first.delivery_id, second.delivery_id);
+      } finally {
+        await store.close();
+      }
+    });
+  } finally {
+    await crm.close();
+  }
 });

@@ -3,7 +3,7 @@ import type { LlmConfig } from "../src/config/types.ts";
 import { ProviderError } from "../src/errors.ts";
 import { createOpenAiLlm } from "../src/llm/openai.ts";
 import { SentenceCutter } from "../src/llm/sentences.ts";
-import type { ChatMessage } from "../src/llm/types.ts";
+import type { ChatMessage, LlmDelta } from "../src/llm/types.ts";
 import { renderMetrics } from "../src/observe/metrics.ts";
 import { createLogger } from "../src/observe/log.ts";
 import { type OpenAiServer, startOpenAiServer } from "../tools/sandbox/openai_server.ts";
@@ -30,16 +30,16 @@ function signal(): AbortSignal {
   return new AbortController().signal;
 }
 
-async function collect(iterable: AsyncIterable<string>): Promise<string[]> {
+async function collect(iterable: AsyncIterable<LlmDelta>): Promise<string[]> {
   const out: string[] = [];
-  for await (const delta of iterable) out.push(delta);
+  for await (const delta of iterable) if (typeof delta === "string") out.push(delta);
   return out;
 }
 
 /** Runs the stream to completion and returns the error it throws (fails if it doesn't). */
-async function failure(iterable: AsyncIterable<string>, seen: string[] = []): Promise<unknown> {
+async function failure(iterable: AsyncIterable<LlmDelta>, seen: string[] = []): Promise<unknown> {
   try {
-    for await (const delta of iterable) seen.push(delta);
+    for await (const delta of iterable) if (typeof delta === "string") seen.push(delta);
   } catch (error) {
     return error;
   }
@@ -87,6 +87,8 @@ Deno.test("createOpenAiLlm() streams deltas and the first sentence is ready befo
     const deltas: string[] = [];
     let sentTokensAtFirstSentence = -1;
     for await (const delta of llm.stream(MESSAGES, { signal: signal() })) {
+      assert.equal(typeof delta, "string");
+      if (typeof delta !== "string") continue;
       deltas.push(delta);
       const sentences = cutter.push(delta);
       if (sentences.length > 0 && sentTokensAtFirstSentence < 0) {
@@ -179,7 +181,7 @@ Deno.test("createOpenAiLlm() does not count time the consumer holds a delta", ()
         { signal: signal() },
       )
     ) {
-      seen.push(delta);
+      if (typeof delta === "string") seen.push(delta);
       await new Promise((resolve) => setTimeout(resolve, 450));
     }
     assert.deepEqual(seen, ["א", "ב", "ג."]);
@@ -317,3 +319,53 @@ Deno.test("startOpenAiServer() answers non-streaming requests and unknown routes
     const answer = await defaulted.json();
     assert.match(answer.choices[0].message.content, /מחר בבוקר/);
   }));
+
+Deno.test("createOpenAiLlm() collects parallel streamed tool calls whose arguments come in pieces", async () => {
+  const server = await startOpenAiServer();
+  try {
+    server.script({
+      text: "רגע, אני בודקת.",
+      toolCalls: [
+        { id: "call_a", name: "lookup_customer", arguments: { phone: "+972501234567" } },
+        { id: "call_b", name: "open_ticket", arguments: { subject: "תור למחר", urgent: true } },
+      ],
+      argumentPieces: 7,
+    }, "מצאתי אותך.");
+    const llm = createOpenAiLlm(config(server));
+    const tools = [{
+      name: "lookup_customer",
+      description: "Find the caller",
+      parameters: { type: "object", properties: { phone: { type: "string" } } },
+    }];
+    const deltas: LlmDelta[] = [];
+    for await (const delta of llm.stream(MESSAGES, { signal: signal(), tools })) deltas.push(delta);
+    const text = deltas.filter((d) => typeof d === "string").join("");
+    assert.equal(text, "רגע, אני בודקת.", "the text before the calls streams as usual");
+    const last = deltas.at(-1);
+    assert.ok(typeof last === "object" && last.type === "tool_calls");
+    assert.deepEqual(last.calls, [
+      { id: "call_a", name: "lookup_customer", arguments: '{"phone":"+972501234567"}' },
+      { id: "call_b", name: "open_ticket", arguments: '{"subject":"תור למחר","urgent":true}' },
+    ]);
+    const sent = server.requests[0].body.tools as { function: { name: string } }[];
+    assert.deepEqual(sent.map((t) => t.function.name), ["lookup_customer"]);
+
+    // The results go back as tool messages after the assistant message that made the calls.
+    const history: ChatMessage[] = [
+      ...MESSAGES,
+      { role: "assistant", content: "רגע, אני בודקת.", toolCalls: last.calls },
+      { role: "tool", toolCallId: "call_a", content: '{"name":"דנה"}' },
+      { role: "tool", toolCallId: "call_b", content: '{"ticket":7}' },
+    ];
+    assert.deepEqual(await collect(llm.stream(history, { signal: signal() })), ["מצאתי", " אותך."]);
+    const received = server.requests[1].messages;
+    assert.deepEqual(received.slice(2), [
+      { role: "assistant", content: "רגע, אני בודקת.", tool_calls: last.calls },
+      { role: "tool", content: '{"name":"דנה"}', tool_call_id: "call_a" },
+      { role: "tool", content: '{"ticket":7}', tool_call_id: "call_b" },
+    ]);
+    assert.equal(server.requests[1].body.tools, undefined, "no tools offered: none sent");
+  } finally {
+    await server.close();
+  }
+});

@@ -15,6 +15,7 @@ import { runCallsCommand } from "../src/store/cli.ts";
 import { PG_SCHEMA_VERSION } from "../src/store/_pg_schema.ts";
 import type { CallStore, TurnRecord } from "../src/store/types.ts";
 import { renderMetrics } from "../src/observe/metrics.ts";
+import { recordAgentActs } from "./support/agent_acts_records.ts";
 import {
   type LocalPostgres,
   PG_PASSWORD,
@@ -504,6 +505,45 @@ Deno.test({
           ),
       });
       assert.equal(empty, 1);
+    });
+  },
+});
+
+Deno.test({
+  name:
+    "openPostgresStore() keeps tool calls, transfers, dial outcomes, keypad turns and a reopened call as SQLite does",
+  ignore,
+  async fn() {
+    await withPostgres(async ({ pg, dir, node }) => {
+      await pg.createDatabase("acts");
+      const store = await openPostgresStore(node("acts", "kav-a"));
+      const sqlite = await openCallStore({
+        path: `${dir}/kav.db`,
+        log: collectingLogger().log,
+        retentionDays: 0,
+        nodeId: "kav-a",
+      });
+      try {
+        for (const s of [store, sqlite] as CallStore[]) {
+          recordAgentActs(s, "CA_ACTS", T0);
+          await s.flush();
+        }
+        const fromPg = await store.getCall("CA_ACTS");
+        assert.ok(fromPg);
+        assert.deepEqual(fromPg, sqlite.getCall("CA_ACTS"));
+        assert.equal(fromPg.call.outcome, "agent_hangup");
+        assert.equal(fromPg.call.streamSid, "MZ2");
+        assert.equal(fromPg.toolCalls.length, 2);
+        assert.deepEqual(fromPg.transfers.map((t) => t.dialStatus), ["no-answer"]);
+        assert.deepEqual(fromPg.turns.map((t) => t.input ?? "speech"), [
+          "keypad",
+          "speech",
+          "speech",
+        ]);
+      } finally {
+        await store.close();
+        await sqlite.close();
+      }
     });
   },
 });

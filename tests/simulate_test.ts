@@ -7,6 +7,10 @@ import { parseTwiml } from "../tools/twilio/http.ts";
 import { formatReport, parseSimulateArgs, reportJson } from "../scripts/simulate.ts";
 import { MsHistogram } from "../tools/stats.ts";
 import { sandboxToml, startProviderServers } from "../tools/sandbox/sandbox.ts";
+import { actsReply } from "../tools/sandbox/acts.ts";
+import { startToolServer } from "../tools/sandbox/tool_server.ts";
+import { devToml } from "../scripts/dev.ts";
+import { simulateActs } from "../tools/twilio/acts.ts";
 
 const TOKEN = "simulate-test-token";
 
@@ -149,4 +153,63 @@ Deno.test("MsHistogram gives percentiles, merges and survives JSON", () => {
   assert.equal(h.count, 201);
   assert.equal(h.max, 300);
   assert.equal(h.quantile(1), 300);
+});
+
+Deno.test("simulate --keys: a tool call on the caller's line, then keypad 0 transfers, the dial is not answered and the caller is connected back, as with deno task dev", async () => {
+  const servers = await startProviderServers({ llm: { reply: actsReply } });
+  const crm = await startToolServer({
+    behaviours: { lookup_customer: { kind: "json", body: { name: "Dana Levi" } } },
+  });
+  const dir = await Deno.makeTempDir({ prefix: "kav-simulate-acts-" });
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = (listener.addr as Deno.NetAddr).port;
+  listener.close();
+  const config = parseConfig(
+    devToml({
+      port,
+      dir,
+      real: { google: false, openai: false },
+      servers,
+      crmUrl: crm.baseUrl,
+      // A free port: 9090 may be another Kav's console on this machine.
+      adminPort: 0,
+    }),
+    { env: {}, credentialsDir: null },
+  );
+  const stop = new AbortController();
+  const listening = Promise.withResolvers<void>();
+  const logs: string[] = [];
+  const running = runKav({
+    config,
+    log: createLogger((line) => logs.push(line)),
+    signal: stop.signal,
+    onListen: () => listening.resolve(),
+  });
+  running.catch((error) => listening.reject(error));
+  try {
+    await listening.promise;
+    const printed: string[] = [];
+    const baseUrl = `http://127.0.0.1:${port}`;
+    const ok = await simulateActs({
+      target: { baseUrl, publicUrl: baseUrl, authToken: null },
+      lines: fixtureLines(),
+      turns: 1,
+      keys: "0",
+      dialStatus: "no-answer",
+      answerTimeoutMs: 15_000,
+      print: (line) => printed.push(line),
+    });
+    assert.ok(ok, printed.join("\n") + "\n" + logs.join("\n"));
+    assert.ok(crm.requestsFor("lookup_customer").length >= 1, "the caller's line called a tool");
+    const text = printed.join("\n");
+    assert.match(text, /<Connect action> answered <Dial> to \+15005550006/);
+    assert.match(text, /connected the caller back/);
+    assert.match(text, /the agent spoke first/);
+  } finally {
+    stop.abort();
+    await running.catch(() => {});
+    await servers.close();
+    await crm.close();
+    await Deno.remove(dir, { recursive: true });
+  }
 });

@@ -7,6 +7,7 @@ import { summarize } from "../src/store/_stats.ts";
 import { LATENCY_NAMES, SCHEMA_VERSION } from "../src/store/_schema.ts";
 import { startCheckpointer } from "../src/store/_checkpointer.ts";
 import type { CallEnded, CallEvent, CallStarted, TurnRecord } from "../src/store/types.ts";
+import { recordAgentActs } from "./support/agent_acts_records.ts";
 
 function collectingLogger(): { log: Logger; lines: string[] } {
   const lines: string[] = [];
@@ -429,6 +430,43 @@ Deno.test("startCheckpointer() falls back to SQLite's auto-checkpoint when the w
   } finally {
     await checkpointer.stop();
     db.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("the store keeps tool calls, transfers with their dial outcome and keypad turns; a caller connected back reopens the call", async () => {
+  const { path, dir } = await tempDb();
+  const { log } = collectingLogger();
+  const store = await openCallStore({ path, log, retentionDays: 0 });
+  try {
+    recordAgentActs(store, "CA_ACTS", T0, "transferred");
+    await store.flush();
+    const transferred = store.getCall("CA_ACTS");
+    assert.equal(transferred?.call.outcome, "transferred");
+    assert.deepEqual(transferred?.transfers.map((t) => t.dialStatus), [null]);
+    store.dialEnded("CA_ACTS", { at: T0 + 36_000, status: "no-answer", durationS: null });
+    store.callStarted({ ...started("CA_ACTS", T0 + 37_000), streamSid: "MZ2" });
+    await store.flush();
+    const resumed = store.getCall("CA_ACTS");
+    assert.equal(resumed?.call.outcome, null, "connected back: the call is open again");
+    assert.equal(resumed?.call.streamSid, "MZ2");
+    assert.equal(resumed?.call.startedAt, T0, "the call's start stays the first stream's");
+    assert.deepEqual(resumed?.transfers, [{
+      at: T0 + 6300,
+      department: "sales",
+      target: "+97231234500",
+      dialStatus: "no-answer",
+      dialEndedAt: T0 + 36_000,
+      dialDurationS: null,
+    }]);
+    assert.deepEqual(resumed?.toolCalls.map((t) => [t.name, t.result, t.error, t.ms]), [
+      ["lookup_customer", '{"name":"דנה"}', null, 41.25],
+      ["open_ticket", null, "timed out after 4000 ms", 4000],
+    ]);
+    assert.equal(resumed?.turns[0].input, "keypad");
+    assert.equal(resumed?.turns[1].input, undefined);
+  } finally {
+    await store.close();
     await Deno.remove(dir, { recursive: true });
   }
 });

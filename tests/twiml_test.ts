@@ -3,10 +3,14 @@ import { parseConfig } from "../src/config/load.ts";
 import { createHandler } from "../src/http/handler.ts";
 import type { HandlerDeps } from "../src/http/types.ts";
 import { createLogger } from "../src/observe/log.ts";
+import { HandOffBoard } from "../src/call/hand_off.ts";
+import { computeSignature } from "../src/twilio/signature.ts";
 import {
   busyTwiml,
   connectStreamTwiml,
+  dialTwiml,
   escapeXml,
+  hangupTwiml,
   MAX_PARAMETER_CHARS,
   parameterFits,
   toWebSocketUrl,
@@ -221,4 +225,149 @@ Deno.test("POST /twiml answers busy when over max_calls or draining", async () =
       1,
     );
   }
+});
+
+Deno.test("dialTwiml() dials a number as text and a SIP URI as <Sip>, reporting to /webhook/dial_ended", () => {
+  const number = parseXml(
+    dialTwiml({ publicUrl: "https://kav.example.com", target: "+97231234567" }),
+  );
+  assert.deepEqual(number.children.map((c) => [c.name, c.attrs]), [["Dial", {
+    action: "https://kav.example.com/webhook/dial_ended",
+    answerOnBridge: "true",
+  }]]);
+  assert.ok(
+    dialTwiml({ publicUrl: "https://k", target: "+97231234567" }).includes(
+      ">+97231234567</Dial>",
+    ),
+  );
+  const sip = dialTwiml({ publicUrl: "https://k", target: "sip:a&b@pbx.example.com" });
+  assert.ok(sip.includes("<Sip>sip:a&amp;b@pbx.example.com</Sip></Dial>"), sip);
+  assert.ok(sip.startsWith("<?xml"));
+  assert.deepEqual(parseXml(hangupTwiml()).children.map((c) => c.name), ["Hangup"]);
+});
+
+function actionRequest(path: string, params: Record<string, string>): Request {
+  return new Request(`http://127.0.0.1:8080${path}`, {
+    method: "POST",
+    headers: { "content-type": "application/x-www-form-urlencoded" },
+    body: new URLSearchParams(params),
+  });
+}
+
+Deno.test("POST /webhook/stream_ended answers a transferred call's <Dial> and a hung-up one's <Hangup/> from memory, others 204", async () => {
+  const board = new HandOffBoard();
+  board.set("CA_T", {
+    action: { kind: "transfer", department: "sales", target: "+97231234567" },
+    carry: "{}",
+  });
+  board.set("CA_H", { action: { kind: "hangup" }, carry: "{}" });
+  const dialled: Record<string, string>[] = [];
+  const handler = createHandler({
+    config: parseConfig(
+      `[server]\npublic_url = "https://kav.example.com"\n[twilio]\nvalidate_signatures = false\n`,
+      { env: {}, credentialsDir: null },
+    ),
+    log: createLogger(() => {}),
+    calls: { canAccept: () => true, attach: () => {} },
+    onStatusEvent: () => {},
+    isDraining: () => false,
+    callControl: board,
+    onDialEnded: (params) => void dialled.push({ ...params }),
+  });
+  const transfer = await handler(actionRequest("/webhook/stream_ended", { CallSid: "CA_T" }), INFO);
+  assert.equal(transfer.status, 200);
+  assert.equal(transfer.headers.get("content-type"), "text/xml; charset=utf-8");
+  const text = await transfer.text();
+  assert.equal(
+    transfer.headers.get("content-length"),
+    String(new TextEncoder().encode(text).length),
+  );
+  assert.match(
+    text,
+    /<Dial action="https:\/\/kav.example.com\/webhook\/dial_ended"[^>]*>\+97231234567<\/Dial>/,
+  );
+  const hangup = await handler(actionRequest("/webhook/stream_ended/", { CallSid: "CA_H" }), INFO);
+  assert.equal(await hangup.text(), hangupTwiml());
+  const other = await handler(actionRequest("/webhook/stream_ended", { CallSid: "CA_X" }), INFO);
+  assert.equal(other.status, 204);
+
+  // The dial was not answered: the caller is connected back, the stream told why.
+  const back = await handler(
+    actionRequest("/webhook/dial_ended", {
+      CallSid: "CA_T",
+      From: "+972501234567",
+      To: "+97231234567",
+      DialCallStatus: "busy",
+    }),
+    INFO,
+  );
+  const xml = parseXml(await back.text());
+  const stream = xml.children[0].children[0];
+  assert.equal(stream.name, "Stream");
+  assert.deepEqual(stream.children.map((p) => [p.attrs.name, p.attrs.value]), [
+    ["From", "+972501234567"],
+    ["To", "+97231234567"],
+    ["CallSid", "CA_T"],
+    ["KavDialStatus", "busy"],
+  ]);
+  assert.deepEqual(board.takeResume("CA_T"), {
+    department: "sales",
+    dialStatus: "busy",
+    carry: "{}",
+  });
+  // A completed dial ends the call; the outcome is handed on off the response path.
+  const done = await handler(
+    actionRequest("/webhook/dial_ended", { CallSid: "CA_T", DialCallStatus: "completed" }),
+    INFO,
+  );
+  assert.equal(await done.text(), hangupTwiml());
+  await new Promise((resolve) => setTimeout(resolve, 10));
+  assert.deepEqual(dialled.map((p) => p.DialCallStatus), ["busy", "completed"]);
+});
+
+Deno.test("POST /webhook/dial_ended needs a valid signature", async () => {
+  const handler = createHandler({
+    config: parseConfig(`[server]\npublic_url = "https://kav.example.com"\n`, {
+      env: { TWILIO_AUTH_TOKEN: "token" },
+      credentialsDir: null,
+    }),
+    log: createLogger(() => {}),
+    calls: { canAccept: () => true, attach: () => {} },
+    onStatusEvent: () => {},
+    isDraining: () => false,
+    callControl: new HandOffBoard(),
+  });
+  const params = { CallSid: "CA1", DialCallStatus: "no-answer" };
+  const bad = await handler(actionRequest("/webhook/dial_ended", params), INFO);
+  assert.equal(bad.status, 403);
+  const signature = computeSignature("token", {
+    url: "https://kav.example.com/webhook/dial_ended",
+    params: Object.entries(params),
+  });
+  const good = await handler(
+    new Request("http://127.0.0.1:8080/webhook/dial_ended", {
+      method: "POST",
+      headers: {
+        "content-type": "application/x-www-form-urlencoded",
+        "x-twilio-signature": signature,
+      },
+      body: new URLSearchParams(params),
+    }),
+    INFO,
+  );
+  assert.equal(good.status, 200);
+});
+
+Deno.test("HandOffBoard forgets entries after their time and past its size", () => {
+  let now = 0;
+  const board = new HandOffBoard({ ttlMs: 1000, maxEntries: 2, now: () => now });
+  const hangup = { action: { kind: "hangup" as const }, carry: "" };
+  board.set("A", hangup);
+  board.set("B", hangup);
+  board.set("C", hangup);
+  assert.equal(board.size, 2);
+  assert.equal(board.action("A"), null, "the oldest went first");
+  now = 1500;
+  assert.equal(board.action("B"), null, "expired");
+  assert.equal(board.size, 1);
 });

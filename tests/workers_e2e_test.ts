@@ -2,7 +2,8 @@
  * Issue 17 (SPEC 8), end to end with the real Kav process on call workers: `max_calls` is one
  * count under a burst spread over the workers, one `/metrics` scrape sums every worker, and a
  * worker whose isolate is killed mid-call (the `KAV_TEST_HOOKS` route) takes only its own calls
- * down, recorded as errors, while the other worker's calls go on and new calls succeed.
+ * down, recorded as errors, while the other worker's calls go on and new calls succeed; an agent's
+ * transfer is answered, and a caller connected back resumes, on a worker other than the call's.
  */
 import assert from "node:assert/strict";
 import { parsePrometheusText, sampleValue } from "../src/observe/prom_parse.ts";
@@ -15,7 +16,12 @@ import {
   startKavProcess,
 } from "./support/kav_process.ts";
 import { type ProviderServers, startProviderServers } from "../tools/sandbox/sandbox.ts";
-import { TwilioClient } from "../tools/twilio/client.ts";
+import {
+  followConnectAction,
+  followDialAction,
+  parseTwiml,
+  TwilioClient,
+} from "../tools/twilio/client.ts";
 
 const TIMEOUT_MS = 30_000;
 const HOOKS = { KAV_TEST_HOOKS: "1" };
@@ -178,6 +184,103 @@ Deno.test("one /metrics scrape sums every worker's calls and frames (workers=2)"
     );
     kav.kill("SIGTERM");
     assert.equal((await kav.status).code, 0, kav.log());
+  });
+});
+
+const FROM = "+972501234567";
+const TO = "+97231234567";
+const SALES = "+97231234500";
+
+Deno.test("a transfer on one worker: the action requests and the caller connected back work on another (workers=2)", async () => {
+  const transfer = `[call.transfer]\nsales = "${SALES}"\n`;
+  await withKav(`${transfer}${SERVER}workers = 2`, async (kav, servers) => {
+    const back = "לא הצלחתי להשיג את המכירות. להשאיר להם הודעה?";
+    servers.llm.script(
+      {
+        text: "מעבירה אותך למחלקת המכירות.",
+        toolCalls: [{ name: "transfer_call", arguments: { department: "sales" } }],
+      },
+      { text: back },
+    );
+    const byWorker = await callsOnEveryWorker(kav, 2);
+    // The stream that will connect the caller back is opened first (Twilio would open it after
+    // the dial), on whichever worker the kernel gives it; the call on the other worker transfers.
+    const parameters = { From: FROM, To: TO, KavDialStatus: "no-answer" };
+    let resumed: TwilioClient | null = null;
+    let caller: TwilioClient | null = null;
+    const spares: TwilioClient[] = [];
+    for (let attempt = 0; attempt < 12 && resumed === null; attempt++) {
+      for (const [worker, clients] of byWorker) {
+        const from = kav.lines.length;
+        const spare = await TwilioClient.connect({
+          url: kav.mediaUrl,
+          callSid: clients[0].callSid,
+          customParameters: parameters,
+        });
+        const accepted = await kav.waitForLine(/\[CALL\] media socket accepted .*worker=(\d+)/, {
+          timeoutMs: TIMEOUT_MS,
+          from,
+        });
+        if (Number(/worker=(\d+)/.exec(accepted)![1]) !== worker) {
+          resumed = spare;
+          caller = clients[0];
+          break;
+        }
+        spares.push(spare);
+      }
+    }
+    await hangUp(spares);
+    assert.ok(resumed !== null && caller !== null, "no stream landed on the other worker");
+    const call = { callSid: caller.callSid, from: FROM, to: TO };
+    await sayAndWait(caller, fixtureClip("appointment").audio, caller.closed);
+
+    // Twilio's <Connect action>, each on a new connection: the kernel spreads them over both
+    // workers (all ten on the call's own one: 1 in 1,024), and every one is answered <Dial>.
+    for (let i = 0; i < 10; i++) {
+      const client = Deno.createHttpClient({});
+      try {
+        const response = await fetch(`${kav.baseUrl}/webhook/stream_ended`, {
+          method: "POST",
+          client,
+          headers: { "content-type": "application/x-www-form-urlencoded" },
+          body: new URLSearchParams({ CallSid: call.callSid, From: FROM, To: TO }).toString(),
+        });
+        const next = parseTwiml(response.status, await response.text());
+        assert.equal(next.kind, "dial");
+        assert.equal(next.kind === "dial" ? next.target : null, SALES);
+      } finally {
+        client.close();
+      }
+    }
+    const dial = await followConnectAction(kav.baseUrl, call);
+    assert.equal(dial.kind, "dial");
+    if (dial.kind !== "dial") return;
+    const next = await followDialAction(kav.baseUrl, dial, { ...call, status: "no-answer" });
+    assert.equal(next.kind, "stream");
+    if (next.kind !== "stream") return;
+    assert.deepEqual(next.parameters, { ...parameters, CallSid: call.callSid });
+
+    // The caller comes back on the other worker: its agent knows why, from the main thread's board.
+    resumed.begin();
+    await kav.waitForLine(
+      new RegExp(`call=${call.callSid} connected back after a transfer .*remembered=true`),
+      { timeoutMs: TIMEOUT_MS },
+    );
+    // It speaks first, from the history it carried over (the LLM's second request).
+    for (let waited = 0; servers.llm.requests.length < 2 && waited < TIMEOUT_MS; waited += 50) {
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+    assert.ok(!resumed.marks.includes("greeting_end"), "no second greeting");
+    const note = servers.llm.requests[1].messages.find((m) =>
+      m.role === "system" && m.content.includes("no-answer")
+    );
+    assert.ok(note, JSON.stringify(servers.llm.requests[1].messages));
+    assert.match(note.content, /transfer to sales did not go through/);
+    await hangUp([resumed, ...[...byWorker.values()].flat().filter((c) => c !== caller)]);
+    kav.kill("SIGTERM");
+    assert.equal((await kav.status).code, 0, kav.log());
+    const { call: recorded } = await callDetail(kav, call.callSid);
+    assert.equal(recorded.outcome, "completed", "reopened by the caller connected back");
   });
 });
 

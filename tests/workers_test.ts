@@ -5,7 +5,7 @@
  */
 import assert from "node:assert/strict";
 import { Worker } from "node:worker_threads";
-import { CallStateRegistry, LocalCallState } from "../src/call/call_state.ts";
+import { HandOffBoard } from "../src/call/hand_off.ts";
 import { parsePrometheusText, sampleValue } from "../src/observe/prom_parse.ts";
 import {
   type FamilySnapshot,
@@ -17,7 +17,7 @@ import {
 import { type Reply, Requests, type WorkerRequest } from "../src/workers/protocol.ts";
 import { LOG_BATCH_MS, Outbox } from "../src/workers/remote.ts";
 import { SharedProcessState } from "../src/workers/shared_state.ts";
-import { answerCallState } from "../src/workers/supervisor.ts";
+import { answerHandOff } from "../src/workers/supervisor.ts";
 import type { Command, ThreadData } from "./support/workers_thread.ts";
 
 const THREAD = new URL("./support/workers_thread.ts", import.meta.url);
@@ -126,15 +126,17 @@ Deno.test("SharedProcessState: flags, connection numbers, heartbeats, never belo
   assert.equal(state.heartbeat(1), 0);
 });
 
-Deno.test("call state set on one thread is seen by another once set resolves", async () => {
-  const registry = new CallStateRegistry();
+Deno.test("a hand-off stored from one call worker is answered on another once set resolves", async () => {
+  const board = new HandOffBoard();
   const shared = SharedProcessState.create(2).buffer;
   const go = new SharedArrayBuffer(8);
   const answer = (worker: () => Worker) => (id: number, body: WorkerRequest) => {
-    if (body.kind !== "state-set" && body.kind !== "state-get" && body.kind !== "state-delete") {
-      throw new Error(`unexpected ${body.kind}`);
-    }
-    const reply: Reply = { type: "reply", id, ok: true, value: answerCallState(registry, body) };
+    if (!body.kind.startsWith("handoff-")) throw new Error(`unexpected ${body.kind}`);
+    const value = answerHandOff(
+      board,
+      body as Extract<WorkerRequest, { kind: `handoff-${string}` }>,
+    );
+    const reply: Reply = { type: "reply", id, ok: true, value };
     worker().postMessage(reply);
   };
   let a: Thread | null = null;
@@ -142,51 +144,33 @@ Deno.test("call state set on one thread is seen by another once set resolves", a
   const data = { shared, go, max: 1, attempts: 0 };
   a = await startThread({ ...data, slot: 0 }, answer(() => a!.worker));
   b = await startThread({ ...data, slot: 1 }, answer(() => b!.worker));
+  const ask = async (thread: Thread, command: Command) => {
+    const got = thread.next("got");
+    thread.send(command);
+    return (await got).value;
+  };
   try {
-    const missing = b.next("got");
-    b.send({ type: "get", callSid: "CA1" });
-    assert.equal((await missing).value, null);
+    assert.equal(await ask(b, { type: "action", callSid: "CA1" }), null, "nothing stored yet");
     const set = a.next("set-done");
-    a.send({ type: "set", callSid: "CA1", fields: { transfer: "sales", tries: 1 } });
+    const action = { kind: "transfer", department: "sales", target: "+15550100" } as const;
+    a.send({ type: "set", callSid: "CA1", handOff: { action, carry: '{"turn":2}' } });
     await set;
-    const got = b.next("got");
-    b.send({ type: "get", callSid: "CA1" });
-    assert.deepEqual((await got).value, { transfer: "sales", tries: 1 });
+    // Twilio's <Connect action> lands on the other worker, then the <Dial action>, then the
+    // stream connected back lands on the first again: each finds what the call's worker stored.
+    assert.deepEqual(await ask(b, { type: "action", callSid: "CA1" }), action);
+    assert.equal(
+      await ask(b, { type: "dial-ended", callSid: "CA1", status: "no-answer" }),
+      "sales",
+    );
+    assert.deepEqual(await ask(a, { type: "take-resume", callSid: "CA1" }), {
+      department: "sales",
+      dialStatus: "no-answer",
+      carry: '{"turn":2}',
+    });
+    assert.equal(await ask(b, { type: "take-resume", callSid: "CA1" }), null, "taken once");
   } finally {
     await Promise.all([a.worker.terminate(), b.worker.terminate()]);
   }
-});
-
-Deno.test("CallStateRegistry merges fields, copies values, expires and stays bounded", async () => {
-  let now = 1000;
-  const registry = new CallStateRegistry({ ttlMs: 100, maxEntries: 2, now: () => now });
-  const fields = { department: "sales", digits: ["1", "2"] };
-  registry.set("CA1", fields);
-  registry.set("CA1", { outcome: "no-answer" });
-  fields.digits.push("3");
-  assert.deepEqual(registry.get("CA1"), {
-    department: "sales",
-    digits: ["1", "2"],
-    outcome: "no-answer",
-  });
-  const copy = registry.get("CA1")!;
-  (copy.digits as string[]).push("9");
-  assert.deepEqual(registry.get("CA1")!.digits, ["1", "2"], "a get returns a copy");
-  now += 101;
-  assert.equal(registry.get("CA1"), null, "expired");
-  registry.set("CA2", { a: 1 });
-  registry.set("CA3", { a: 2 }, { ttlMs: 10_000 });
-  registry.set("CA4", { a: 3 });
-  assert.equal(registry.size, 2);
-  assert.equal(registry.get("CA2"), null, "the oldest went first");
-  assert.deepEqual(registry.get("CA3"), { a: 2 });
-  registry.delete("CA3");
-  assert.equal(registry.get("CA3"), null);
-  const local = new LocalCallState(registry);
-  await local.set("CA5", { x: true });
-  assert.deepEqual(await local.get("CA5"), { x: true });
-  await local.delete("CA5");
-  assert.equal(await local.get("CA5"), null);
 });
 
 function counter(name: string, series: [string, number][], labelled = true): FamilySnapshot {
@@ -236,33 +220,35 @@ Deno.test("mergeSnapshots() sums counters, histograms and gauges series by serie
 
 Deno.test("Requests: answers, errors, timeouts and a closed link", async () => {
   const channel = new MessageChannel();
-  const left = new Requests<WorkerRequest, { "state-get": unknown }>(channel.port1);
+  const left = new Requests<WorkerRequest, { "handoff-action": unknown }>(channel.port1);
   const right = new Requests<{ kind: string }, Record<string, unknown>>(channel.port2);
   channel.port2.onmessage = (event) => {
     const message = event.data as { type: string; id: number; body: WorkerRequest };
     if (message.type !== "request") return;
     right.answer(message.id, () => {
-      if (message.body.kind === "state-get" && message.body.callSid === "bad") {
+      if (message.body.kind === "handoff-action" && message.body.callSid === "bad") {
         throw new RangeError("no such call");
       }
-      if (message.body.kind === "state-get" && message.body.callSid === "slow") {
+      if (message.body.kind === "handoff-action" && message.body.callSid === "slow") {
         return new Promise(() => {});
       }
-      return { sid: message.body.kind === "state-get" ? message.body.callSid : null };
+      return { sid: message.body.kind === "handoff-action" ? message.body.callSid : null };
     });
   };
   channel.port1.onmessage = (event) => left.settle(event.data as Reply);
   try {
-    assert.deepEqual(await left.request({ kind: "state-get", callSid: "CA1" }), { sid: "CA1" });
-    await assert.rejects(left.request({ kind: "state-get", callSid: "bad" }), /no such call/);
+    assert.deepEqual(await left.request({ kind: "handoff-action", callSid: "CA1" }), {
+      sid: "CA1",
+    });
+    await assert.rejects(left.request({ kind: "handoff-action", callSid: "bad" }), /no such call/);
     await assert.rejects(
-      left.request({ kind: "state-get", callSid: "slow" }, { timeoutMs: 50 }),
-      /No answer to state-get within 50 ms/,
+      left.request({ kind: "handoff-action", callSid: "slow" }, { timeoutMs: 50 }),
+      /No answer to handoff-action within 50 ms/,
     );
-    const pending = left.request({ kind: "state-get", callSid: "slow" });
+    const pending = left.request({ kind: "handoff-action", callSid: "slow" });
     left.close("call worker 1 is gone");
     await assert.rejects(pending, /call worker 1 is gone/);
-    await assert.rejects(left.request({ kind: "state-get", callSid: "CA1" }), /is gone/);
+    await assert.rejects(left.request({ kind: "handoff-action", callSid: "CA1" }), /is gone/);
   } finally {
     channel.port1.close();
     channel.port2.close();

@@ -67,5 +67,18 @@ export function callDetailView(detail: CallDetail, options: ViewOptions): CallDe
     : detail.events.map((event): CallEvent =>
       event.kind === "dtmf" ? { ...event, detail: "•".repeat(event.detail.length) } : event
     );
-  return { ...detail, call: callRowView(detail.call, options), events };
+  if (options.personalData) return { ...detail, call: callRowView(detail.call, options), events };
+  // Keypad turns are DTMF digits and transfers name numbers: masked like them (SPEC 6 records).
+  return {
+    ...detail,
+    call: callRowView(detail.call, options),
+    events,
+    turns: detail.turns.map((turn) =>
+      turn.input === "keypad" ? { ...turn, text: "•".repeat(turn.text.length) } : turn
+    ),
+    transfers: detail.transfers.map((transfer) => ({
+      ...transfer,
+      target: transfer.target.startsWith("+") ? maskNumber(transfer.target) ?? "" : transfer.target,
+    })),
+  };
 }

@@ -2,20 +2,41 @@
  * One agent answer: the LLM stream is read into sentences by one task while a second task turns
  * each sentence into audio (TTS) and queues it with a mark after it. Reading never waits on
  * playback, so a slow TX queue cannot look like an LLM stall. Marks tell what the caller heard.
+ *
+ * Tools (SPEC 6): every request offers the tools; text the model streams before its calls is
+ * spoken at once, the calls run (`_tool_round.ts`), their results go back as `tool` messages and
+ * the next answer streams as usual, up to `MAX_TOOL_ROUNDS` rounds (the last request offers none).
+ * A built-in action (`end_call`, `transfer_call`) leaves the answer holding it; the conversation
+ * carries it out once everything spoken was heard.
  */
 import { ProviderError } from "../errors.ts";
 import { SentenceCutter } from "../llm/sentences.ts";
-import type { ChatMessage, LlmProvider } from "../llm/types.ts";
+import type { ChatMessage, LlmProvider, ToolCall } from "../llm/types.ts";
 import { retry, type RetryPolicy } from "../providers/policy.ts";
 import type { TurnTimings } from "../store/types.ts";
 import type { TtsProvider } from "../tts/types.ts";
-import type { AgentContext } from "../call/agent.ts";
+import type { AgentContext, CallAction } from "../call/agent.ts";
+import type { ToolBox, ToolCaller } from "./tools.ts";
+import { ToolRound } from "./_tool_round.ts";
+import { firstChunk, once, raceAbort } from "./_streams.ts";
 import type { EndOfTurn, TurnClock } from "./turns.ts";
+
+/** Requests of one answer that offer tools; the one after them offers none, so it must speak. */
+export const MAX_TOOL_ROUNDS = 4;
 
 export interface ReplyOptions {
   readonly id: number;
   readonly turn: EndOfTurn;
-  readonly history: readonly ChatMessage[];
+  /** The messages to send, read once `before` settled (earlier answers' tools have results). */
+  readonly history: () => readonly ChatMessage[];
+  readonly before: Promise<unknown>;
+  /** The model's functions; null or none offered: a plain answer. */
+  readonly tools: ToolBox | null;
+  readonly caller: ToolCaller;
+  /** `call.filler_after_ms`. */
+  readonly fillerAfterMs: number;
+  /** A tool's cached filler audio (boot-time), or null (then it is synthesized). */
+  readonly fillerAudio: (tool: string) => Uint8Array | null;
   readonly ctx: AgentContext;
   readonly llm: LlmProvider;
   readonly tts: TtsProvider;
@@ -27,8 +48,16 @@ export interface ReplyOptions {
   readonly onSpeaking: () => void;
 }
 
-/** A sentence to speak, or the cached apology after a provider failure. */
-type SpokenItem = { readonly text: string; readonly apology: boolean };
+/** A sentence to speak, the cached apology after a provider failure, or a tool's filler. */
+interface SpokenItem {
+  readonly text: string;
+  readonly apology: boolean;
+  /** The request (0-based) it was spoken in (a filler: the one whose tools it covered). */
+  readonly round: number;
+  readonly filler?: boolean;
+  /** Cached audio, played instead of synthesizing `text`. */
+  readonly audio?: Uint8Array | null;
+}
 
 /** A sentence's TTS: one retry of a retryable failure, after a short jittered wait (a live call). */
 const TTS_RETRY: RetryPolicy = Object.freeze({
@@ -68,6 +97,15 @@ export class AgentReply {
   #ttsStartAt: number | null = null;
   #ttsAudioAt: number | null = null;
   #firstFrameAt: number | null = null;
+  /** First frame of the answer proper (not a filler). */
+  #answerFrameAt: number | null = null;
+  readonly #rounds: ToolRound[] = [];
+  #fillerUsed = false;
+  /** The request being read (0-based). */
+  #round = 0;
+  /** Provider time before the first sentence: LLM requests and tool waits, ms. */
+  #providerMs = 0;
+  #providerToFirstSentence: number | null = null;
 
   constructor(options: ReplyOptions) {
     this.#o = options;
@@ -75,6 +113,43 @@ export class AgentReply {
     this.done = Promise.all([this.#readLlm(), this.#speak()]).then(() => {
       this.#pipelineDone = true;
     });
+  }
+
+  /** The built-in action the model chose (transfer or hang-up), once its round settled. */
+  get action(): CallAction | null {
+    for (const round of this.#rounds) if (round.action !== null) return round.action;
+    return null;
+  }
+
+  /** The caller interrupted before the action: the history will say it was not done. */
+  cancelAction(): void {
+    for (const round of this.#rounds) if (round.action !== null) round.cancelAction();
+  }
+
+  /** Settles when every tool this answer called has its outcome (tools outlive a cut answer). */
+  toolsSettled(): Promise<unknown> {
+    return Promise.all(this.#rounds.map((round) => round.settled));
+  }
+
+  /**
+   * What this answer adds to the history, after `toolsSettled()`: per tool round the heard text
+   * before the calls (a filler said while they ran included) with the calls and their results,
+   * then the heard rest (an apology included: the caller heard it).
+   */
+  historyMessages(): ChatMessage[] {
+    const out: ChatMessage[] = [];
+    const heard = (round: number) =>
+      this.#spoken.filter((item, i) => item.round === round && this.#played.has(i))
+        .map((item) => item.text).join(" ");
+    let last = -1;
+    for (const round of this.#rounds) {
+      out.push(...round.messages(heard(round.round)));
+      last = round.round;
+    }
+    const rounds = new Set(this.#spoken.map((item) => item.round).filter((r) => r > last));
+    const rest = [...rounds].sort((a, b) => a - b).map(heard).filter((t) => t !== "").join(" ");
+    if (rest !== "") out.push({ role: "assistant", content: rest });
+    return out;
   }
 
   get cut(): boolean {
@@ -159,7 +234,11 @@ export class AgentReply {
       llm_ttft: this.#firstTokenAt === null ? null : this.#firstTokenAt - this.#llmStartAt,
       tts_ttfb: this.#ttsStartAt === null || this.#ttsAudioAt === null ? null : ttsSpan,
       e2e_latency: frame === null ? null : frame - (speechEnd ?? turn.decidedAt),
-      server_latency: frame === null ? null : frame - turn.decidedAt - llmSpan - ttsSpan,
+      // The answer after a filler waited for the filler to play: that is not Kav's delay.
+      server_latency: this.#answerFrameAt === null || this.#fillerUsed
+        ? null
+        : this.#answerFrameAt - turn.decidedAt - (this.#providerToFirstSentence ?? llmSpan) -
+          ttsSpan,
     };
   }
 
@@ -175,24 +254,71 @@ export class AgentReply {
 
   async #readLlm(): Promise<void> {
     const { ctx, clock } = this.#o;
-    const cutter = new SentenceCutter();
     this.#llmStartAt = clock.now();
+    let spokeText = false;
     try {
-      for await (
-        const delta of this.#o.llm.stream(this.#o.history, { signal: this.#signal, log: ctx.log })
-      ) {
-        if (this.#firstTokenAt === null) this.#firstTokenAt = clock.now();
-        for (const sentence of cutter.push(delta)) {
+      // Earlier answers' tools must have their results in the history first (bounded by their
+      // timeouts); a new turn cancelling this one stops the wait.
+      await raceAbort(this.#o.before, this.#signal);
+      const base = this.#o.history();
+      const extra: ChatMessage[] = [];
+      const specs = this.#o.tools?.specs ?? [];
+      for (let round = 0;; round++) {
+        this.#round = round;
+        const offer = specs.length > 0 && round < MAX_TOOL_ROUNDS && this.action === null;
+        const roundStart = clock.now();
+        const firstBefore = this.#firstSentenceAt;
+        const cutter = new SentenceCutter();
+        let text = "";
+        let calls: readonly ToolCall[] | null = null;
+        const push = (sentence: string) => {
           this.#firstSentenceAt ??= clock.now();
-          this.#push({ text: sentence, apology: false });
+          spokeText = true;
+          this.#push({ text: sentence, apology: false, round });
+        };
+        for await (
+          const delta of this.#o.llm.stream([...base, ...extra], {
+            signal: this.#signal,
+            log: ctx.log,
+            tools: offer ? specs : undefined,
+          })
+        ) {
+          if (typeof delta !== "string") {
+            calls = delta.calls;
+            continue;
+          }
+          if (this.#firstTokenAt === null) this.#firstTokenAt = clock.now();
+          text += delta;
+          for (const sentence of cutter.push(delta)) push(sentence);
         }
+        const rest = cutter.flush();
+        if (rest !== null) push(rest);
+        if (firstBefore === null && this.#firstSentenceAt !== null) {
+          this.#providerToFirstSentence = this.#providerMs + (this.#firstSentenceAt - roundStart);
+        }
+        // Calls the request did not offer tools for (a server that ignores that) are not run.
+        if (!offer || calls === null || calls.length === 0 || this.#o.tools === null) break;
+        const roundEnd = clock.now();
+        const toolRound = new ToolRound(round, {
+          tools: this.#o.tools,
+          calls,
+          caller: this.#o.caller,
+          ctx,
+          clock,
+          fillerAfterMs: this.#fillerUsed ? null : this.#o.fillerAfterMs,
+          onFiller: (tool, filler) => this.#filler(tool, filler),
+        });
+        this.#rounds.push(toolRound);
+        const outcomes = await raceAbort(toolRound.settled, this.#signal);
+        if (this.#providerToFirstSentence === null) {
+          this.#providerMs += roundEnd - roundStart + toolRound.waitMs;
+        }
+        extra.push(...toolRound.messages(text.trim()));
+        // The goodbye (or the word about the transfer) was said with the call: done. Else one
+        // more request, offering no tools, for it.
+        if (outcomes.some((o) => o.action !== null) && spokeText) break;
       }
-      const rest = cutter.flush();
-      if (rest !== null) {
-        this.#firstSentenceAt ??= clock.now();
-        this.#push({ text: rest, apology: false });
-      }
-      if (this.#firstSentenceAt === null) {
+      if (!spokeText && this.action === null) {
         // Silence on a phone line is a fault too: an empty answer gets the apology.
         throw new ProviderError("llm", "server", "Streaming chat completion returned no text");
       }
@@ -200,12 +326,26 @@ export class AgentReply {
       if (!this.#signal.aborted) {
         this.#providerFailed("llm", error);
         this.#firstSentenceAt ??= clock.now();
-        this.#push({ text: this.#o.apologyText, apology: true });
+        this.#push({ text: this.#o.apologyText, apology: true, round: this.#round });
       }
     } finally {
       this.#endItems();
       if (this.#signal.aborted && !ctx.signal.aborted) ctx.log.info("LLM", "answer cancelled");
     }
+  }
+
+  /** A tool is slow: its filler (cached at boot) is spoken once, before the answer. */
+  #filler(tool: string, text: string): void {
+    if (this.#fillerUsed || this.#signal.aborted) return;
+    this.#fillerUsed = true;
+    this.#o.ctx.log.info("TOOL", "filler", { name: tool });
+    this.#push({
+      text,
+      apology: false,
+      round: this.#round,
+      filler: true,
+      audio: this.#o.fillerAudio(tool),
+    });
   }
 
   async #speak(): Promise<void> {
@@ -239,9 +379,13 @@ export class AgentReply {
    */
   async #speakItem(item: SpokenItem): Promise<boolean> {
     let spoken = item;
-    let audio = item.apology ? once(await this.#apologyAudio()) : await this.#synthesize(item.text);
+    let audio = item.apology
+      ? once(await this.#apologyAudio())
+      : item.audio
+      ? once(item.audio)
+      : await this.#synthesize(item.text);
     if (audio === null && !item.apology && !this.#signal.aborted) {
-      spoken = { text: this.#o.apologyText, apology: true };
+      spoken = { text: this.#o.apologyText, apology: true, round: item.round };
       audio = once(await this.#apologyAudio());
     }
     const last = spoken.apology;
@@ -252,7 +396,14 @@ export class AgentReply {
     const first = !this.#audioQueued;
     this.#audioQueued = true;
     if (first) this.#o.onSpeaking();
-    let onFirstFrameSent = first ? () => (this.#firstFrameAt ??= this.#o.clock.now()) : undefined;
+    const answer = !spoken.filler && this.#answerFrameAt === null;
+    let onFirstFrameSent = first || answer
+      ? () => {
+        const now = this.#o.clock.now();
+        this.#firstFrameAt ??= now;
+        if (answer) this.#answerFrameAt ??= now;
+      }
+      : undefined;
     let broken = false;
     try {
       for await (const chunk of audio) {
@@ -274,7 +425,7 @@ export class AgentReply {
       return false;
     }
     if (broken && !last) {
-      await this.#speakItem({ text: this.#o.apologyText, apology: true });
+      await this.#speakItem({ text: this.#o.apologyText, apology: true, round: item.round });
       return false;
     }
     return !last;
@@ -334,32 +485,4 @@ export class AgentReply {
       detail: `${provider} ${category}: ${message}`,
     });
   }
-}
-
-/** `audio` as a one-chunk stream; null stays null. */
-function once(audio: Uint8Array | null): AsyncIterable<Uint8Array> | null {
-  if (audio === null) return null;
-  return (async function* () {
-    yield audio;
-  })();
-}
-
-/** Waits for the first chunk of `stream` (rejecting as it does), then replays it before the rest. */
-async function firstChunk(stream: AsyncIterable<Uint8Array>): Promise<AsyncIterable<Uint8Array>> {
-  const iterator = stream[Symbol.asyncIterator]();
-  const head = await iterator.next();
-  return (async function* () {
-    try {
-      if (head.done) return;
-      yield head.value;
-      for (;;) {
-        const next = await iterator.next();
-        if (next.done) return;
-        yield next.value;
-      }
-    } finally {
-      // Stops the download when playing stopped early (barge-in, clear).
-      await iterator.return?.();
-    }
-  })();
 }

@@ -49,6 +49,16 @@ export class Greeting {
     return new Greeting(ctx, options);
   }
 
+  /**
+   * No greeting: the stream connects back a caller after a failed transfer (SPEC 6), and the agent
+   * speaks first with what it knows instead. Nothing is queued or recorded.
+   */
+  static skip(ctx: AgentContext, nextTurnIndex: () => number): Greeting {
+    const greeting = new Greeting(ctx, { text: "", audio: null, nextTurnIndex });
+    greeting.#playing = false;
+    return greeting;
+  }
+
   private constructor(ctx: AgentContext, options: GreetingOptions) {
     this.#ctx = ctx;
     this.#nextTurnIndex = options.nextTurnIndex;

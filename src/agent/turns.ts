@@ -43,8 +43,8 @@ export const systemClock: TurnClock = {
 /** A decided caller turn. Times in ms on the detector's clock. */
 export interface EndOfTurn {
   readonly text: string;
-  /** What decided it: the STT final, or the partial timeout. */
-  readonly reason: "final" | "timeout";
+  /** What decided it: the STT final, the partial timeout, or keys typed on the keypad. */
+  readonly reason: "final" | "timeout" | "keypad";
   /**
    * End of the caller's last voiced frame (VAD): the VAD's speech end, or the last voiced frame
    * while the VAD is still in its hangover; null when the VAD heard no speech.

@@ -4,7 +4,9 @@ import type { Logger } from "../observe/log.ts";
 import type { CallStore } from "../store/types.ts";
 import type { SttProvider } from "../stt/types.ts";
 import { OutboundEncoder, type StartMessage } from "../twilio/protocol.ts";
+import { DIAL_STATUS_PARAMETER } from "../twilio/twiml.ts";
 import type { AgentFactory, CallAgent } from "./agent.ts";
+import type { HandOff, HandOffs, Resume } from "./hand_off.ts";
 import type { QueueOutbound } from "./outbound.ts";
 import type { Scheduler } from "./scheduler.ts";
 import type { TxWorker } from "./tx_worker.ts";
@@ -30,6 +32,33 @@ export interface SessionDeps {
   /** Names the call in logs before `start` (e.g. "conn-12"). */
   readonly connectionId: string;
   readonly remoteAddr: string;
+  /** Where agent hand-offs wait for Twilio's action requests (SPEC 6); none: actions refused. */
+  readonly handOffs?: HandOffs;
+}
+
+/**
+ * A stream connecting back a caller after a failed transfer (its TwiML carries the dial status):
+ * what the board remembers, else what the parameter says (this process may have restarted since);
+ * null for a new call, which never waits for the board. On a call worker the board answers by
+ * message (a promise); a board that cannot answer leaves what the parameter says.
+ */
+export function resumeOf(
+  start: StartMessage["start"],
+  deps: Pick<SessionDeps, "handOffs">,
+): Resume | null | Promise<Resume> {
+  const status = start.customParameters[DIAL_STATUS_PARAMETER];
+  if (!status) return null;
+  const fallback: Resume = { department: null, dialStatus: status, carry: null };
+  let remembered: Resume | null | Promise<Resume | null>;
+  try {
+    remembered = deps.handOffs?.takeResume(start.callSid) ?? null;
+  } catch {
+    return fallback;
+  }
+  if (remembered instanceof Promise) {
+    return remembered.then((resume) => resume ?? fallback, () => fallback);
+  }
+  return remembered ?? fallback;
 }
 
 /** Writes the call's start record (numbers from the `<Parameter>`s Kav's TwiML forwards). */
@@ -59,6 +88,9 @@ export function startStream(args: {
   readonly out: QueueOutbound;
   readonly signal: AbortSignal;
   readonly hangup: (reason: string) => void;
+  readonly handOff: (handOff: HandOff) => void;
+  /** `resumeOf`'s answer for this stream. */
+  readonly resume: Resume | null;
 }): CallAgent | null {
   const { start, deps, log, tx, out, signal } = args;
   log.info("CALL", "started", { conn: args.connectionId, stream: start.streamSid });
@@ -76,5 +108,7 @@ export function startStream(args: {
     signal,
     store: deps.store,
     hangup: args.hangup,
+    handOff: args.handOff,
+    resume: args.resume,
   });
 }

@@ -8,6 +8,9 @@
 import type { Logger } from "../observe/log.ts";
 import type { CallStore } from "../store/types.ts";
 import type { SttEvent } from "../stt/types.ts";
+import type { HandOff, Resume } from "./hand_off.ts";
+
+export type { CallAction, HandOff, Resume } from "./hand_off.ts";
 import type { AgentLive } from "./live.ts";
 
 /**
@@ -97,6 +100,14 @@ export interface AgentContext {
   readonly store: CallStore;
   /** Ends the call from the agent's side (e.g. the conversation decided to hang up). */
   hangup(reason: string): void;
+  /**
+   * Carries out the agent's call action (SPEC 6): remembers what to answer Twilio's
+   * `<Connect action>` with, closes the socket, ends the call as `transferred` or `agent_hangup`.
+   * Call it once the last sentence's mark came back.
+   */
+  handOff(handOff: HandOff): void;
+  /** Set when this stream connects back a caller whose transfer failed; null for a new call. */
+  readonly resume: Resume | null;
 }
 
 /**

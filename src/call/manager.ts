@@ -10,6 +10,7 @@ import type { SttProvider } from "../stt/types.ts";
 import { settlesWithin } from "./_cap.ts";
 import { type CallAdmission, LocalAdmission } from "./admission.ts";
 import type { AgentFactory } from "./agent.ts";
+import type { HandOffs } from "./hand_off.ts";
 import { type Scheduler, sharedScheduler } from "./scheduler.ts";
 import { CallSession } from "./session.ts";
 import type { LiveCall, LiveSnapshot } from "./live.ts";
@@ -44,6 +45,8 @@ export interface CallManagerDeps {
   readonly admission?: CallAdmission;
   /** Which call worker this is (named on each accepted socket's log line); null on the main thread. */
   readonly worker?: number | null;
+  /** Agent transfers and hang-ups wait here for Twilio's action requests (SPEC 6). */
+  readonly handOffs?: HandOffs;
 }
 
 export interface DrainResult {
@@ -138,6 +141,7 @@ export class CallManager {
       scheduler: this.#scheduler,
       connectionId,
       remoteAddr,
+      handOffs: this.#deps.handOffs,
     });
   }
 

@@ -16,9 +16,9 @@ import {
   type MediaMessage,
   type StartMessage,
 } from "../twilio/protocol.ts";
-import type { CallAgent } from "./agent.ts";
+import type { CallAgent, HandOff, Resume } from "./agent.ts";
 import { CLOSE_STEP_CAP_MS, closeCapped, settlesWithin } from "./_cap.ts";
-import { recordStart, type SessionDeps, startStream } from "./_session_start.ts";
+import { recordStart, resumeOf, type SessionDeps, startStream } from "./_session_start.ts";
 import { type CallScope, inCallScope } from "./_session_escape.ts";
 import {
   CallLimits,
@@ -67,6 +67,8 @@ export class CallSession {
   #agent: CallAgent | null = null;
   #start: StartMessage["start"] | null = null;
   #ending = false;
+  /** A hand-off is on its way to the board: the agent's further hand-offs are ignored. */
+  #handingOff = false;
   #malformed = 0;
   #unknownMarks = 0;
   /** A failure before `start` (no CallSid to record it under yet), and its cap timer. */
@@ -308,10 +310,26 @@ export class CallSession {
       this.end("error", this.#earlyFailure);
       return;
     }
+    const resume = resumeOf(start, this.#deps);
+    if (!(resume instanceof Promise)) return this.#startStream(start, resume);
+    // A caller connected back after a transfer, on a call worker: the main thread's board answers
+    // first (media waits in rx_q meanwhile, as before STT is ready).
+    resume.then((known) => {
+      if (this.#ending) return;
+      try {
+        inCallScope(this.#scope, () => this.#startStream(start, known));
+      } catch (error) {
+        this.#fail(error);
+      }
+    });
+  }
+
+  #startStream(start: StartMessage["start"], resume: Resume | null): void {
     const tx = this.#tx;
     const out = this.#outbound;
     if (tx === null || out === null) throw new Error("Cannot start a stream before socket open");
     this.#agent = startStream({
+      resume,
       start,
       deps: this.#deps,
       connectionId: this.connectionId,
@@ -322,6 +340,43 @@ export class CallSession {
       hangup: (reason) => {
         this.end("completed", reason);
       },
+      handOff: (handOff) => this.#handOff(start.callSid, handOff),
+    });
+  }
+
+  /**
+   * The agent's transfer or hang-up: the board learns what to answer Twilio's `<Connect action>`
+   * before the socket closes (Twilio requests it right after), then the call ends as that.
+   */
+  #handOff(callSid: string, handOff: HandOff): void {
+    if (this.#ending || this.#handingOff) return;
+    const board = this.#deps.handOffs;
+    if (board === undefined) {
+      this.#log.warn("CALL", "hand-off refused: no hand-off board", { kind: handOff.action.kind });
+      return;
+    }
+    const action = handOff.action;
+    const endAsActed = () => {
+      if (action.kind === "transfer") {
+        this.end("transferred", `transfer to ${action.department}`);
+      } else this.end("agent_hangup", "end_call");
+    };
+    let stored: void | Promise<void>;
+    try {
+      stored = board.set(callSid, handOff);
+    } catch (error) {
+      stored = Promise.reject(error);
+    }
+    if (stored === undefined) return endAsActed();
+    // On a call worker the board is the main thread's: the socket closes only once it holds the
+    // entry, so the `<Connect action>` request (on any worker) finds it.
+    this.#handingOff = true;
+    stored.then(endAsActed, (error) => {
+      this.#log.error("CALL", "hand-off not stored: ending the call", {
+        kind: action.kind,
+        error: error instanceof Error ? error.message : String(error),
+      });
+      this.end("error", "hand-off not stored");
     });
   }
 

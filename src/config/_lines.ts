@@ -36,22 +36,24 @@ function countOf(text: string, needle: string): number {
   return count;
 }
 
-/** Maps dotted paths ("stt.google", "stt.google.endpoint") to their first 1-based line. */
-export function indexLines(source: string): ReadonlyMap<string, number> {
-  const lines = new Map<string, number>();
-  const remember = (parts: readonly string[], line: number) => {
-    for (let i = 1; i <= parts.length; i++) {
-      const key = parts.slice(0, i).join(".");
-      if (!lines.has(key)) lines.set(key, line);
-    }
-  };
-  let table: string[] = [];
+/** One meaningful row of TOML source: a table header or a `key =` line. */
+type TomlRow =
+  | {
+    readonly kind: "header";
+    readonly line: number;
+    readonly path: string[];
+    readonly array: boolean;
+  }
+  | { readonly kind: "key"; readonly line: number; readonly path: string[] };
+
+/** The headers and `key =` lines of `source`, skipping comments, blanks and multi-line strings. */
+function* tomlRows(source: string): Generator<TomlRow> {
   // Inside a multi-line string, lines that look like `key =` are text, not keys.
   let openString: '"""' | "'''" | null = null;
   const rows = source.split(/\r?\n/);
   for (let i = 0; i < rows.length; i++) {
     const row = rows[i].trim();
-    const lineNo = i + 1;
+    const line = i + 1;
     if (openString !== null) {
       if (countOf(row, openString) % 2 === 1) openString = null;
       continue;
@@ -59,16 +61,37 @@ export function indexLines(source: string): ReadonlyMap<string, number> {
     if (row === "" || row.startsWith("#")) continue;
     const header = HEADER_RE.exec(row);
     if (header) {
-      table = splitKeyPath(header[1]);
-      remember(table, lineNo);
+      yield { kind: "header", line, path: splitKeyPath(header[1]), array: row.startsWith("[[") };
       continue;
     }
     const keyLine = KEY_RE.exec(row);
     if (!keyLine) continue;
-    remember([...table, ...splitKeyPath(keyLine[1])], lineNo);
+    yield { kind: "key", line, path: splitKeyPath(keyLine[1]) };
     const value = keyLine[2];
     if (countOf(value, '"""') % 2 === 1) openString = '"""';
     else if (countOf(value, "'''") % 2 === 1) openString = "'''";
+  }
+}
+
+/** Records `line` for every prefix of `parts` not seen before. */
+function rememberPrefixes(
+  lines: Map<string, number>,
+  parts: readonly string[],
+  line: number,
+): void {
+  for (let n = 1; n <= parts.length; n++) {
+    const key = parts.slice(0, n).join(".");
+    if (!lines.has(key)) lines.set(key, line);
+  }
+}
+
+/** Maps dotted paths ("stt.google", "stt.google.endpoint") to their first 1-based line. */
+export function indexLines(source: string): ReadonlyMap<string, number> {
+  const lines = new Map<string, number>();
+  let table: string[] = [];
+  for (const row of tomlRows(source)) {
+    if (row.kind === "header") table = row.path;
+    rememberPrefixes(lines, row.kind === "header" ? row.path : [...table, ...row.path], row.line);
   }
   return lines;
 }
@@ -81,4 +104,34 @@ export function lineOf(lines: ReadonlyMap<string, number>, key: string): number 
     if (line !== undefined) return line;
   }
   return null;
+}
+
+/**
+ * Lines of each entry of an array of tables (`[[tools]]`): one map per entry, in file order, from
+ * the key path inside the entry ("url", "parameters.properties.phone") to its line, with "" the
+ * entry's `[[name]]` header.
+ */
+export function indexArrayEntries(source: string, name: string): ReadonlyMap<string, number>[] {
+  const entries: Map<string, number>[] = [];
+  let entry: Map<string, number> | null = null;
+  let prefix: string[] = [];
+  for (const row of tomlRows(source)) {
+    if (row.kind === "key") {
+      if (entry !== null) rememberPrefixes(entry, [...prefix, ...row.path], row.line);
+      continue;
+    }
+    const parts = row.path;
+    if (row.array && parts.length === 1 && parts[0] === name) {
+      entry = new Map([["", row.line]]);
+      entries.push(entry);
+      prefix = [];
+    } else if (entry !== null && parts[0] === name && parts.length > 1) {
+      prefix = parts.slice(1);
+      const key = prefix.join(".");
+      if (!entry.has(key)) entry.set(key, row.line);
+    } else {
+      entry = null;
+    }
+  }
+  return entries;
 }

@@ -142,6 +142,8 @@ export const SCHEMA: ReadonlyMap<string, Rule> = new Map<string, Rule>([
   ["call.greeting", str(DEFAULT_GREETING, checkNonEmpty)],
   ["call.system_prompt", str(DEFAULT_SYSTEM_PROMPT, checkNonEmpty)],
   ["call.apology", str(DEFAULT_APOLOGY, checkNonEmpty)],
+  ["call.end_call", bool(true)],
+  ["call.filler_after_ms", int(800, 0, 60_000)],
   ["audio.rx_queue_frames", int(200, 10, 50_000)],
   ["audio.tx_queue_frames", int(144, 10, 50_000)],
   ["audio.tx_lead_ms", int(60, 0, 1000)],
@@ -196,6 +198,7 @@ export const SCHEMA: ReadonlyMap<string, Rule> = new Map<string, Rule>([
   ["storage.url", { kind: "nullable_string", default: null, check: checkPostgresUrl }],
   ["log.transcripts", bool(true)],
   ["crm.url", { kind: "nullable_string", default: null, check: checkHttpUrl }],
+  ["crm.context_url", { kind: "nullable_string", default: null, check: checkHttpUrl }],
   // The operator console's own listener (SPEC 7); "" turns it off.
   ["admin.listen", { kind: "nullable_string", default: "127.0.0.1:9090", check: checkListen }],
 ]);
@@ -215,6 +218,12 @@ export const SECRET_KEYS: ReadonlyMap<string, { env: string; credential: string 
     { env: "GOOGLE_APPLICATION_CREDENTIALS", credential: "google_credentials" },
   ],
 ]);
+
+/**
+ * Tables whose keys the operator names (`[call.transfer]` departments) or arrays of tables
+ * (`[[tools]]`): `_agent_acts.ts` validates them, the flat walk skips them.
+ */
+export const FREE_FORM_KEYS: ReadonlySet<string> = new Set(["call.transfer", "tools"]);
 
 /** Every table path that may appear ("server", "stt", "stt.google", ...). */
 export const TABLES: ReadonlySet<string> = new Set(

@@ -2,7 +2,14 @@
 
 import type { ConfigProblem } from "../errors.ts";
 import { lineOf } from "./_lines.ts";
-import { type ConfigValue, type Rule, SCHEMA, SECRET_KEYS, TABLES } from "./_schema.ts";
+import {
+  type ConfigValue,
+  FREE_FORM_KEYS,
+  type Rule,
+  SCHEMA,
+  SECRET_KEYS,
+  TABLES,
+} from "./_schema.ts";
 
 export interface Validated {
   /** One entry per schema key (dotted path), defaults filled in. */
@@ -10,13 +17,13 @@ export interface Validated {
   readonly problems: readonly ConfigProblem[];
 }
 
-function isTable(value: unknown): value is Record<string, unknown> {
+export function isTable(value: unknown): value is Record<string, unknown> {
   if (typeof value !== "object" || value === null || Array.isArray(value)) return false;
   const proto = Object.getPrototypeOf(value);
   return proto === null || proto === Object.prototype;
 }
 
-function describe(value: unknown): string {
+export function describe(value: unknown): string {
   if (isTable(value)) return "a table";
   if (Array.isArray(value)) return "an array";
   if (value instanceof Date) return `a date (${value.toISOString()})`;
@@ -93,7 +100,7 @@ function closestKey(key: string): string | null {
   const prefix = key.slice(0, cut + 1);
   let best: string | null = null;
   let bestDistance = 3;
-  for (const known of [...SCHEMA.keys(), ...TABLES]) {
+  for (const known of [...SCHEMA.keys(), ...TABLES, ...FREE_FORM_KEYS]) {
     if (!known.startsWith(prefix) || known.slice(prefix.length).includes(".")) continue;
     const distance = editDistance(key.slice(prefix.length), known.slice(prefix.length));
     if (distance < bestDistance) [best, bestDistance] = [known, distance];
@@ -117,7 +124,9 @@ export function validateTree(
       const value = table[name];
       const rule = SCHEMA.get(key);
       const secret = SECRET_KEYS.get(key);
-      if (rule) {
+      if (FREE_FORM_KEYS.has(key)) {
+        // Validated by `_agent_acts.ts`.
+      } else if (rule) {
         const result = applyRule(rule, value);
         if (result.ok) values.set(key, result.value);
         else problem(key, result.message);

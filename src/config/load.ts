@@ -9,6 +9,7 @@ import { ConfigError, type ConfigProblem } from "../errors.ts";
 import { indexLines, lineOf } from "./_lines.ts";
 import { type ConfigValue, isLoopbackHost, parseListen, SECRET_KEYS } from "./_schema.ts";
 import { validateTree } from "./_validate.ts";
+import { type AgentActs, validateAgentActs } from "./_agent_acts.ts";
 
 export interface ConfigOptions {
   /** Environment to read secrets from; defaults to the process environment. */
@@ -55,6 +56,7 @@ export function parseConfig(text: string, options: ConfigOptions = {}): Config {
   }
   const lines = indexLines(text);
   const { values, problems } = validateTree(tree, lines);
+  const acts = validateAgentActs(tree, text, lines);
   const env = options.env ?? Deno.env.toObject();
   const credentialsDir = options.credentialsDir === undefined
     ? (env.CREDENTIALS_DIRECTORY || null)
@@ -87,9 +89,11 @@ export function parseConfig(text: string, options: ConfigOptions = {}): Config {
     problem(set, `is set but ${unset} is not: set both or neither`);
   }
   checkAdmin(values.get("admin.listen"), secrets.get("admin.token") ?? null, problem);
-  const all = [...problems, ...extra].sort((a, b) => (a.line ?? Infinity) - (b.line ?? Infinity));
+  const all = [...problems, ...acts.problems, ...extra].sort((a, b) =>
+    (a.line ?? Infinity) - (b.line ?? Infinity)
+  );
   if (all.length > 0) throw new ConfigError(all);
-  return deepFreeze(buildConfig(values, secrets));
+  return deepFreeze(buildConfig(values, secrets, acts));
 }
 
 /** Shortest admin token accepted: a guessable token would guard call transcripts. */
@@ -146,6 +150,7 @@ function readSecret(
 function buildConfig(
   values: ReadonlyMap<string, ConfigValue>,
   secrets: ReadonlyMap<string, string | null>,
+  acts: AgentActs,
 ): Config {
   const get = (key: string): ConfigValue => {
     if (!values.has(key)) throw new TypeError(`Cannot read config key ${JSON.stringify(key)}`);
@@ -223,6 +228,9 @@ function buildConfig(
       greeting: str("call.greeting"),
       system_prompt: str("call.system_prompt"),
       apology: str("call.apology"),
+      end_call: bool("call.end_call"),
+      filler_after_ms: num("call.filler_after_ms"),
+      transfer: acts.transfer,
     },
     audio: {
       rx_queue_frames: num("audio.rx_queue_frames"),
@@ -285,9 +293,14 @@ function buildConfig(
       password: secrets.get("storage.password") ?? null,
     },
     log: { transcripts: bool("log.transcripts") },
-    crm: { url: optStr("crm.url"), secret: secrets.get("crm.secret") ?? null },
+    crm: {
+      url: optStr("crm.url"),
+      secret: secrets.get("crm.secret") ?? null,
+      context_url: optStr("crm.context_url"),
+    },
     google: { credentials_path: secrets.get("google.credentials_path") ?? null },
     admin: { listen: admin, token: secrets.get("admin.token") ?? null },
+    tools: acts.tools,
   };
 }
 

@@ -57,6 +57,29 @@ export interface CallConfig {
   readonly system_prompt: string;
   /** Spoken when the LLM or TTS fails; synthesized at boot. */
   readonly apology: string;
+  /** Offer the model the built-in `end_call` tool (SPEC 6). */
+  readonly end_call: boolean;
+  /** A tool slower than this (ms) gets its filler phrase spoken. */
+  readonly filler_after_ms: number;
+  /**
+   * `[call.transfer]`: department → "+E164" number or "sip:" URI, for the built-in
+   * `transfer_call(department)` tool; empty when transfers are off.
+   */
+  readonly transfer: Readonly<Record<string, string>>;
+}
+
+/** One `[[tools]]` entry: an operator tool, an HTTPS endpoint of the CRM (SPEC 6). */
+export interface ToolConfig {
+  /** The function name the model calls (letters, digits, "_" and "-", up to 64). */
+  readonly name: string;
+  readonly description: string;
+  readonly url: string;
+  /** Deadline of the one request (never retried), ms. */
+  readonly timeout_ms: number;
+  /** Spoken once when the tool has not answered within `call.filler_after_ms`; null for none. */
+  readonly filler: string | null;
+  /** JSON Schema of the arguments (compiled and checked at load). */
+  readonly parameters: Readonly<Record<string, unknown>>;
 }
 
 export interface AudioConfig {
@@ -172,6 +195,8 @@ export interface CrmConfig {
   readonly url: string | null;
   /** HMAC-SHA256 key for the signature header; null sends unsigned. */
   readonly secret: string | null;
+  /** POSTed `{call_sid, from, to}` at stream start; its "context" joins the prompt. Null: off. */
+  readonly context_url: string | null;
 }
 
 /** The operator console (SPEC 7), on its own listener apart from the port Twilio reaches. */
@@ -203,4 +228,6 @@ export interface Config {
   readonly crm: CrmConfig;
   readonly google: GoogleCredentials;
   readonly admin: AdminConfig;
+  /** `[[tools]]`, in file order. */
+  readonly tools: readonly ToolConfig[];
 }

@@ -7,11 +7,18 @@ import {
   validateUpgradeSignature,
   validateWebhookSignature,
 } from "../twilio/signature.ts";
-import { busyTwiml, connectStreamTwiml, parameterFits } from "../twilio/twiml.ts";
+import {
+  busyTwiml,
+  connectStreamTwiml,
+  DIAL_STATUS_PARAMETER,
+  dialTwiml,
+  hangupTwiml,
+  parameterFits,
+} from "../twilio/twiml.ts";
 import { readBody } from "./_body.ts";
 import type { LimitVerdict } from "./_rate_limit.ts";
 import { offeredProtocols, signedUrl } from "./_urls.ts";
-import type { HandlerDeps, StreamWebhook } from "./types.ts";
+import type { CallControl, HandlerDeps, StreamWebhook } from "./types.ts";
 
 /** The subprotocol Twilio is said to offer; echoed only when offered (RFC 6455). */
 export const TWILIO_SUBPROTOCOL = "audio.twilio.com";
@@ -140,16 +147,37 @@ export async function handleTwiml(env: RouteEnv, ctx: RouteContext): Promise<Res
     });
     xml = busyTwiml();
   } else {
-    const parameters: [string, string][] = [];
-    for (const name of FORWARDED_PARAMS) {
-      const value = fields.get(name);
-      if (value === undefined) continue;
-      if (parameterFits(name, value)) parameters.push([name, value]);
-      else deps.log.warn("TWIML", "parameter too long, left out", { call: callSid, name });
-    }
-    xml = connectStreamTwiml({ publicUrl: deps.config.server.public_url, parameters });
+    xml = streamTwiml(deps, fields, []);
     deps.log.info("TWIML", "stream", { call: callSid });
   }
+  return twimlResponse(xml);
+}
+
+/** `<Connect><Stream>` forwarding From, To and CallSid (and `extra`) as `<Parameter>`s. */
+function streamTwiml(
+  deps: HandlerDeps,
+  fields: ReadonlyMap<string, string>,
+  extra: readonly [string, string][],
+): string {
+  const parameters: [string, string][] = [];
+  for (const name of FORWARDED_PARAMS) {
+    const value = fields.get(name);
+    if (value === undefined) continue;
+    if (parameterFits(name, value)) parameters.push([name, value]);
+    else {
+      deps.log.warn("TWIML", "parameter too long, left out", {
+        call: fields.get("CallSid") ?? null,
+        name,
+      });
+    }
+  }
+  return connectStreamTwiml({
+    publicUrl: deps.config.server.public_url,
+    parameters: [...parameters, ...extra],
+  });
+}
+
+function twimlResponse(xml: string): Response {
   const bytes = encoder.encode(xml);
   // Explicit length: Twilio may truncate chunked TwiML (error 12100).
   return new Response(bytes, {
@@ -160,6 +188,44 @@ export async function handleTwiml(env: RouteEnv, ctx: RouteContext): Promise<Res
       "cache-control": "no-store",
     },
   });
+}
+
+/**
+ * `POST /webhook/dial_ended`, the `<Dial action>` of a transfer (SPEC 6), answered from memory:
+ * a completed dial ends the call; no-answer, busy, failed or canceled connect the caller back to a
+ * new stream (its agent knows why). The outcome is recorded off the response path.
+ */
+export async function handleDialEnded(env: RouteEnv, ctx: RouteContext): Promise<Response> {
+  const form = await readSignedForm(env, ctx);
+  if (!form.ok) return form.response;
+  const { deps } = env;
+  const fields = new Map(form.params);
+  const callSid = fields.get("CallSid") ?? "";
+  const status = fields.get("DialCallStatus") ?? "failed";
+  const department = callSid === ""
+    ? null
+    : await askCallControl(deps, callSid, (control) => control.dialEnded(callSid, status));
+  const done = status === "completed" || status === "answered";
+  deps.log.info("TWIML", "dial ended", {
+    call: callSid,
+    status,
+    department,
+    next: done ? "hangup" : "stream",
+  });
+  const params = Object.freeze(Object.fromEntries(form.params));
+  setTimeout(() => {
+    try {
+      deps.onDialEnded?.(params);
+    } catch (error) {
+      deps.log.error("HTTP", "dial outcome handler failed", {
+        call: callSid,
+        error: error instanceof Error ? error.message : String(error),
+      });
+    }
+  }, 0);
+  return twimlResponse(
+    done ? hangupTwiml() : streamTwiml(deps, fields, [[DIAL_STATUS_PARAMETER, status]]),
+  );
 }
 
 /**
@@ -175,8 +241,17 @@ export async function handleStreamWebhook(
   const form = await readSignedForm(env, ctx);
   if (!form.ok) return form.response;
   const params = Object.freeze(Object.fromEntries(form.params));
-  const response = empty(204, { "cache-control": "no-store" });
   const { deps } = env;
+  // The `<Connect action>` of a call the agent transferred or hung up gets that TwiML (SPEC 6).
+  const callSid = params.CallSid;
+  const action = webhook === "stream_ended" && callSid
+    ? await askCallControl(deps, callSid, (control) => control.action(callSid))
+    : null;
+  const response = action === null ? empty(204, { "cache-control": "no-store" }) : twimlResponse(
+    action.kind === "transfer"
+      ? dialTwiml({ publicUrl: deps.config.server.public_url, target: action.target })
+      : hangupTwiml(),
+  );
   setTimeout(() => deliverStatusEvent(deps, params, webhook), 0);
   webhookAnswered((performance.now() - started) / 1000);
   return response;
@@ -253,4 +328,26 @@ export function handleMediaUpgrade(env: RouteEnv, ctx: RouteContext): Response {
     socket.onopen = () => socket.close(1011, "Internal error");
   }
   return response;
+}
+
+/**
+ * The hand-off board's answer for a call; null without a board, or when the board (the main
+ * thread's, on a call worker) cannot answer: the call then ends as if the agent had not acted.
+ */
+async function askCallControl<T>(
+  deps: HandlerDeps,
+  callSid: string,
+  ask: (control: CallControl) => T | null | Promise<T | null>,
+): Promise<T | null> {
+  const control = deps.callControl;
+  if (control === undefined) return null;
+  try {
+    return await ask(control);
+  } catch (error) {
+    deps.log.error("TWIML", "hand-off board did not answer", {
+      call: callSid,
+      error: error instanceof Error ? error.message : String(error),
+    });
+    return null;
+  }
 }

@@ -7,6 +7,7 @@ import { renderMetrics } from "../observe/metrics.ts";
 import { ROUTES as TWILIO_ROUTES } from "../twilio/twiml.ts";
 import { createBadSignatureLimiter } from "./_rate_limit.ts";
 import {
+  handleDialEnded,
   handleMediaUpgrade,
   handleStreamWebhook,
   handleTwiml,
@@ -15,7 +16,13 @@ import {
 } from "./_twilio_routes.ts";
 import type { HandlerDeps } from "./types.ts";
 
-export type { HandlerDeps, MediaCallAcceptor, StatusParams, StreamWebhook } from "./types.ts";
+export type {
+  CallControl,
+  HandlerDeps,
+  MediaCallAcceptor,
+  StatusParams,
+  StreamWebhook,
+} from "./types.ts";
 
 /** A `Deno.serve` handler. */
 export type KavHandler = (req: Request, info: Deno.ServeHandlerInfo) => Promise<Response>;
@@ -27,6 +34,7 @@ type RouteName =
   | "twiml"
   | "stream_status"
   | "stream_ended"
+  | "dial_ended"
   | "media";
 
 const ROUTES: ReadonlyMap<string, { readonly name: RouteName; readonly methods: string[] }> =
@@ -36,6 +44,7 @@ const ROUTES: ReadonlyMap<string, { readonly name: RouteName; readonly methods: 
     [TWILIO_ROUTES.twiml, { name: "twiml", methods: ["POST"] }],
     [TWILIO_ROUTES.streamStatus, { name: "stream_status", methods: ["POST"] }],
     [TWILIO_ROUTES.streamEnded, { name: "stream_ended", methods: ["POST"] }],
+    [TWILIO_ROUTES.dialEnded, { name: "dial_ended", methods: ["POST"] }],
     [TWILIO_ROUTES.media, { name: "media", methods: ["GET"] }],
   ]);
 
@@ -115,6 +124,8 @@ export function createHandler(deps: HandlerDeps): KavHandler {
       case "stream_status":
       case "stream_ended":
         return handleStreamWebhook(env, routeCtx, route.name);
+      case "dial_ended":
+        return handleDialEnded(env, routeCtx);
       case "media":
         return Promise.resolve(handleMediaUpgrade(env, routeCtx));
       default: {

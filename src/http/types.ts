@@ -1,8 +1,19 @@
 /** What the HTTP layer needs from the rest of Kav. */
 
-import type { SharedCallState } from "../call/call_state.ts";
 import type { Config } from "../config/types.ts";
 import type { Logger } from "../observe/log.ts";
+import type { CallAction } from "../call/hand_off.ts";
+
+/**
+ * What the agent decided for a call, read by the action routes (SPEC 6): from memory
+ * (`src/call/hand_off.ts`'s `HandOffBoard`), or on a call worker from the main thread's board.
+ */
+export interface CallControl {
+  /** The `<Connect action>` answer's action, or null (the call ended otherwise: 204). */
+  action(callSid: string): CallAction | null | Promise<CallAction | null>;
+  /** Twilio's dial outcome for a transfer; returns the department, or null when unknown. */
+  dialEnded(callSid: string, status: string): string | null | Promise<string | null>;
+}
 
 /** Takes accepted media WebSockets; `src/call/manager.ts`'s `CallManager` implements it. */
 export interface MediaCallAcceptor {
@@ -33,13 +44,12 @@ export interface HandlerDeps {
   isStarting?(): boolean;
   /** The `/metrics` body: the process's series, summed over call workers. Default this thread's. */
   metricsText?(): string | Promise<string>;
-  /**
-   * Per-call facts a later request for a call may need, from any worker (`src/call/call_state.ts`);
-   * the routes of the `<Connect action>` and `<Dial action>` answers read it.
-   */
-  readonly callState?: SharedCallState;
   /** `POST /__test/worker` (only with `KAV_TEST_HOOKS=1`): ends a call worker (tests). */
   testHook?(form: URLSearchParams): Promise<Response>;
   /** Time allowed to receive a webhook body, ms (default `BODY_TIMEOUT_MS`, 10 s); then 408. */
   readonly bodyTimeoutMs?: number;
+  /** Agent transfers and hang-ups (SPEC 6); without it every call's action request gets 204. */
+  readonly callControl?: CallControl;
+  /** A verified `/webhook/dial_ended`, delivered after its answer is built, never awaited. */
+  onDialEnded?(params: StatusParams): void;
 }

@@ -9,7 +9,14 @@ import { ProviderError } from "../errors.ts";
 import type { Logger } from "../observe/log.ts";
 import { mapOpenAiError } from "../providers/openai_errors.ts";
 import { observeStream } from "../providers/policy.ts";
-import type { ChatMessage, LlmProvider } from "./types.ts";
+import type {
+  ChatMessage,
+  LlmDelta,
+  LlmProvider,
+  LlmStreamOptions,
+  ToolCall,
+  ToolSpec,
+} from "./types.ts";
 
 /** Used when no key is configured: on-prem servers ignore it, but the SDK requires one. */
 const PLACEHOLDER_KEY = "kav-no-api-key";
@@ -20,10 +27,10 @@ export interface OpenAiLlmOptions {
 }
 
 /** Options of one `stream` call; `log` (optional) overrides the provider's logger, e.g. per call. */
-export interface OpenAiStreamOptions {
-  readonly signal: AbortSignal;
-  readonly log?: Logger;
-}
+export type OpenAiStreamOptions = LlmStreamOptions;
+
+/** Most tool calls one answer may make (more is a malformed answer). */
+const MAX_TOOL_CALLS = 16;
 
 /**
  * Creates the provider. `stream` yields text deltas as they arrive. `llm.timeout_ms` bounds the
@@ -53,6 +60,7 @@ export function createOpenAiLlm(config: LlmConfig, options: OpenAiLlmOptions = {
           messages,
           streamOptions.signal,
           streamOptions.log ?? options.log,
+          streamOptions.tools ?? [],
         ));
     },
   };
@@ -64,7 +72,8 @@ async function* streamChat(
   messages: readonly ChatMessage[],
   signal: AbortSignal,
   log: Logger | undefined,
-): AsyncGenerator<string> {
+  tools: readonly ToolSpec[],
+): AsyncGenerator<LlmDelta> {
   signal.throwIfAborted();
   const watchdog = new AbortController();
   let timer: ReturnType<typeof setTimeout> | undefined;
@@ -84,15 +93,34 @@ async function* streamChat(
     arm();
     const stream = await client.chat.completions.create({
       model: config.model,
-      messages: messages.map((m) => ({ role: m.role, content: m.content })),
+      messages: messages.map(toOpenAiMessage),
       stream: true,
       temperature: config.temperature,
       max_tokens: config.max_tokens,
+      ...(tools.length === 0 ? {} : {
+        tools: tools.map((tool) => ({
+          type: "function" as const,
+          function: {
+            name: tool.name,
+            description: tool.description,
+            parameters: { ...tool.parameters },
+          },
+        })),
+      }),
     }, { signal: AbortSignal.any([signal, watchdog.signal]) });
     let finished = false;
+    // Streamed calls arrive in pieces keyed by index: the first names the call, the rest carry
+    // slices of its arguments, possibly interleaved with other calls (parallel calls).
+    const calls = new Map<number, { id: string; name: string; arguments: string }>();
     for await (const chunk of stream) {
       const choice = chunk.choices[0];
       if (choice?.finish_reason) finished = true;
+      const pieces = choice?.delta?.tool_calls;
+      if (pieces) {
+        disarm();
+        for (const piece of pieces) collectToolCall(calls, piece, config);
+        arm();
+      }
       const delta = choice?.delta?.content;
       if (!delta) continue;
       disarm();
@@ -110,6 +138,7 @@ async function* streamChat(
         `Streaming chat completion from "${config.base_url}" ended without a finish reason after ${tokens} tokens`,
       );
     }
+    if (calls.size > 0) yield { type: "tool_calls", calls: completeToolCalls(calls, config) };
   } catch (error) {
     if (signal.aborted) throw signal.reason;
     const mapped = timedOut ? timeoutError(config, tokens) : mapError(error, config);
@@ -125,6 +154,83 @@ async function* streamChat(
     // Cancels the HTTP request when the consumer stopped early; a no-op after a clean end.
     watchdog.abort();
   }
+}
+
+/** One `ChatMessage` in the shape of the chat-completions API. */
+function toOpenAiMessage(message: ChatMessage) {
+  switch (message.role) {
+    case "system":
+    case "user":
+      return { role: message.role, content: message.content };
+    case "assistant":
+      if (message.toolCalls === undefined || message.toolCalls.length === 0) {
+        return { role: "assistant" as const, content: message.content };
+      }
+      return {
+        role: "assistant" as const,
+        content: message.content === "" ? null : message.content,
+        tool_calls: message.toolCalls.map((call) => ({
+          id: call.id,
+          type: "function" as const,
+          function: { name: call.name, arguments: call.arguments },
+        })),
+      };
+    case "tool":
+      return { role: "tool" as const, tool_call_id: message.toolCallId, content: message.content };
+    default: {
+      const unreachable: never = message;
+      throw new TypeError(`Cannot send chat message ${JSON.stringify(unreachable)}`);
+    }
+  }
+}
+
+interface ToolCallPiece {
+  readonly index: number;
+  readonly id?: string;
+  readonly function?: { readonly name?: string; readonly arguments?: string };
+}
+
+function collectToolCall(
+  calls: Map<number, { id: string; name: string; arguments: string }>,
+  piece: ToolCallPiece,
+  config: LlmConfig,
+): void {
+  let call = calls.get(piece.index);
+  if (call === undefined) {
+    if (calls.size >= MAX_TOOL_CALLS) {
+      throw new ProviderError(
+        "llm",
+        "server",
+        `Streaming chat completion from "${config.base_url}" made more than ${MAX_TOOL_CALLS} tool calls`,
+      );
+    }
+    call = { id: "", name: "", arguments: "" };
+    calls.set(piece.index, call);
+  }
+  if (piece.id) call.id = piece.id;
+  if (piece.function?.name) call.name += piece.function.name;
+  if (piece.function?.arguments) call.arguments += piece.function.arguments;
+}
+
+/** The collected calls in index order; a call the stream never named is a malformed answer. */
+function completeToolCalls(
+  calls: Map<number, { id: string; name: string; arguments: string }>,
+  config: LlmConfig,
+): ToolCall[] {
+  const out: ToolCall[] = [];
+  for (const index of [...calls.keys()].sort((a, b) => a - b)) {
+    const call = calls.get(index)!;
+    if (call.name === "") {
+      throw new ProviderError(
+        "llm",
+        "server",
+        `Streaming chat completion from "${config.base_url}" sent a tool call without a name`,
+      );
+    }
+    // Some local servers leave ids out: the result must still name its call.
+    out.push({ id: call.id || `call_${index}`, name: call.name, arguments: call.arguments });
+  }
+  return out;
 }
 
 function timeoutError(config: LlmConfig, tokens: number): ProviderError {

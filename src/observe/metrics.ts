@@ -529,6 +529,40 @@ export function renderSnapshot(snapshot: MetricsSnapshot): string {
   return out;
 }
 
+// The agent acts (SPEC 6): tool calls, their failures and latency, transfers by dial outcome.
+const toolCalls = new Counter("kav_tool_calls_total", "Operator tool calls, by tool", {
+  labelled: true,
+});
+const toolErrors = new Counter(
+  "kav_tool_errors_total",
+  "Operator tool calls that failed, by tool and reason",
+  { labelled: true },
+);
+const toolDuration = new Histogram(
+  "kav_tool_duration_seconds",
+  "Operator tool request sent to its answer (or failure), by tool",
+  PROVIDER_BUCKETS_S,
+  { labelled: true },
+);
+const transfers = new Counter(
+  "kav_transfers_total",
+  "Agent transfers, by outcome (Twilio's DialCallStatus, or cancelled by the caller)",
+  { labelled: true },
+);
+
+export function toolCalled(tool: string): void {
+  toolCalls.inc({ tool });
+}
+export function toolFailed(tool: string, reason: string): void {
+  toolErrors.inc({ tool, reason });
+}
+export function toolDurationObserved(tool: string, seconds: number): void {
+  toolDuration.observe(seconds, { tool });
+}
+export function transferEnded(outcome: string): void {
+  transfers.inc({ outcome });
+}
+
 /** This event loop's registry in Prometheus text format. */
 export function renderMetrics(): string {
   return renderSnapshot(snapshotMetrics());

@@ -1,6 +1,6 @@
 /** Text rendering and redaction for `kav calls` / `kav call`. */
-import type { CallDetail, CallRow, LatencyName } from "./read.ts";
-import type { CallEvent, TurnRecord } from "./types.ts";
+import type { CallDetail, CallRow, LatencyName, TransferDetail } from "./read.ts";
+import type { CallEvent, ToolCallRecord, TurnRecord } from "./types.ts";
 import { LATENCY_NAMES } from "./_schema.ts";
 
 const REDACTED = "[redacted]";
@@ -34,6 +34,13 @@ export function redactDetail(detail: CallDetail): CallDetail {
     events: detail.events.map((event): CallEvent =>
       event.kind === "mark" ? event : { ...event, detail: event.detail === "" ? "" : REDACTED }
     ),
+    // Tool names and timings are the operator's; arguments and answers may quote the caller.
+    toolCalls: detail.toolCalls.map((tool) => ({
+      ...tool,
+      arguments: redactText(tool.arguments),
+      result: tool.result === null ? null : redactText(tool.result),
+    })),
+    transfers: detail.transfers.map((transfer) => ({ ...transfer, target: REDACTED })),
   };
 }
 
@@ -47,6 +54,26 @@ export function formatTime(ms: number): string {
   return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ${pad(d.getHours())}:${
     pad(d.getMinutes())
   }:${pad(d.getSeconds())}`;
+}
+
+function formatToolCall(call: CallRow, tool: ToolCallRecord): string {
+  const outcome = tool.error === null
+    ? `-> ${tool.result ?? ""}`
+    : `ERROR ${JSON.stringify(tool.error)}`;
+  return `  ${offset(call, tool.at).padStart(7)}  ${tool.name}(${tool.arguments})  ${
+    formatMs(Math.round(tool.ms * 10) / 10)
+  } ms  ${outcome}`;
+}
+
+function formatTransfer(call: CallRow, transfer: TransferDetail): string {
+  const dial = transfer.dialStatus === null
+    ? "dial outcome not reported yet"
+    : `dial ${transfer.dialStatus}${
+      transfer.dialDurationS === null ? "" : ` after ${transfer.dialDurationS} s`
+    }`;
+  return `  ${
+    offset(call, transfer.at).padStart(7)
+  }  to ${transfer.department} (${transfer.target}): ${dial}`;
 }
 
 /** "9.5s", "1m05s", "2h03m". */
@@ -115,7 +142,9 @@ function offset(call: CallRow, at: number): string {
 function formatTurn(call: CallRow, turn: TurnRecord): string[] {
   const head = `  #${turn.index}  ${offset(call, turn.startedAt).padStart(7)}  ${
     turn.speaker.padEnd(6)
-  }  ${JSON.stringify(turn.text)}${turn.cut ? "  [cut by barge-in]" : ""}`;
+  }  ${turn.input === "keypad" ? "[keypad] " : ""}${JSON.stringify(turn.text)}${
+    turn.cut ? "  [cut by barge-in]" : ""
+  }`;
   const lines = [head];
   if (turn.generated !== null) {
     const rest = turn.generated.startsWith(turn.text)
@@ -162,6 +191,10 @@ export function formatCallDetail(detail: CallDetail): string[] {
   }
   lines.push(`Transcript (${detail.turns.length} turns)`);
   for (const turn of detail.turns) lines.push(...formatTurn(call, turn));
+  if (detail.toolCalls.length > 0) lines.push(`Tool calls (${detail.toolCalls.length})`);
+  for (const tool of detail.toolCalls) lines.push(formatToolCall(call, tool));
+  if (detail.transfers.length > 0) lines.push(`Transfers (${detail.transfers.length})`);
+  for (const transfer of detail.transfers) lines.push(formatTransfer(call, transfer));
   const marks = detail.events.filter((e) => e.kind === "mark").length;
   const others = detail.events.filter((e) => e.kind !== "mark");
   lines.push(`Events (${marks} marks not listed)`);

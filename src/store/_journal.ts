@@ -10,7 +10,7 @@
  */
 import type { Logger } from "../observe/log.ts";
 import type { QueuedOp } from "./_pg_writer.ts";
-import type { StoreOp } from "./_writer.ts";
+import { STORE_OP_KINDS, type StoreOp } from "./_writer.ts";
 
 /** Records per segment before the next append starts a new file. */
 export const SEGMENT_MAX_RECORDS = 2000;
@@ -31,7 +31,7 @@ function isQueuedOp(value: unknown): value is QueuedOp {
   if (typeof boot !== "string" || typeof seq !== "number") return false;
   if (typeof op !== "object" || op === null) return false;
   const kind = (op as Partial<StoreOp>).kind;
-  return kind === "start" || kind === "turn" || kind === "event" || kind === "end";
+  return typeof kind === "string" && STORE_OP_KINDS.has(kind);
 }
 
 export class Journal {

@@ -293,7 +293,7 @@ export class PgWriteQueue {
         let inflight: Promise<void>[] = [];
         for (const entry of entries) {
           const kind = entry.op.kind;
-          if (kind === "turn" || kind === "event") {
+          if (kind === "turn" || kind === "event" || kind === "tool" || kind === "transfer") {
             inflight.push(writer.apply(tx, entry, now));
             continue;
           }

@@ -11,6 +11,8 @@ import {
   type Row,
   toCallRow,
   toEvent,
+  toToolCall,
+  toTransfer,
   toTurn,
 } from "./read.ts";
 import { type HistoryQuery, historyWhere } from "./_history_sql.ts";
@@ -23,6 +25,8 @@ const LIST =
 const ONE = `${CALL_SELECT} WHERE c.call_sid = $1`;
 const TURNS = "SELECT * FROM turns WHERE call_sid = $1 ORDER BY idx";
 const EVENTS = "SELECT * FROM events WHERE call_sid = $1 ORDER BY at, id";
+const TOOLS = "SELECT * FROM tool_calls WHERE call_sid = $1 ORDER BY at, id";
+const TRANSFERS = "SELECT * FROM transfers WHERE call_sid = $1 ORDER BY at, id";
 
 const PG_DIALECT = {
   placeholder: (index: number) => `$${index}`,
@@ -65,7 +69,13 @@ export class PgCallReader {
   async getCall(callSid: string): Promise<CallDetail | null> {
     const call = await this.getCallRow(callSid);
     if (call === null) return null;
-    return { call, turns: await this.turns(callSid), events: await this.events(callSid) };
+    return {
+      call,
+      turns: await this.turns(callSid),
+      events: await this.events(callSid),
+      toolCalls: (await this.#sql.unsafe<Row[]>(TOOLS, [callSid])).map(toToolCall),
+      transfers: (await this.#sql.unsafe<Row[]>(TRANSFERS, [callSid])).map(toTransfer),
+    };
   }
 
   async turns(callSid: string): Promise<TurnRecord[]> {

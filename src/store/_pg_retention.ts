@@ -15,7 +15,9 @@ const SWEEP_CHUNK = `WITH doomed AS (
     SELECT call_sid FROM calls WHERE started_at < $1 AND ended_at IS NOT NULL LIMIT $2),
   t AS (DELETE FROM turns WHERE call_sid IN (SELECT call_sid FROM doomed)),
   e AS (DELETE FROM events WHERE call_sid IN (SELECT call_sid FROM doomed)),
-  o AS (DELETE FROM crm_outbox WHERE call_sid IN (SELECT call_sid FROM doomed))
+  o AS (DELETE FROM crm_outbox WHERE call_sid IN (SELECT call_sid FROM doomed)),
+  tc AS (DELETE FROM tool_calls WHERE call_sid IN (SELECT call_sid FROM doomed)),
+  tr AS (DELETE FROM transfers WHERE call_sid IN (SELECT call_sid FROM doomed))
   DELETE FROM calls WHERE call_sid IN (SELECT call_sid FROM doomed) RETURNING call_sid`;
 
 const ORPHAN_TURNS = `DELETE FROM turns WHERE ended_at < $1

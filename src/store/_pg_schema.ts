@@ -93,6 +93,35 @@ CREATE TABLE kav_chores (
   // 2: full-text search of transcripts for the console's history ('simple': no stemming or stop
   // words, so Hebrew and English words match as written).
   "CREATE INDEX turns_text_search ON turns USING gin (to_tsvector('simple', text));",
+  // 3: the agent acts (SPEC 6): tool calls, transfers and keypad turns, idempotent by op_key.
+  `
+CREATE TABLE tool_calls (
+  id BIGSERIAL PRIMARY KEY,
+  op_key TEXT NOT NULL UNIQUE,
+  call_sid TEXT NOT NULL,
+  at BIGINT NOT NULL,
+  tool_call_id TEXT NOT NULL,
+  name TEXT NOT NULL,
+  arguments TEXT NOT NULL,
+  result TEXT,
+  error TEXT,
+  ms DOUBLE PRECISION NOT NULL
+);
+CREATE INDEX tool_calls_call ON tool_calls (call_sid, at);
+CREATE TABLE transfers (
+  id BIGSERIAL PRIMARY KEY,
+  op_key TEXT NOT NULL UNIQUE,
+  call_sid TEXT NOT NULL,
+  at BIGINT NOT NULL,
+  department TEXT NOT NULL,
+  target TEXT NOT NULL,
+  dial_status TEXT,
+  dial_ended_at BIGINT,
+  dial_duration_s INTEGER
+);
+CREATE INDEX transfers_call ON transfers (call_sid, at);
+ALTER TABLE turns ADD COLUMN input TEXT;
+`,
 ];
 
 /** The schema version this build writes and reads. */

@@ -29,11 +29,30 @@ const INSERT_CALL = `INSERT INTO calls (call_sid, node_id, boot_id, stream_sid, 
   from_number, to_number, custom_parameters, started_at) VALUES (${params(1, 9)})
   ON CONFLICT (call_sid) DO NOTHING`;
 const UPSERT_TURN = `INSERT INTO turns (call_sid, idx, speaker, text, generated, cut, started_at,
-  ended_at, has_timings, ${LATENCY_NAMES.join(", ")}) VALUES (${params(1, 15)})
+  ended_at, has_timings, ${LATENCY_NAMES.join(", ")}, input) VALUES (${params(1, 16)})
   ON CONFLICT (call_sid, idx) DO UPDATE SET ${
-  ["speaker", "text", "generated", "cut", "started_at", "ended_at", "has_timings", ...LATENCY_NAMES]
-    .map((c) => `${c} = EXCLUDED.${c}`).join(", ")
+  [
+    "speaker",
+    "text",
+    "generated",
+    "cut",
+    "started_at",
+    "ended_at",
+    "has_timings",
+    ...LATENCY_NAMES,
+    "input",
+  ].map((c) => `${c} = EXCLUDED.${c}`).join(", ")
 }`;
+/** A caller connected back after a failed transfer: the same call goes on (SPEC 6). */
+const REOPEN_CALL = `UPDATE calls SET ended_at = NULL, outcome = NULL, reason = NULL,
+  stream_sid = $1, boot_id = $2, node_id = $3 WHERE call_sid = $4 AND outcome = 'transferred'`;
+const INSERT_TOOL = `INSERT INTO tool_calls (op_key, call_sid, at, tool_call_id, name, arguments,
+  result, error, ms) VALUES (${params(1, 9)}) ON CONFLICT (op_key) DO NOTHING`;
+const INSERT_TRANSFER = `INSERT INTO transfers (op_key, call_sid, at, department, target)
+  VALUES ($1, $2, $3, $4, $5) ON CONFLICT (op_key) DO NOTHING`;
+const DIAL_ENDED = `UPDATE transfers SET dial_status = $1, dial_ended_at = $2, dial_duration_s = $3
+  WHERE id = (SELECT id FROM transfers WHERE call_sid = $4 AND dial_status IS NULL
+    ORDER BY at DESC, id DESC LIMIT 1)`;
 const INSERT_EVENT = `INSERT INTO events (op_key, call_sid, at, kind, detail)
   VALUES ($1, $2, $3, $4, $5) ON CONFLICT (op_key) DO NOTHING`;
 const END_CALL = `UPDATE calls SET ended_at = $1, outcome = $2, reason = $3, rx_frames = $4,
@@ -103,6 +122,13 @@ export class PgWriter {
           c.startedAt,
         ]);
         if (result.count === 0) {
+          const reopened = await tx.unsafe(REOPEN_CALL, [
+            c.streamSid,
+            queued.boot,
+            this.#nodeId,
+            c.callSid,
+          ]);
+          if (reopened.count > 0) return;
           const [row] = await tx`SELECT boot_id FROM calls WHERE call_sid = ${c.callSid}`;
           // The same boot's start again is a replay (journal, unclear commit), not a duplicate.
           if (row?.boot_id !== queued.boot) {
@@ -124,7 +150,44 @@ export class PgWriter {
           t.endedAt,
           t.timings ? 1 : 0,
           ...LATENCY_NAMES.map((name) => t.timings?.[name] ?? null),
+          t.input === "keypad" ? "keypad" : null,
         ]);
+        return;
+      }
+      case "tool": {
+        const t = op.tool;
+        await tx.unsafe(INSERT_TOOL, [
+          `${queued.boot}.${queued.seq}`,
+          op.callSid,
+          t.at,
+          clean(t.toolCallId),
+          clean(t.name),
+          clean(t.arguments),
+          cleanOrNull(t.result),
+          cleanOrNull(t.error),
+          t.ms,
+        ]);
+        return;
+      }
+      case "transfer":
+        await tx.unsafe(INSERT_TRANSFER, [
+          `${queued.boot}.${queued.seq}`,
+          op.callSid,
+          op.transfer.at,
+          clean(op.transfer.department),
+          clean(op.transfer.target),
+        ]);
+        return;
+      case "dial": {
+        const d = op.dial;
+        const result = await tx.unsafe(DIAL_ENDED, [d.status, d.at, d.durationS, op.callSid]);
+        if (result.count === 0) {
+          this.#log.warn("STORE", "dial outcome without a transfer ignored", { call: op.callSid });
+          return;
+        }
+        // The summary sent when the stream closed had no outcome yet: send it again with it.
+        const [row] = await tx`SELECT ended_at FROM calls WHERE call_sid = ${op.callSid}`;
+        if (row?.ended_at != null) await this.#summarize(tx, op.callSid, now);
         return;
       }
       case "event":
@@ -195,11 +258,17 @@ export class PgWriter {
       values.push(p50, p90);
     }
     await tx.unsafe(SET_PERCENTILES, [...values, callSid]);
+    await this.#summarize(tx, callSid, now);
+  }
+
+  /** With CRM on, the call's summary as it stands into the outbox. */
+  async #summarize(tx: PgQueryable, callSid: string, now: number): Promise<void> {
     if (!this.#crm) return;
     const detail = await new PgCallReader(tx).getCall(callSid);
     if (detail === null) return;
     const id = this.#newId();
-    const body = JSON.stringify(buildCrmSummary(detail, id));
+    const [{ n }] = await tx`SELECT count(*) AS n FROM crm_outbox WHERE call_sid = ${callSid}`;
+    const body = JSON.stringify(buildCrmSummary(detail, id, Number(n) + 1));
     await tx.unsafe(INSERT_OUTBOX, [id, callSid, this.#nodeId, body, now, now]);
     this.#outboxInserts++;
   }

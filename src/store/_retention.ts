@@ -21,9 +21,9 @@ export function sweepRetentionChunk(
     "SELECT call_sid FROM calls WHERE started_at < ? AND ended_at IS NOT NULL LIMIT ?",
   ).all(cutoffMs, limit).map((row) => String(row.call_sid));
   if (sids.length === 0) return 0;
-  const statements = ["turns", "events", "crm_outbox", "calls"].map((table) =>
-    db.prepare(`DELETE FROM ${table} WHERE call_sid = ?`)
-  );
+  const statements = ["turns", "events", "tool_calls", "transfers", "crm_outbox", "calls"].map((
+    table,
+  ) => db.prepare(`DELETE FROM ${table} WHERE call_sid = ?`));
   db.exec("BEGIN IMMEDIATE");
   try {
     for (const sid of sids) for (const statement of statements) statement.run(sid);

@@ -104,6 +104,33 @@ CREATE TRIGGER turns_fts_update AFTER UPDATE OF text ON turns BEGIN
 END;
 INSERT INTO turns_fts (turns_fts) VALUES ('rebuild');
 `,
+  // 4: the agent acts (SPEC 6): tool calls, transfers and keypad turns.
+  `
+CREATE TABLE tool_calls (
+  id INTEGER PRIMARY KEY,
+  call_sid TEXT NOT NULL,
+  at INTEGER NOT NULL,
+  tool_call_id TEXT NOT NULL,
+  name TEXT NOT NULL,
+  arguments TEXT NOT NULL,
+  result TEXT,
+  error TEXT,
+  ms REAL NOT NULL
+);
+CREATE INDEX tool_calls_call ON tool_calls (call_sid, at);
+CREATE TABLE transfers (
+  id INTEGER PRIMARY KEY,
+  call_sid TEXT NOT NULL,
+  at INTEGER NOT NULL,
+  department TEXT NOT NULL,
+  target TEXT NOT NULL,
+  dial_status TEXT,
+  dial_ended_at INTEGER,
+  dial_duration_s INTEGER
+);
+CREATE INDEX transfers_call ON transfers (call_sid, at);
+ALTER TABLE turns ADD COLUMN input TEXT;
+`,
 ];
 
 /** The schema version this build writes. */

@@ -4,7 +4,15 @@
  * commit together.
  */
 import type { DatabaseSync, SQLInputValue, StatementSync } from "node:sqlite";
-import type { CallEvent, CallStarted, EndRecord, TurnRecord } from "./types.ts";
+import type {
+  CallEvent,
+  CallStarted,
+  DialEndedRecord,
+  EndRecord,
+  ToolCallRecord,
+  TransferRecord,
+  TurnRecord,
+} from "./types.ts";
 import type { Logger } from "../observe/log.ts";
 import { LATENCY_NAMES } from "./_schema.ts";
 import { summarize } from "./_stats.ts";
@@ -16,7 +24,21 @@ export type StoreOp =
   | { readonly kind: "start"; readonly call: CallStarted }
   | { readonly kind: "turn"; readonly callSid: string; readonly turn: TurnRecord }
   | { readonly kind: "event"; readonly callSid: string; readonly event: CallEvent }
-  | { readonly kind: "end"; readonly callSid: string; readonly ended: EndRecord };
+  | { readonly kind: "end"; readonly callSid: string; readonly ended: EndRecord }
+  | { readonly kind: "tool"; readonly callSid: string; readonly tool: ToolCallRecord }
+  | { readonly kind: "transfer"; readonly callSid: string; readonly transfer: TransferRecord }
+  | { readonly kind: "dial"; readonly callSid: string; readonly dial: DialEndedRecord };
+
+/** Every kind of `StoreOp` (the journal checks what it reads back against it). */
+export const STORE_OP_KINDS: ReadonlySet<string> = new Set([
+  "start",
+  "turn",
+  "event",
+  "end",
+  "tool",
+  "transfer",
+  "dial",
+]);
 
 export interface StoreWriterOptions {
   readonly log: Logger;
@@ -36,6 +58,12 @@ export class StoreWriter {
   readonly #nodeId: string | null;
   readonly #reader: CallReader;
   readonly #insertCall: StatementSync;
+  readonly #reopenCall: StatementSync;
+  readonly #insertTool: StatementSync;
+  readonly #insertTransfer: StatementSync;
+  readonly #dialEnded: StatementSync;
+  readonly #endedAt: StatementSync;
+  readonly #summaries: StatementSync;
   readonly #upsertTurn: StatementSync;
   readonly #insertEvent: StatementSync;
   readonly #endCall: StatementSync;
@@ -58,10 +86,29 @@ export class StoreWriter {
         custom_parameters, started_at, node_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
        ON CONFLICT (call_sid) DO NOTHING`,
     );
+    // A caller connected back after a failed transfer: the same call goes on (SPEC 6).
+    this.#reopenCall = db.prepare(
+      `UPDATE calls SET ended_at = NULL, outcome = NULL, reason = NULL, stream_sid = ?
+       WHERE call_sid = ? AND outcome = 'transferred'`,
+    );
+    this.#insertTool = db.prepare(
+      `INSERT INTO tool_calls (call_sid, at, tool_call_id, name, arguments, result, error, ms)
+       VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
+    );
+    this.#insertTransfer = db.prepare(
+      "INSERT INTO transfers (call_sid, at, department, target) VALUES (?, ?, ?, ?)",
+    );
+    this.#dialEnded = db.prepare(
+      `UPDATE transfers SET dial_status = ?, dial_ended_at = ?, dial_duration_s = ?
+       WHERE id = (SELECT id FROM transfers WHERE call_sid = ? AND dial_status IS NULL
+         ORDER BY at DESC, id DESC LIMIT 1)`,
+    );
+    this.#endedAt = db.prepare("SELECT ended_at FROM calls WHERE call_sid = ?");
+    this.#summaries = db.prepare("SELECT count(*) AS n FROM crm_outbox WHERE call_sid = ?");
     const timingColumns = LATENCY_NAMES.join(", ");
     this.#upsertTurn = db.prepare(
       `INSERT OR REPLACE INTO turns (call_sid, idx, speaker, text, generated, cut, started_at,
-        ended_at, has_timings, ${timingColumns}) VALUES (${"?, ".repeat(14)}?)`,
+        ended_at, has_timings, ${timingColumns}, input) VALUES (${"?, ".repeat(15)}?)`,
     );
     this.#insertEvent = db.prepare(
       "INSERT INTO events (call_sid, at, kind, detail) VALUES (?, ?, ?, ?)",
@@ -107,7 +154,7 @@ export class StoreWriter {
           c.startedAt,
           this.#nodeId,
         );
-        if (result.changes === 0) {
+        if (result.changes === 0 && this.#reopenCall.run(c.streamSid, c.callSid).changes === 0) {
           this.#log.warn("STORE", "call already recorded", { call: c.callSid });
         }
         return;
@@ -126,7 +173,41 @@ export class StoreWriter {
           t.endedAt,
           t.timings ? 1 : 0,
           ...timings,
+          t.input === "keypad" ? "keypad" : null,
         );
+        return;
+      }
+      case "tool": {
+        const t = op.tool;
+        this.#insertTool.run(
+          op.callSid,
+          t.at,
+          t.toolCallId,
+          t.name,
+          t.arguments,
+          t.result,
+          t.error,
+          t.ms,
+        );
+        return;
+      }
+      case "transfer":
+        this.#insertTransfer.run(
+          op.callSid,
+          op.transfer.at,
+          op.transfer.department,
+          op.transfer.target,
+        );
+        return;
+      case "dial": {
+        const d = op.dial;
+        const result = this.#dialEnded.run(d.status, d.at, d.durationS, op.callSid);
+        if (result.changes === 0) {
+          this.#log.warn("STORE", "dial outcome without a transfer ignored", { call: op.callSid });
+          return;
+        }
+        // The summary sent when the stream closed had no outcome yet: send it again with it.
+        if (this.#endedAt.get(op.callSid)?.ended_at != null) this.#summarize(op.callSid, now);
         return;
       }
       case "event":
@@ -193,11 +274,17 @@ export class StoreWriter {
       params.push(p50, p90);
     }
     this.#setPercentiles.run(...params, callSid);
+    this.#summarize(callSid, now);
+  }
+
+  /** With CRM on, the call's summary as it stands into the outbox. */
+  #summarize(callSid: string, now: number): void {
     if (!this.#crm) return;
     const detail = this.#reader.getCall(callSid);
     if (!detail) return;
     const id = this.#newId();
-    const body = JSON.stringify(buildCrmSummary(detail, id));
+    const revision = Number(this.#summaries.get(callSid)?.n ?? 0) + 1;
+    const body = JSON.stringify(buildCrmSummary(detail, id, revision));
     this.#insertOutbox.run(id, callSid, body, now, now);
     this.#outboxInserts++;
   }

@@ -12,7 +12,16 @@
 import type { CrmConfig } from "../config/types.ts";
 import type { Logger } from "../observe/log.ts";
 import * as metrics from "../observe/metrics.ts";
-import type { CallEvent, CallStarted, CallStore, EndRecord, TurnRecord } from "./types.ts";
+import type {
+  CallEvent,
+  CallStarted,
+  CallStore,
+  DialEndedRecord,
+  EndRecord,
+  ToolCallRecord,
+  TransferRecord,
+  TurnRecord,
+} from "./types.ts";
 import type { StoreOp } from "./_writer.ts";
 import type { CallDetail, CallRow } from "./read.ts";
 import type { CallHistory, HistorySource } from "./history.ts";
@@ -49,7 +58,7 @@ export interface OpenPostgresStoreOptions {
   readonly log: Logger;
   /** Calls older than this many days are deleted (by one node of the fleet); 0 keeps everything. */
   readonly retentionDays: number;
-  readonly crm?: CrmConfig;
+  readonly crm?: Pick<CrmConfig, "url" | "secret">;
   /** Epoch ms clock. */
   readonly now?: () => number;
   readonly tuning?: Partial<PgStoreTuning>;
@@ -132,6 +141,15 @@ export class PostgresCallStore implements CallStore, HistorySource {
   }
   callEnded(callSid: string, ended: EndRecord): void {
     this.#push({ kind: "end", callSid, ended });
+  }
+  toolCall(callSid: string, tool: ToolCallRecord): void {
+    this.#push({ kind: "tool", callSid, tool });
+  }
+  transfer(callSid: string, transfer: TransferRecord): void {
+    this.#push({ kind: "transfer", callSid, transfer });
+  }
+  dialEnded(callSid: string, dial: DialEndedRecord): void {
+    this.#push({ kind: "dial", callSid, dial });
   }
 
   /** Records not yet in the database (memory and journal). */

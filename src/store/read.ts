@@ -8,6 +8,7 @@ import type {
   CallEvent,
   CallEventKind,
   CallOutcome,
+  ToolCallRecord,
   TurnRecord,
   TurnTimings,
 } from "./types.ts";
@@ -46,11 +47,23 @@ export interface CallRow {
   readonly latency: LatencySummary;
 }
 
-/** A call with its transcript (by turn index) and events (by time). */
+/** A transfer with Twilio's dial outcome (null until `/webhook/dial_ended` reported it). */
+export interface TransferDetail {
+  readonly at: number;
+  readonly department: string;
+  readonly target: string;
+  readonly dialStatus: string | null;
+  readonly dialEndedAt: number | null;
+  readonly dialDurationS: number | null;
+}
+
+/** A call with its transcript (by turn index), events, tool calls and transfers (by time). */
 export interface CallDetail {
   readonly call: CallRow;
   readonly turns: readonly TurnRecord[];
   readonly events: readonly CallEvent[];
+  readonly toolCalls: readonly ToolCallRecord[];
+  readonly transfers: readonly TransferDetail[];
 }
 
 // Records keyed by the unions: adding an outcome or event kind to types.ts fails to compile here
@@ -63,6 +76,8 @@ const OUTCOME_NAMES: Readonly<Record<CallOutcome, true>> = {
   drained: true,
   error: true,
   rejected: true,
+  transferred: true,
+  agent_hangup: true,
 };
 const EVENT_KIND_NAMES: Readonly<Record<CallEventKind, true>> = {
   mark: true,
@@ -74,6 +89,8 @@ const EVENT_KIND_NAMES: Readonly<Record<CallEventKind, true>> = {
   barge_in: true,
   limit: true,
   stream_status: true,
+  action_cancelled: true,
+  caller_context: true,
 };
 const OUTCOMES: ReadonlySet<string> = new Set(Object.keys(OUTCOME_NAMES));
 const EVENT_KINDS: ReadonlySet<string> = new Set(Object.keys(EVENT_KIND_NAMES));
@@ -160,6 +177,32 @@ export function toTurn(row: Row): TurnRecord {
     startedAt: num(row, "started_at"),
     endedAt: num(row, "ended_at"),
     timings,
+    ...(row.input === "keypad" ? { input: "keypad" as const } : {}),
+  };
+}
+
+/** A `tool_calls` row as a `ToolCallRecord`. */
+export function toToolCall(row: Row): ToolCallRecord {
+  return {
+    at: num(row, "at"),
+    toolCallId: text(row, "tool_call_id"),
+    name: text(row, "name"),
+    arguments: text(row, "arguments"),
+    result: optText(row, "result"),
+    error: optText(row, "error"),
+    ms: num(row, "ms"),
+  };
+}
+
+/** A `transfers` row as a `TransferDetail`. */
+export function toTransfer(row: Row): TransferDetail {
+  return {
+    at: num(row, "at"),
+    department: text(row, "department"),
+    target: text(row, "target"),
+    dialStatus: optText(row, "dial_status"),
+    dialEndedAt: optNum(row, "dial_ended_at"),
+    dialDurationS: optNum(row, "dial_duration_s"),
   };
 }
 
@@ -192,6 +235,8 @@ export class CallReader {
   readonly #call: StatementSync;
   readonly #turns: StatementSync;
   readonly #events: StatementSync;
+  readonly #tools: StatementSync;
+  readonly #transfers: StatementSync;
 
   constructor(db: DatabaseSync) {
     this.#db = db;
@@ -201,6 +246,8 @@ export class CallReader {
     this.#call = db.prepare(`${CALL_SELECT} WHERE c.call_sid = ?`);
     this.#turns = db.prepare("SELECT * FROM turns WHERE call_sid = ? ORDER BY idx");
     this.#events = db.prepare("SELECT * FROM events WHERE call_sid = ? ORDER BY at, id");
+    this.#tools = db.prepare("SELECT * FROM tool_calls WHERE call_sid = ? ORDER BY at, id");
+    this.#transfers = db.prepare("SELECT * FROM transfers WHERE call_sid = ? ORDER BY at, id");
   }
 
   /**
@@ -230,7 +277,13 @@ export class CallReader {
   getCall(callSid: string): CallDetail | null {
     const call = this.getCallRow(callSid);
     if (!call) return null;
-    return { call, turns: this.turns(callSid), events: this.events(callSid) };
+    return {
+      call,
+      turns: this.turns(callSid),
+      events: this.events(callSid),
+      toolCalls: (this.#tools.all(callSid) as Row[]).map(toToolCall),
+      transfers: (this.#transfers.all(callSid) as Row[]).map(toTransfer),
+    };
   }
 
   turns(callSid: string): TurnRecord[] {

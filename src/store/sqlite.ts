@@ -11,7 +11,16 @@ import { DatabaseSync } from "node:sqlite";
 import type { CrmConfig } from "../config/types.ts";
 import type { Logger } from "../observe/log.ts";
 import * as metrics from "../observe/metrics.ts";
-import type { CallEvent, CallStarted, CallStore, EndRecord, TurnRecord } from "./types.ts";
+import type {
+  CallEvent,
+  CallStarted,
+  CallStore,
+  DialEndedRecord,
+  EndRecord,
+  ToolCallRecord,
+  TransferRecord,
+  TurnRecord,
+} from "./types.ts";
 import { migrate } from "./_schema.ts";
 import { type StoreOp, StoreWriter } from "./_writer.ts";
 import { STORE_DEFAULTS, type StoreTuning, WriteQueue } from "./_write_queue.ts";
@@ -32,7 +41,7 @@ export interface OpenCallStoreOptions {
   /** Calls older than this many days are deleted at open and daily; 0 keeps everything. */
   readonly retentionDays: number;
   /** CRM delivery; absent or a null url disables it. */
-  readonly crm?: CrmConfig;
+  readonly crm?: Pick<CrmConfig, "url" | "secret">;
   /** Epoch ms clock. */
   readonly now?: () => number;
   readonly tuning?: Partial<StoreTuning>;
@@ -94,6 +103,15 @@ export class SqliteCallStore implements CallStore, HistorySource {
   }
   callEnded(callSid: string, ended: EndRecord): void {
     this.#push({ kind: "end", callSid, ended });
+  }
+  toolCall(callSid: string, tool: ToolCallRecord): void {
+    this.#push({ kind: "tool", callSid, tool });
+  }
+  transfer(callSid: string, transfer: TransferRecord): void {
+    this.#push({ kind: "transfer", callSid, transfer });
+  }
+  dialEnded(callSid: string, dial: DialEndedRecord): void {
+    this.#push({ kind: "dial", callSid, dial });
   }
 
   pending(): number {

@@ -42,6 +42,41 @@ export interface TurnRecord {
   readonly startedAt: number;
   readonly endedAt: number;
   readonly timings: TurnTimings | null;
+  /** Caller turns typed on the keypad (DTMF digits) say "keypad"; absent means speech. */
+  readonly input?: "speech" | "keypad";
+}
+
+/** One tool the agent ran (SPEC 6): what the model asked, what came back, how long it took. */
+export interface ToolCallRecord {
+  /** When the call started, epoch ms. */
+  readonly at: number;
+  /** The model's id of the call. */
+  readonly toolCallId: string;
+  readonly name: string;
+  /** The arguments as the model sent them (JSON text, possibly invalid). */
+  readonly arguments: string;
+  /** The answer handed to the model (JSON text), or null when it failed. */
+  readonly result: string | null;
+  /** Why it failed (invalid arguments, timeout, status, bad body, refused); null on success. */
+  readonly error: string | null;
+  readonly ms: number;
+}
+
+/** A transfer the agent carried out: the socket closed and Twilio got the `<Dial>`. */
+export interface TransferRecord {
+  readonly at: number;
+  readonly department: string;
+  /** The number or SIP URI dialled. */
+  readonly target: string;
+}
+
+/** Twilio's `<Dial action>` report for the call's latest transfer. */
+export interface DialEndedRecord {
+  readonly at: number;
+  /** `DialCallStatus`: completed, answered, busy, no-answer, failed or canceled. */
+  readonly status: string;
+  /** `DialCallDuration`, seconds; null when absent. */
+  readonly durationS: number | null;
 }
 
 export type CallEventKind =
@@ -54,7 +89,11 @@ export type CallEventKind =
   | "barge_in"
   | "limit"
   /** A Twilio stream status callback (stream-started, stream-stopped, stream-error). */
-  | "stream_status";
+  | "stream_status"
+  /** A transfer or hang-up the caller cut short by speaking or pressing a key over its last sentence. */
+  | "action_cancelled"
+  /** The CRM's caller context: received, late, failed (detail says which, never the text). */
+  | "caller_context";
 
 export interface CallEvent {
   readonly kind: CallEventKind;
@@ -69,7 +108,11 @@ export type CallOutcome =
   | "max_duration"
   | "drained"
   | "error"
-  | "rejected";
+  | "rejected"
+  /** The agent handed the call to a department (`<Dial>`). */
+  | "transferred"
+  /** The agent said goodbye and hung up (`<Hangup/>`). */
+  | "agent_hangup";
 
 export interface CallCounters {
   readonly rx_frames: number;
@@ -100,6 +143,10 @@ export interface CallStore {
   turnCompleted(callSid: string, turn: TurnRecord): void;
   event(callSid: string, event: CallEvent): void;
   callEnded(callSid: string, ended: EndRecord): void;
+  toolCall(callSid: string, record: ToolCallRecord): void;
+  transfer(callSid: string, record: TransferRecord): void;
+  /** Completes the call's latest transfer; the CRM gets the summary again with the outcome. */
+  dialEnded(callSid: string, record: DialEndedRecord): void;
   /** Queued writes not yet on disk. */
   pending(): number;
   /** Writes everything queued; resolves when on disk. */

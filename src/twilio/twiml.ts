@@ -3,6 +3,9 @@
  * starts with `<?xml`: whitespace before it is error 12100.
  */
 
+/** The `<Parameter>` Kav's `/webhook/dial_ended` TwiML adds when it connects a caller back. */
+export const DIAL_STATUS_PARAMETER = "KavDialStatus";
+
 /** Twilio: a `<Parameter>`'s name and value together must be under 500 characters. */
 export const MAX_PARAMETER_CHARS = 500;
 
@@ -12,6 +15,7 @@ export const ROUTES = {
   media: "/ws/twilio-media",
   streamStatus: "/webhook/stream_status",
   streamEnded: "/webhook/stream_ended",
+  dialEnded: "/webhook/dial_ended",
 } as const;
 
 // XML 1.0 forbids these code points even when escaped; dropping them keeps the document parseable.
@@ -82,4 +86,24 @@ export function connectStreamTwiml(options: {
  */
 export function busyTwiml(): string {
   return `<?xml version="1.0" encoding="UTF-8"?><Response><Reject reason="busy"/></Response>`;
+}
+
+/**
+ * The `<Connect action>` answer for a call the agent transferred (SPEC 6): dial the department's
+ * number (E.164, as `<Dial>`'s text) or SIP URI (`<Sip>`), the caller hearing ringing until it is
+ * answered (`answerOnBridge`); Twilio reports the outcome to `/webhook/dial_ended`.
+ */
+export function dialTwiml(
+  options: { readonly publicUrl: string; readonly target: string },
+): string {
+  const action = escapeXml(options.publicUrl + ROUTES.dialEnded);
+  const target = escapeXml(options.target);
+  const body = /^sips?:/i.test(options.target) ? `<Sip>${target}</Sip>` : target;
+  return `<?xml version="1.0" encoding="UTF-8"?>` +
+    `<Response><Dial action="${action}" answerOnBridge="true">${body}</Dial></Response>`;
+}
+
+/** Ends the call: the agent hung up, or a transfer's dial completed. */
+export function hangupTwiml(): string {
+  return `<?xml version="1.0" encoding="UTF-8"?><Response><Hangup/></Response>`;
 }

@@ -4,14 +4,14 @@
  * port (SO_REUSEPORT: the kernel spreads new connections over the workers). A call lives on the
  * worker that accepted its socket. What belongs to the process is reached through the main thread:
  * the call store (records go there at the end of each turn), the log, `/metrics` summed over all
- * workers, the shared call state; `max_calls`, draining and readiness are read from shared memory.
+ * workers, the hand-off board; `max_calls`, draining and readiness are read from shared memory.
  * The main thread starts it with a `WorkerInit` (`workerData`) and supervises it.
  */
 import { parentPort, workerData } from "node:worker_threads";
 import { startServer } from "../app.ts";
 import { CallManager, installEscapeHandlers } from "../call/manager.ts";
 import { createHandler } from "../http/handler.ts";
-import { callScript, createProviders, recordStatus } from "../kav_calls.ts";
+import { callScript, createProviders, recordDialEnded, recordStatus } from "../kav_calls.ts";
 import { createLogger } from "../observe/log.ts";
 import { snapshotMetrics } from "../observe/metrics.ts";
 import type {
@@ -26,7 +26,7 @@ import type {
   WorkerRequest,
 } from "./protocol.ts";
 import { Requests } from "./protocol.ts";
-import { Outbox, RemoteCallState, RemoteCallStore } from "./remote.ts";
+import { Outbox, RemoteCallStore, RemoteHandOffs } from "./remote.ts";
 import { SharedProcessState } from "./shared_state.ts";
 
 /** How often the worker moves its heartbeat (the main thread replaces one that stops, see there). */
@@ -51,6 +51,7 @@ export async function runCallWorker(link: Link, init: WorkerInit): Promise<void>
   const providers = createProviders(config, log);
   const store = new RemoteCallStore(outbox, requests);
   let script = callScript(config, init.script, providers, new Map(init.phrases));
+  const handOffs = new RemoteHandOffs(requests);
   const calls = new CallManager({
     config,
     stt: providers.stt,
@@ -59,6 +60,7 @@ export async function runCallWorker(link: Link, init: WorkerInit): Promise<void>
     agentFactory: (ctx) => script(ctx),
     admission: state.admission(slot, config.server.max_calls),
     worker: slot,
+    handOffs,
   });
   let draining = false;
   const stop = new AbortController();
@@ -85,7 +87,8 @@ export async function runCallWorker(link: Link, init: WorkerInit): Promise<void>
     isDraining: () => draining || state.draining,
     isStarting: () => !state.ready,
     metricsText: () => requests.request({ kind: "metrics-text" }),
-    callState: new RemoteCallState(requests),
+    callControl: handOffs,
+    onDialEnded: (params) => recordDialEnded(store, params),
     testHook: init.testHooks ? (form) => testHook(requests, form) : undefined,
   });
   let server: Deno.HttpServer<Deno.NetAddr>;

@@ -1,14 +1,14 @@
 /**
  * The messages between the main thread and a call worker (structured-cloned by `postMessage`),
  * and the one request/reply channel both sides use. Everything a worker needs from the process
- * (the store's single writer, the summed `/metrics`, the shared call state, reload and drain) goes
+ * (the store's single writer, the summed `/metrics`, the hand-off board, reload and drain) goes
  * through here; `shared_state.ts` carries what must be read without a message.
  */
-import type { CallStateFields } from "../call/call_state.ts";
+import type { CallAction, HandOff, Resume } from "../call/hand_off.ts";
 import type { LiveSnapshot } from "../call/live.ts";
 import type { Config } from "../config/types.ts";
 import type { MetricsSnapshot } from "../observe/metrics.ts";
-import type { CallEvent, CallStarted, EndRecord, TurnRecord } from "../store/types.ts";
+import type { StoreOp } from "../store/_writer.ts";
 
 /** What a call worker gets at start (`workerData`). */
 export interface WorkerInit {
@@ -32,11 +32,7 @@ export interface WorkerInit {
 }
 
 /** One call-record write, as `CallStore`'s methods take it. */
-export type RecordOp =
-  | { readonly kind: "start"; readonly call: CallStarted }
-  | { readonly kind: "turn"; readonly callSid: string; readonly turn: TurnRecord }
-  | { readonly kind: "event"; readonly callSid: string; readonly event: CallEvent }
-  | { readonly kind: "end"; readonly callSid: string; readonly ended: EndRecord };
+export type RecordOp = StoreOp;
 
 export type LogLevel = "info" | "warn" | "error";
 
@@ -47,14 +43,10 @@ export type CrashKind = "terminate" | "throw" | "oom" | "hang";
 export type WorkerRequest =
   | { readonly kind: "metrics-text" }
   | { readonly kind: "records-flush" }
-  | {
-    readonly kind: "state-set";
-    readonly callSid: string;
-    readonly fields: CallStateFields;
-    readonly ttlMs?: number;
-  }
-  | { readonly kind: "state-get"; readonly callSid: string }
-  | { readonly kind: "state-delete"; readonly callSid: string }
+  | { readonly kind: "handoff-set"; readonly callSid: string; readonly handOff: HandOff }
+  | { readonly kind: "handoff-action"; readonly callSid: string }
+  | { readonly kind: "handoff-dial-ended"; readonly callSid: string; readonly status: string }
+  | { readonly kind: "handoff-take-resume"; readonly callSid: string }
   | { readonly kind: "test-crash"; readonly slot: number; readonly how: CrashKind };
 
 /** Requests the main thread sends to a worker. */
@@ -105,9 +97,10 @@ export interface MainReplies {
 export interface WorkerReplies {
   readonly "metrics-text": string;
   readonly "records-flush": null;
-  readonly "state-set": null;
-  readonly "state-get": CallStateFields | null;
-  readonly "state-delete": null;
+  readonly "handoff-set": null;
+  readonly "handoff-action": CallAction | null;
+  readonly "handoff-dial-ended": string | null;
+  readonly "handoff-take-resume": Resume | null;
   readonly "test-crash": null;
 }
 

@@ -1,13 +1,22 @@
 /**
  * A call worker's view of what the main thread owns: the call store (its single writer), the log
- * (one writer of stdout), and the shared call state. Writes are batched: records go to the main
+ * (one writer of stdout), and the hand-off board. Writes are batched: records go to the main
  * thread at the end of the turn that made them (write as you go), info lines at most
  * `LOG_BATCH_MS` later (with 400 calls' telemetry, one message for many turns' lines); a warning,
  * an error or any request first sends what is waiting, so lines and records keep their order.
  */
-import type { CallStateFields, SetOptions, SharedCallState } from "../call/call_state.ts";
+import type { CallAction, HandOff, HandOffs, Resume } from "../call/hand_off.ts";
 import type { LogSink } from "../observe/log.ts";
-import type { CallEvent, CallStarted, CallStore, EndRecord, TurnRecord } from "../store/types.ts";
+import type {
+  CallEvent,
+  CallStarted,
+  CallStore,
+  DialEndedRecord,
+  EndRecord,
+  ToolCallRecord,
+  TransferRecord,
+  TurnRecord,
+} from "../store/types.ts";
 import type {
   FromWorker,
   LogLevel,
@@ -102,6 +111,15 @@ export class RemoteCallStore implements CallStore {
   callEnded(callSid: string, ended: EndRecord): void {
     this.#outbox.record({ kind: "end", callSid, ended });
   }
+  toolCall(callSid: string, tool: ToolCallRecord): void {
+    this.#outbox.record({ kind: "tool", callSid, tool });
+  }
+  transfer(callSid: string, transfer: TransferRecord): void {
+    this.#outbox.record({ kind: "transfer", callSid, transfer });
+  }
+  dialEnded(callSid: string, dial: DialEndedRecord): void {
+    this.#outbox.record({ kind: "dial", callSid, dial });
+  }
   pending(): number {
     return this.#outbox.pendingRecords;
   }
@@ -113,24 +131,36 @@ export class RemoteCallStore implements CallStore {
   }
 }
 
-/** The shared call state, kept on the main thread (see `src/call/call_state.ts`). */
-export class RemoteCallState implements SharedCallState {
+/** How long a hand-off request may wait for the main thread (Twilio waits 15 s for TwiML). */
+export const HAND_OFF_TIMEOUT_MS = 5000;
+
+/**
+ * The process's hand-off board, kept on the main thread (SPEC 6, 8): a call's transfer or hang-up
+ * is stored there before its socket closes, and Twilio's `<Connect action>` and `<Dial action>`
+ * requests, on whichever worker they land, read it from there.
+ */
+export class RemoteHandOffs implements HandOffs {
   readonly #requests: Requests<WorkerRequest, WorkerReplies>;
 
   constructor(requests: Requests<WorkerRequest, WorkerReplies>) {
     this.#requests = requests;
   }
 
-  async set(callSid: string, fields: CallStateFields, options: SetOptions = {}): Promise<void> {
-    // Resolves once the main thread holds the fields, so any worker's later `get` sees them.
-    await this.#requests.request({ kind: "state-set", callSid, fields, ttlMs: options.ttlMs });
+  async set(callSid: string, handOff: HandOff): Promise<void> {
+    // Resolves once the main thread holds it, so any worker's later `action` finds it.
+    await this.#ask({ kind: "handoff-set", callSid, handOff });
+  }
+  action(callSid: string): Promise<CallAction | null> {
+    return this.#ask({ kind: "handoff-action", callSid });
+  }
+  dialEnded(callSid: string, status: string): Promise<string | null> {
+    return this.#ask({ kind: "handoff-dial-ended", callSid, status });
+  }
+  takeResume(callSid: string): Promise<Resume | null> {
+    return this.#ask({ kind: "handoff-take-resume", callSid });
   }
 
-  get(callSid: string): Promise<CallStateFields | null> {
-    return this.#requests.request({ kind: "state-get", callSid });
-  }
-
-  async delete(callSid: string): Promise<void> {
-    await this.#requests.request({ kind: "state-delete", callSid });
+  #ask<B extends Extract<WorkerRequest, { kind: `handoff-${string}` }>>(body: B) {
+    return this.#requests.request(body, { timeoutMs: HAND_OFF_TIMEOUT_MS });
   }
 }

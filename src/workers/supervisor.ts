@@ -15,12 +15,12 @@
  */
 import v8 from "node:v8";
 import { Worker as NodeWorker } from "node:worker_threads";
-import { CallStateRegistry } from "../call/call_state.ts";
+import { HandOffBoard } from "../call/hand_off.ts";
 import { type LiveSnapshot, mergeLiveSnapshots } from "../call/live.ts";
 import { type RunningConsole, startConsole } from "../admin/server.ts";
 import { installEscapeHandlers } from "../call/manager.ts";
 import type { Config } from "../config/types.ts";
-import { createTts, ttsVoice, withVoice } from "../kav_calls.ts";
+import { createTts, fixedPhrases, ttsVoice, withVoice } from "../kav_calls.ts";
 import { lineSinkOf, type Logger } from "../observe/log.ts";
 import {
   callRecordedAsLost,
@@ -102,7 +102,8 @@ class Supervisor {
   readonly #log: Logger;
   readonly #sink: ReturnType<typeof lineSinkOf>;
   readonly #state: SharedProcessState;
-  readonly #registry = new CallStateRegistry();
+  /** The process's one hand-off board (SPEC 6, 8): every worker's calls and action routes use it. */
+  readonly #handOffs = new HandOffBoard();
   readonly #handles: (Handle | null)[];
   readonly #deaths: number[] = [];
   readonly #lifetime = new AbortController();
@@ -154,10 +155,11 @@ class Supervisor {
     let operatorConsole: RunningConsole | null = null;
     try {
       // The fixed phrases are synthesized once, here, and every worker gets their audio.
-      this.#phrases = new PhraseCache(withVoice(this.#tts, () => this.#voice), {
-        greeting: config.call.greeting,
-        apology: config.call.apology,
-      }, { log });
+      this.#phrases = new PhraseCache(
+        withVoice(this.#tts, () => this.#voice),
+        fixedPhrases(config),
+        { log },
+      );
       const boot = await this.#phrases.load({});
       for (const failed of boot.failed) {
         log.error("TTS", "phrase not cached", { phrase: failed.name, error: failed.error.message });
@@ -331,6 +333,15 @@ class Supervisor {
       case "event":
         store.event(op.callSid, op.event);
         return;
+      case "tool":
+        store.toolCall(op.callSid, op.tool);
+        return;
+      case "transfer":
+        store.transfer(op.callSid, op.transfer);
+        return;
+      case "dial":
+        store.dialEnded(op.callSid, op.dial);
+        return;
       case "end":
         store.callEnded(op.callSid, op.ended);
         handle.calls.delete(op.callSid);
@@ -348,10 +359,11 @@ class Supervisor {
         return this.metricsText();
       case "records-flush":
         return this.#store.flush().then(() => null);
-      case "state-set":
-      case "state-get":
-      case "state-delete":
-        return answerCallState(this.#registry, body);
+      case "handoff-set":
+      case "handoff-action":
+      case "handoff-dial-ended":
+      case "handoff-take-resume":
+        return answerHandOff(this.#handOffs, body);
       case "test-crash":
         return this.#testCrash(body.slot, body.how);
       default: {
@@ -411,7 +423,7 @@ class Supervisor {
     this.#voice = ttsVoice(next.tts);
     const report = await this.#phrases.reload({
       signal: this.#lifetime.signal,
-      phrases: { greeting: next.call.greeting, apology: next.call.apology },
+      phrases: fixedPhrases(next),
     });
     this.#script = next;
     const phrases = this.#phraseList();
@@ -562,20 +574,21 @@ class Supervisor {
   }
 }
 
-/** The main thread's answer to a worker's call-state request: the registry is the one truth. */
-export function answerCallState(
-  registry: CallStateRegistry,
-  body: Extract<WorkerRequest, { kind: "state-set" | "state-get" | "state-delete" }>,
+/** The main thread's answer to a worker's hand-off request: its board is the process's one. */
+export function answerHandOff(
+  board: HandOffBoard,
+  body: Extract<WorkerRequest, { kind: `handoff-${string}` }>,
 ): WorkerReplies[typeof body.kind] {
   switch (body.kind) {
-    case "state-set":
-      registry.set(body.callSid, body.fields, { ttlMs: body.ttlMs });
+    case "handoff-set":
+      board.set(body.callSid, body.handOff);
       return null;
-    case "state-get":
-      return registry.get(body.callSid);
-    case "state-delete":
-      registry.delete(body.callSid);
-      return null;
+    case "handoff-action":
+      return board.action(body.callSid);
+    case "handoff-dial-ended":
+      return board.dialEnded(body.callSid, body.status);
+    case "handoff-take-resume":
+      return board.takeResume(body.callSid);
     default: {
       const unreachable: never = body;
       throw new TypeError(`Cannot answer ${JSON.stringify(unreachable)}`);

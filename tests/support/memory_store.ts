@@ -4,6 +4,9 @@ import type {
   CallEvent,
   CallStarted,
   CallStore,
+  DialEndedRecord,
+  ToolCallRecord,
+  TransferRecord,
   TurnRecord,
 } from "../../src/store/types.ts";
 
@@ -11,6 +14,8 @@ export interface MemoryCall {
   readonly started: CallStarted;
   readonly turns: TurnRecord[];
   readonly events: CallEvent[];
+  readonly toolCalls: ToolCallRecord[];
+  readonly transfers: (TransferRecord & { dial?: DialEndedRecord })[];
   ended: CallEnded | null;
 }
 
@@ -26,7 +31,37 @@ export class MemoryStore implements CallStore {
   }
 
   callStarted(call: CallStarted): void {
-    this.calls.set(call.callSid, { started: call, turns: [], events: [], ended: null });
+    const known = this.calls.get(call.callSid);
+    if (known !== undefined && known.ended?.outcome === "transferred") {
+      known.ended = null;
+      return;
+    }
+    this.calls.set(call.callSid, {
+      started: call,
+      turns: [],
+      events: [],
+      toolCalls: [],
+      transfers: [],
+      ended: null,
+    });
+  }
+
+  toolCall(callSid: string, record: ToolCallRecord): void {
+    const call = this.calls.get(callSid);
+    if (call === undefined) this.orphans.push(callSid);
+    else call.toolCalls.push(record);
+  }
+
+  transfer(callSid: string, record: TransferRecord): void {
+    const call = this.calls.get(callSid);
+    if (call === undefined) this.orphans.push(callSid);
+    else call.transfers.push({ ...record });
+  }
+
+  dialEnded(callSid: string, record: DialEndedRecord): void {
+    const transfer = this.calls.get(callSid)?.transfers.findLast((t) => t.dial === undefined);
+    if (transfer === undefined) this.orphans.push(callSid);
+    else transfer.dial = record;
   }
 
   turnCompleted(callSid: string, turn: TurnRecord): void {

@@ -1,17 +1,17 @@
 /**
  * A test thread for tests/workers_test.ts: takes `max_calls` places from the shared state as fast
- * as it can once the main thread says go, or gets and sets call state through the main thread,
- * exactly as a call worker does (`SharedProcessState`, `RemoteCallState` over `Requests`).
+ * as it can once the main thread says go, or stores and reads hand-offs on the main thread's board,
+ * exactly as a call worker does (`SharedProcessState`, `RemoteHandOffs` over `Requests`).
  */
 import { parentPort, workerData } from "node:worker_threads";
-import type { CallStateFields } from "../../src/call/call_state.ts";
+import type { HandOff } from "../../src/call/hand_off.ts";
 import {
   type Reply,
   Requests,
   type WorkerReplies,
   type WorkerRequest,
 } from "../../src/workers/protocol.ts";
-import { RemoteCallState } from "../../src/workers/remote.ts";
+import { RemoteHandOffs } from "../../src/workers/remote.ts";
 import { SharedProcessState } from "../../src/workers/shared_state.ts";
 
 export interface ThreadData {
@@ -27,15 +27,17 @@ export type Command =
   | { readonly type: "take" }
   | { readonly type: "churn" }
   | { readonly type: "give"; readonly count: number }
-  | { readonly type: "set"; readonly callSid: string; readonly fields: CallStateFields }
-  | { readonly type: "get"; readonly callSid: string };
+  | { readonly type: "set"; readonly callSid: string; readonly handOff: HandOff }
+  | { readonly type: "action"; readonly callSid: string }
+  | { readonly type: "dial-ended"; readonly callSid: string; readonly status: string }
+  | { readonly type: "take-resume"; readonly callSid: string };
 
 if (parentPort !== null) {
   const port = parentPort;
   const data = workerData as ThreadData;
   const state = new SharedProcessState(data.shared);
   const requests = new Requests<WorkerRequest, WorkerReplies>(port);
-  const callState = new RemoteCallState(requests);
+  const handOffs = new RemoteHandOffs(requests);
   port.on("message", async (message: Command | Reply) => {
     switch (message.type) {
       case "reply":
@@ -74,11 +76,20 @@ if (parentPort !== null) {
         port.postMessage({ type: "given" });
         return;
       case "set":
-        await callState.set(message.callSid, message.fields);
+        await handOffs.set(message.callSid, message.handOff);
         port.postMessage({ type: "set-done" });
         return;
-      case "get":
-        port.postMessage({ type: "got", value: await callState.get(message.callSid) });
+      case "action":
+        port.postMessage({ type: "got", value: await handOffs.action(message.callSid) });
+        return;
+      case "dial-ended":
+        port.postMessage({
+          type: "got",
+          value: await handOffs.dialEnded(message.callSid, message.status),
+        });
+        return;
+      case "take-resume":
+        port.postMessage({ type: "got", value: await handOffs.takeResume(message.callSid) });
         return;
     }
   });

@@ -10,10 +10,22 @@
  */
 import { readCommandLine } from "../../src/command_line.ts";
 
-/** One chat message as received. */
+/** One chat message as received (tool fields only on messages that have them). */
 export interface ReceivedMessage {
   readonly role: string;
   readonly content: string;
+  /** An assistant message's calls, arguments as the JSON text sent. */
+  readonly tool_calls?: readonly { id: string; name: string; arguments: string }[];
+  /** A `tool` message's call id. */
+  readonly tool_call_id?: string;
+}
+
+/** A function call to stream: arguments as an object (sent as JSON) or exact text. */
+export interface ScriptedToolCall {
+  readonly name: string;
+  readonly arguments: Readonly<Record<string, unknown>> | string;
+  /** Default `call_<n>`. */
+  readonly id?: string;
 }
 
 /** How to answer one request. Unset fields fall back to the server options. */
@@ -30,6 +42,14 @@ export interface ScriptedReply {
   readonly stallAfterTokens?: number;
   /** Send this many tokens, then drop the connection (no `[DONE]`). */
   readonly closeAfterTokens?: number;
+  /**
+   * Tool calls streamed after the text, like OpenAI: each call's first delta names it, then its
+   * arguments arrive in `argumentPieces` slices, the calls' slices interleaved (parallel calls);
+   * the answer ends with finish_reason "tool_calls".
+   */
+  readonly toolCalls?: readonly ScriptedToolCall[];
+  /** Slices each call's arguments are cut into (default 4). */
+  readonly argumentPieces?: number;
 }
 
 /** What the server saw of one request. */
@@ -52,8 +72,14 @@ export interface OpenAiServerOptions {
   /** 0 (default) picks a free port. */
   readonly port?: number;
   readonly hostname?: string;
-  /** Default reply policy when the script queue is empty; defaults to a short Hebrew answer. */
-  readonly reply?: (messages: readonly ReceivedMessage[]) => string | ScriptedReply;
+  /**
+   * Default reply policy when the script queue is empty; defaults to a short Hebrew answer. It also
+   * gets the request body (the tools offered are in `body.tools`).
+   */
+  readonly reply?: (
+    messages: readonly ReceivedMessage[],
+    body: Readonly<Record<string, unknown>>,
+  ) => string | ScriptedReply;
   readonly firstTokenDelayMs?: number;
   readonly tokenDelayMs?: number;
   /** Stops the server when aborted (as `close()`). */
@@ -117,8 +143,54 @@ function parseMessages(value: unknown): ReceivedMessage[] {
   if (!Array.isArray(value)) return [];
   return value.map((m: unknown) => {
     const record = typeof m === "object" && m !== null ? m as Record<string, unknown> : {};
-    return { role: String(record.role ?? ""), content: String(record.content ?? "") };
+    const message: {
+      role: string;
+      content: string;
+      tool_calls?: { id: string; name: string; arguments: string }[];
+      tool_call_id?: string;
+    } = { role: String(record.role ?? ""), content: String(record.content ?? "") };
+    if (Array.isArray(record.tool_calls)) {
+      message.tool_calls = record.tool_calls.map((call: unknown) => {
+        const c = (call ?? {}) as Record<string, unknown>;
+        const fn = (c.function ?? {}) as Record<string, unknown>;
+        return { id: String(c.id), name: String(fn.name), arguments: String(fn.arguments) };
+      });
+    }
+    if (record.tool_call_id !== undefined) message.tool_call_id = String(record.tool_call_id);
+    return message;
   });
+}
+
+/** The tool-call deltas of an answer: per call a naming delta, then argument slices, interleaved. */
+export function toolCallDeltas(
+  calls: readonly ScriptedToolCall[],
+  pieces: number,
+): Record<string, unknown>[][] {
+  const sliced = calls.map((call, index) => {
+    const text = typeof call.arguments === "string"
+      ? call.arguments
+      : JSON.stringify(call.arguments);
+    const size = Math.max(1, Math.ceil(text.length / Math.max(1, pieces)));
+    const slices: string[] = [];
+    for (let at = 0; at < text.length; at += size) slices.push(text.slice(at, at + size));
+    return { call, index, slices };
+  });
+  const deltas: Record<string, unknown>[][] = [];
+  for (const { call, index } of sliced) {
+    deltas.push([{
+      index,
+      id: call.id ?? `call_${index}`,
+      type: "function",
+      function: { name: call.name, arguments: "" },
+    }]);
+  }
+  const longest = Math.max(0, ...sliced.map((s) => s.slices.length));
+  for (let i = 0; i < longest; i++) {
+    for (const { index, slices } of sliced) {
+      if (i < slices.length) deltas.push([{ index, function: { arguments: slices[i] } }]);
+    }
+  }
+  return deltas;
 }
 
 function errorResponse(status: number, message: string): Response {
@@ -130,7 +202,7 @@ function errorResponse(status: number, message: string): Response {
   return Response.json({ error: { message, type, code: null, param: null } }, { status });
 }
 
-function chunk(id: string, model: string, delta: Record<string, string>, finish: string | null) {
+function chunk(id: string, model: string, delta: Record<string, unknown>, finish: string | null) {
   return `data: ${
     JSON.stringify({
       id,
@@ -155,12 +227,15 @@ export async function startOpenAiServer(
   const policy = options.reply ?? defaultReply;
   let counter = 0;
 
-  function nextReply(messages: readonly ReceivedMessage[]): ScriptedReply {
+  function nextReply(
+    messages: readonly ReceivedMessage[],
+    body: Readonly<Record<string, unknown>>,
+  ): ScriptedReply {
     const status = failures.shift();
     if (status !== undefined) return { status };
     const scripted = queue.shift();
     if (scripted !== undefined) return scripted;
-    const reply = policy(messages);
+    const reply = policy(messages, body);
     return typeof reply === "string" ? { text: reply } : reply;
   }
 
@@ -191,7 +266,7 @@ export async function startOpenAiServer(
       settled: new Promise<void>((resolve) => settle = resolve),
     };
     requests.push(record);
-    const reply = nextReply(messages);
+    const reply = nextReply(messages, body);
     if (reply.status !== undefined) {
       settle();
       return errorResponse(reply.status, `Scripted failure with status ${reply.status}`);
@@ -236,7 +311,7 @@ export async function startOpenAiServer(
 
     const body$ = new ReadableStream<Uint8Array>({
       async start(controller) {
-        const send = (delta: Record<string, string>, finish: string | null) =>
+        const send = (delta: Record<string, unknown>, finish: string | null) =>
           controller.enqueue(encoder.encode(chunk(id, model, delta, finish)));
         try {
           send({ role: "assistant" }, null);
@@ -251,7 +326,13 @@ export async function startOpenAiServer(
             record.tokensSent++;
           }
           if (abort.signal.aborted) throw new Error("Client left or server closing");
-          send({}, "stop");
+          const calls = reply.toolCalls ?? [];
+          for (const delta of toolCallDeltas(calls, reply.argumentPieces ?? 4)) {
+            await sleep(tokenDelay, abort.signal);
+            if (abort.signal.aborted) throw new Error("Client left or server closing");
+            send({ tool_calls: delta }, null);
+          }
+          send({}, calls.length > 0 ? "tool_calls" : "stop");
           controller.enqueue(encoder.encode("data: [DONE]\n\n"));
           controller.close();
         } catch (error) {

@@ -166,6 +166,12 @@ export function sandboxConfig(
 }
 
 export function mergeToml(base: string, extra: string): string {
+  // Arrays of tables (`[[tools]]`) come last and are kept as written: everything from the first
+  // one on belongs to them.
+  const arrays = extra.search(/^\s*\[\[/m);
+  if (arrays >= 0) {
+    return mergeToml(base, extra.slice(0, arrays)) + "\n" + extra.slice(arrays);
+  }
   const tables = new Map<string, Map<string, string>>();
   const order: string[] = [];
   for (const text of [base, extra]) {

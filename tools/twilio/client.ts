@@ -328,3 +328,134 @@ export class TwilioClient {
     );
   }
 }
+
+/** What a TwiML answer tells Twilio to do next (the verbs Kav answers with). */
+export type TwimlNext =
+  | {
+    readonly kind: "dial";
+    readonly action: string;
+    readonly target: string;
+    readonly sip: boolean;
+  }
+  | { readonly kind: "hangup" }
+  | {
+    readonly kind: "stream";
+    readonly url: string;
+    readonly action: string | null;
+    readonly parameters: Readonly<Record<string, string>>;
+  }
+  /** No TwiML (204 or an empty body): the call ends. */
+  | { readonly kind: "none"; readonly status: number };
+
+function unescapeXml(text: string): string {
+  return text.replace(
+    /&(amp|lt|gt|quot|apos|#\d+);/g,
+    (_, e: string) =>
+      e === "amp"
+        ? "&"
+        : e === "lt"
+        ? "<"
+        : e === "gt"
+        ? ">"
+        : e === "quot"
+        ? '"'
+        : e === "apos"
+        ? "'"
+        : String.fromCodePoint(Number(e.slice(1))),
+  );
+}
+
+/** Reads Kav's TwiML answers (`<Connect><Stream>`, `<Dial>`, `<Hangup/>`); throws on others. */
+export function parseTwiml(status: number, text: string): TwimlNext {
+  if (status === 204 || text === "") return { kind: "none", status };
+  if (/<Hangup\/>/.test(text)) return { kind: "hangup" };
+  const dial = /<Dial action="([^"]*)"[^>]*>(.*)<\/Dial>/.exec(text);
+  if (dial) {
+    const sip = /^<Sip>(.*)<\/Sip>$/.exec(dial[2]);
+    return {
+      kind: "dial",
+      action: unescapeXml(dial[1]),
+      target: unescapeXml(sip ? sip[1] : dial[2]),
+      sip: sip !== null,
+    };
+  }
+  const stream = /<Stream url="([^"]*)"/.exec(text);
+  if (stream) {
+    const action = /<Connect action="([^"]*)"/.exec(text);
+    const parameters: Record<string, string> = {};
+    for (const p of text.matchAll(/<Parameter name="([^"]*)" value="([^"]*)"\/>/g)) {
+      parameters[unescapeXml(p[1])] = unescapeXml(p[2]);
+    }
+    return {
+      kind: "stream",
+      url: unescapeXml(stream[1]),
+      action: action ? unescapeXml(action[1]) : null,
+      parameters,
+    };
+  }
+  throw new TypeError(`Cannot read TwiML answer (status ${status}): ${text.slice(0, 200)}`);
+}
+
+/**
+ * POSTs a form-encoded Twilio request to Kav at `baseUrl` (the path taken from `url`, which may
+ * name the public URL), as Twilio requests the `<Connect action>` and `<Dial action>` URLs.
+ */
+export async function postTwilioRequest(
+  baseUrl: string,
+  url: string,
+  params: Readonly<Record<string, string>>,
+): Promise<TwimlNext> {
+  const path = new URL(url, baseUrl).pathname;
+  const response = await fetch(baseUrl + path, {
+    method: "POST",
+    headers: { "content-type": "application/x-www-form-urlencoded" },
+    body: new URLSearchParams(params).toString(),
+  });
+  return parseTwiml(response.status, await response.text());
+}
+
+/**
+ * What Twilio does after Kav closed the media socket of `client`'s call: request the
+ * `<Connect action>` (`/webhook/stream_ended`) with the call's parameters; resolves with what the
+ * answer says to do next.
+ */
+export function followConnectAction(
+  baseUrl: string,
+  call: { readonly callSid: string; readonly from: string; readonly to: string },
+): Promise<TwimlNext> {
+  return postTwilioRequest(baseUrl, "/webhook/stream_ended", {
+    AccountSid: "AC" + "0".repeat(32),
+    CallSid: call.callSid,
+    From: call.from,
+    To: call.to,
+    CallStatus: "in-progress",
+    Direction: "inbound",
+  });
+}
+
+/**
+ * What Twilio does when a `<Dial>` ends: request its `action` with `DialCallStatus` (and
+ * `DialCallDuration` when it was answered); resolves with what the answer says to do next.
+ */
+export function followDialAction(
+  baseUrl: string,
+  dial: Extract<TwimlNext, { kind: "dial" }>,
+  call: {
+    readonly callSid: string;
+    readonly from: string;
+    readonly to: string;
+    readonly status: string;
+    readonly durationS?: number;
+  },
+): Promise<TwimlNext> {
+  return postTwilioRequest(baseUrl, dial.action, {
+    AccountSid: "AC" + "0".repeat(32),
+    CallSid: call.callSid,
+    From: call.from,
+    To: call.to,
+    CallStatus: "in-progress",
+    DialCallSid: "CA" + "d".repeat(32),
+    DialCallStatus: call.status,
+    ...(call.durationS === undefined ? {} : { DialCallDuration: String(call.durationS) }),
+  });
+}

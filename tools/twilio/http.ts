@@ -174,3 +174,14 @@ export async function postStreamEvent(
   await response.body?.cancel();
   return response.status;
 }
+
+/** A signed form POST as Twilio makes to an action URL; the status and the body. */
+export async function postTwilioForm(
+  target: KavTarget,
+  url: string,
+  params: ReadonlyArray<readonly [string, string]>,
+  options: { signal?: AbortSignal } = {},
+): Promise<{ status: number; body: string }> {
+  const response = await postForm(target, url, params, options.signal);
+  return { status: response.status, body: await response.text() };
+}
