@@ -67,8 +67,13 @@ export interface WireTiming {
 export interface StepResult {
   readonly label: string;
   readonly calls: number;
-  /** All invariants held. */
+  /** All invariants held (timing measured at the client, i.e. the load generators). */
   readonly held: boolean;
+  /**
+   * All invariants held with the timing measured on the wire (Kav's own packets, kernel
+   * timestamps: no load-generator scheduling in it); null without a capture.
+   */
+  readonly heldOnWire: boolean | null;
   /** Calls failed or frames were lost (not just a timing invariant missed). */
   readonly hardFailure: boolean;
   readonly failures: readonly string[];
@@ -256,10 +261,14 @@ export async function runStep(
   }
   const hardFailure = ok !== o.calls || inbound.dropped !== 0 ||
     inbound.kavReceived !== inbound.sent || agent.dropped !== 0;
+  const heldOnWire = wire === null ? null : !hardFailure && webhook.errors === 0 &&
+    wire.tx.p99 >= TX_P99_RANGE_MS[0] && wire.tx.p99 <= TX_P99_RANGE_MS[1] &&
+    wire.webhook.p99 < WEBHOOK_P99_LIMIT_MS;
   return {
     label: o.label,
     calls: o.calls,
     held: failures.length === 0,
+    heldOnWire,
     hardFailure,
     failures,
     startedAt,

@@ -44,7 +44,7 @@
  * 10. With `--with-floor`: the floor server's ramp first, in the same run, and Kav's CPU over the
  *    floor's at each step (the per-call cost target: ≤ 2× at 100 calls, workers=1 pinned).
  *
- * 8. With `--tools` (issue 15): every caller turn makes the sandbox LLM call an operator tool on a
+ * 11. With `--tools` (issue 15): every caller turn makes the sandbox LLM call an operator tool on a
  *    local CRM that answers at once, then answer with its result: two LLM requests and a signed tool
  *    request per turn. `server_latency` then leaves out both LLM requests, the tool's own time and
  *    TTS: what Kav adds to a turn with a tool (SPEC 6 budget: p95 < 15 ms at 100 calls).
@@ -716,13 +716,19 @@ async function main(): Promise<void> {
         : null,
     };
     const heldMax = (list: readonly StepResult[]) => list.filter((s) => s.held).at(-1)?.calls ?? 0;
+    const wireHeldMax = (list: readonly StepResult[]) =>
+      list.some((s) => s.heldOnWire === null)
+        ? null
+        : list.filter((s) => s.heldOnWire).at(-1)?.calls ?? 0;
     const workersSummary = ramps.map((r) => ({
       workers: r.workers,
       maxCallsAllInvariantsHeld: heldMax(r.steps),
+      maxCallsHeldOnWire: wireHeldMax(r.steps),
       idleRssMiB: r.idle.rssMiB,
       steps: r.steps.map((s) => ({
         calls: s.calls,
         held: s.held,
+        heldOnWire: s.heldOnWire,
         cpuPct: s.kav.cpuPct,
         cpuPerCallPct: s.kav.cpuPerCallPct,
         rssMiB: s.kav.rssMiB,
@@ -751,6 +757,9 @@ async function main(): Promise<void> {
       maxCallsRatio: ramps.length < 2 || heldMax(ramps[0].steps) === 0
         ? null
         : round2(heldMax(ramps.at(-1)!.steps) / heldMax(ramps[0].steps)),
+      maxCallsRatioOnWire: ramps.length < 2 || !wireHeldMax(ramps[0].steps)
+        ? null
+        : round2((wireHeldMax(ramps.at(-1)!.steps) ?? 0) / wireHeldMax(ramps[0].steps)!),
       floorVsKav,
     };
     const result = {
@@ -823,10 +832,14 @@ async function main(): Promise<void> {
       console.log("");
       for (const r of workersSummary) {
         console.log(
-          `workers=${r.workers}: max calls with all invariants held ${r.maxCallsAllInvariantsHeld}`,
+          `workers=${r.workers}: max calls with all invariants held ${r.maxCallsAllInvariantsHeld}` +
+            ` (timing on the wire: ${r.maxCallsHeldOnWire ?? "no capture"})`,
         );
       }
-      console.log(`ratio (last / first): ${workersResult.maxCallsRatio}`);
+      console.log(
+        `ratio (last / first): ${workersResult.maxCallsRatio} ` +
+          `(on the wire: ${workersResult.maxCallsRatioOnWire})`,
+      );
     }
     if (floorVsKav !== null) {
       console.log("");
