@@ -5,7 +5,7 @@
  *                      [--floor] [--no-wire] [--keep-going] [--extra-toml TOML] [--kav-flag FLAG]
  *                      [--speech google|openai] [--speech-compare CALLS]
  *                      [--store sqlite|postgres] [--console CALLS] [--tools] [--workers 1,2]
- *                      [--with-floor]
+ *                      [--with-floor] [--warmup CALLS]
  *
  * Kav runs as a subprocess (`_bench_kav.ts`, i.e. `runKav` with a config file) pinned to core 0 with
  * `taskset`; the local provider servers (gRPC Speech and TTS, OpenAI-compatible SSE; answering
@@ -113,6 +113,8 @@ interface BenchArgs {
   keep: boolean;
   /** Keep ramping after a step breaks an invariant (profiling). */
   keepGoing: boolean;
+  /** Calls of each fresh Kav's unmeasured warm-up (`--warmup`, default `WARMUP_CALLS`). */
+  warmupCalls: number;
   /** Extra `deno run` flags for Kav (experiments, e.g. V8 heap flags). */
   kavFlags: string[];
   /** Kav logs event-loop stalls over 20 ms (`_bench_kav.ts --lag-probe`). */
@@ -154,6 +156,7 @@ const OPTIONS = {
   "skip-variants": { type: "boolean" },
   keep: { type: "boolean" },
   "keep-going": { type: "boolean" },
+  warmup: { type: "string" },
   "kav-flag": { type: "string", multiple: true },
   "extra-toml": { type: "string" },
   floor: { type: "boolean" },
@@ -199,6 +202,10 @@ function parseArgs(argv: readonly string[]): BenchArgs {
   if (workers.some((n) => !Number.isInteger(n) || n < 1 || n > 64)) {
     throw new RangeError(`Cannot use --workers ${JSON.stringify(values.workers)}: e.g. 1,2`);
   }
+  const warmupCalls = Number(values.warmup ?? WARMUP_CALLS);
+  if (!Number.isInteger(warmupCalls) || warmupCalls < 1) {
+    throw new RangeError(`Cannot use --warmup ${JSON.stringify(values.warmup)}: a call count`);
+  }
   return {
     console: consoleCalls,
     steps,
@@ -212,6 +219,7 @@ function parseArgs(argv: readonly string[]): BenchArgs {
     variants: !values["skip-variants"],
     keep: values.keep ?? false,
     keepGoing: values["keep-going"] ?? false,
+    warmupCalls,
     kavFlags: values["kav-flag"] ?? [],
     lagProbe: values["lag-probe"] ?? false,
     wire: !values["no-wire"],
@@ -441,9 +449,10 @@ async function main(): Promise<void> {
       label: "warmup",
       kav,
       prober,
-      calls: WARMUP_CALLS,
+      calls: args.warmupCalls,
       turns: 1,
-      durationMs: 6000,
+      // A larger warm-up runs longer: every call's code path hot, the heap grown to its size.
+      durationMs: args.warmupCalls > WARMUP_CALLS ? 15_000 : 6000,
       windowMs: 1000,
     }, cores);
     return { kav, prober };
@@ -773,7 +782,7 @@ async function main(): Promise<void> {
         pinned,
         speech: args.speech,
         nice: niced ? NICE : null,
-        warmupCalls: WARMUP_CALLS,
+        warmupCalls: args.warmupCalls,
         store: args.store,
         workers: args.workers,
         loadAverage: loadAverage(),
