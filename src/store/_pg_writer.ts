@@ -4,7 +4,7 @@
  * journal lands once. A call's end, its percentiles and its CRM outbox row commit together.
  */
 import type { Logger } from "../observe/log.ts";
-import type { StoreOp } from "./_writer.ts";
+import { endCallValues, type StoreOp } from "./_writer.ts";
 import { LATENCY_NAMES } from "./_schema.ts";
 import { summarize } from "./_stats.ts";
 import { buildCrmSummary } from "./crm_summary.ts";
@@ -200,20 +200,10 @@ export class PgWriter {
         ]);
         return;
       case "end": {
-        const { ended } = op;
-        const c = ended.counters;
-        const result = await tx.unsafe(END_CALL, [
-          ended.endedAt,
-          ended.outcome,
-          clean(ended.reason),
-          c?.rx_frames ?? null,
-          c?.rx_drops ?? null,
-          c?.tx_frames ?? null,
-          c?.tx_drops ?? null,
-          c?.tx_late ?? null,
-          c?.malformed ?? null,
-          op.callSid,
-        ]);
+        const result = await tx.unsafe(
+          END_CALL,
+          endCallValues(op.callSid, { ...op.ended, reason: clean(op.ended.reason) }),
+        );
         if (result.count === 0) {
           this.#log.warn("STORE", "end of unknown or ended call ignored", { call: op.callSid });
           return;

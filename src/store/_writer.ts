@@ -29,6 +29,29 @@ export type StoreOp =
   | { readonly kind: "transfer"; readonly callSid: string; readonly transfer: TransferRecord }
   | { readonly kind: "dial"; readonly callSid: string; readonly dial: DialEndedRecord };
 
+/**
+ * The end statement's values, in both stores' parameter order: when, outcome, reason, the counters
+ * (null when the call's worker died with them), then the CallSid.
+ */
+export function endCallValues(
+  callSid: string,
+  ended: EndRecord,
+): [number, string, string, ...(number | null)[], string] {
+  const c = ended.counters;
+  return [
+    ended.endedAt,
+    ended.outcome,
+    ended.reason,
+    c?.rx_frames ?? null,
+    c?.rx_drops ?? null,
+    c?.tx_frames ?? null,
+    c?.tx_drops ?? null,
+    c?.tx_late ?? null,
+    c?.malformed ?? null,
+    callSid,
+  ];
+}
+
 /** Every kind of `StoreOp` (the journal checks what it reads back against it). */
 export const STORE_OP_KINDS: ReadonlySet<string> = new Set([
   "start",
@@ -214,20 +237,7 @@ export class StoreWriter {
         this.#insertEvent.run(op.callSid, op.event.at, op.event.kind, op.event.detail);
         return;
       case "end": {
-        const { ended } = op;
-        const c = ended.counters;
-        const result = this.#endCall.run(
-          ended.endedAt,
-          ended.outcome,
-          ended.reason,
-          c?.rx_frames ?? null,
-          c?.rx_drops ?? null,
-          c?.tx_frames ?? null,
-          c?.tx_drops ?? null,
-          c?.tx_late ?? null,
-          c?.malformed ?? null,
-          op.callSid,
-        );
+        const result = this.#endCall.run(...endCallValues(op.callSid, op.ended));
         if (result.changes === 0) {
           this.#log.warn("STORE", "end of unknown or ended call ignored", { call: op.callSid });
           return;
