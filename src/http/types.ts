@@ -2,18 +2,13 @@
 
 import type { Config } from "../config/types.ts";
 import type { Logger } from "../observe/log.ts";
-import type { CallAction } from "../call/hand_off.ts";
+import type { HandOffs } from "../call/hand_off.ts";
 
 /**
  * What the agent decided for a call, read by the action routes (SPEC 6): from memory
  * (`src/call/hand_off.ts`'s `HandOffBoard`), or on a call worker from the main thread's board.
  */
-export interface CallControl {
-  /** The `<Connect action>` answer's action, or null (the call ended otherwise: 204). */
-  action(callSid: string): CallAction | null | Promise<CallAction | null>;
-  /** Twilio's dial outcome for a transfer; returns the department, or null when unknown. */
-  dialEnded(callSid: string, status: string): string | null | Promise<string | null>;
-}
+export type CallControl = Pick<HandOffs, "action" | "dialEnded">;
 
 /** Takes accepted media WebSockets; `src/call/manager.ts`'s `CallManager` implements it. */
 export interface MediaCallAcceptor {
