@@ -178,10 +178,19 @@ export class CallManager {
         closing: remaining.length,
       });
       await Promise.all(remaining.map((s) => s.end("drained", "drain timeout")));
+      // The close frames must reach Twilio before the process stops: wait for each handshake
+      // (capped: a peer that never answers it does not hold the stop up).
+      await settlesWithin(
+        Promise.all(remaining.map((s) => s.socketClosed)),
+        CLOSE_HANDSHAKE_CAP_MS,
+      );
     }
     return { finished: all.length - remaining.length, forced: remaining.length };
   }
 }
+
+/** How long a drain waits for the close handshakes of the calls it closed, ms. */
+const CLOSE_HANDSHAKE_CAP_MS = 1000;
 
 function refuse(socket: WebSocket): void {
   const close = () => {

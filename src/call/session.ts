@@ -67,6 +67,7 @@ export class CallSession {
   #agent: CallAgent | null = null;
   #start: StartMessage["start"] | null = null;
   #ending = false;
+  readonly #socketClosed = Promise.withResolvers<void>();
   /** A hand-off is on its way to the board: the agent's further hand-offs are ignored. */
   #handingOff = false;
   #malformed = 0;
@@ -122,6 +123,7 @@ export class CallSession {
       else inCallScope(scope, this.#onMessage, event);
     });
     socket.addEventListener("close", () => {
+      this.#socketClosed.resolve();
       const early = this.#earlyFailure;
       this.end(early === null ? "interrupted" : "error", early ?? "socket closed");
     });
@@ -130,6 +132,11 @@ export class CallSession {
     else if (socket.readyState === WebSocket.CONNECTING) {
       socket.addEventListener("open", () => inCallScope(scope, this.#open), { once: true });
     } else this.end("interrupted", "socket closed before attach");
+  }
+
+  /** Resolves once the socket is closed (the close handshake done, or the connection gone). */
+  get socketClosed(): Promise<void> {
+    return this.#socketClosed.promise;
   }
 
   /** Twilio's CallSid once `start` arrived, else null. */
