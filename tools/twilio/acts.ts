@@ -7,10 +7,11 @@
  * connects the caller back, it opens the new stream and waits for the agent's words. Every step
  * is printed; the call's record (`deno task calls`) shows the tool calls and the transfer.
  */
-import { FRAME_BYTES, FRAME_MS } from "../../src/audio/frames.ts";
-import { sharedScheduler, sleepUntil } from "../../src/call/scheduler.ts";
+import { FRAME_MS } from "../../src/audio/frames.ts";
+import { sharedScheduler } from "../../src/call/scheduler.ts";
 import { parseTwiml, TwilioClient, type TwimlNext } from "./client.ts";
-import type { CallerLine } from "./caller.ts";
+import type { CallerLine as CallerScript } from "./caller.ts";
+import { CallerLine, waitUntil } from "./caller_line.ts";
 import {
   connectUrl,
   type KavTarget,
@@ -21,7 +22,7 @@ import {
 
 export interface ActsOptions {
   readonly target: KavTarget;
-  readonly lines: readonly CallerLine[];
+  readonly lines: readonly CallerScript[];
   readonly turns: number;
   readonly keys: string;
   readonly dialStatus: string;
@@ -36,85 +37,10 @@ const QUIET_FRAMES = 60;
 const TO = "+97230000000";
 
 /** The caller's line as audio (its frames are base64 payloads). */
-function audioOf(line: CallerLine): Uint8Array {
+function audioOf(line: CallerScript): Uint8Array {
   const out = new Uint8Array(line.frames.length * 160);
   line.frames.forEach((frame, i) => out.set(Uint8Array.fromBase64(frame), i * 160));
   return out;
-}
-
-/** Polls `predicate` every 20 ms; rejects after `timeoutMs`. */
-async function waitUntil(
-  predicate: () => boolean,
-  options: { timeoutMs: number; what: string },
-): Promise<void> {
-  const deadline = performance.now() + options.timeoutMs;
-  while (!predicate()) {
-    if (performance.now() > deadline) {
-      throw new Error(`Timed out after ${options.timeoutMs} ms waiting for ${options.what}`);
-    }
-    await new Promise((resolve) => setTimeout(resolve, 20));
-  }
-}
-
-const SILENT_FRAME = new Uint8Array(FRAME_BYTES).fill(0xff);
-
-/** The caller's side of a live line: 50 frames a second, silence unless a line is queued. */
-class LiveLine {
-  readonly #client: TwilioClient;
-  readonly #queue: Uint8Array[] = [];
-  #waiters: (() => void)[] = [];
-  #stopping = false;
-  readonly #running: Promise<void>;
-
-  constructor(client: TwilioClient) {
-    this.#client = client;
-    this.#running = this.#run();
-  }
-
-  /** Queues `mulaw` (whole frames); resolves once its last frame left (or the socket closed). */
-  say(mulaw: Uint8Array): Promise<void> {
-    for (let at = 0; at < mulaw.length; at += FRAME_BYTES) {
-      const frame = SILENT_FRAME.slice();
-      frame.set(mulaw.subarray(at, Math.min(mulaw.length, at + FRAME_BYTES)));
-      this.#queue.push(frame);
-    }
-    return new Promise((resolve) => this.#waiters.push(resolve));
-  }
-
-  async stop(): Promise<void> {
-    this.#stopping = true;
-    await this.#running;
-  }
-
-  /** Hangs up like Twilio: the line stops, `stop`, then the socket closes. */
-  async hangUp(): Promise<void> {
-    await this.stop();
-    this.#client.sendStop();
-    await this.#client.close();
-  }
-
-  async #run(): Promise<void> {
-    const scheduler = sharedScheduler();
-    const socket = this.#client.socket;
-    let next = scheduler.now();
-    while (!this.#stopping && socket.readyState === WebSocket.OPEN) {
-      const now = scheduler.now();
-      if (now - next > 200) next = now;
-      if (next > now) await sleepUntil(scheduler, next, {});
-      if (this.#stopping || socket.readyState !== WebSocket.OPEN) break;
-      const frame = this.#queue.shift();
-      this.#client.sendMedia(frame ?? SILENT_FRAME);
-      if (frame !== undefined && this.#queue.length === 0) this.#release();
-      next += FRAME_MS;
-    }
-    this.#release();
-  }
-
-  #release(): void {
-    const waiters = this.#waiters;
-    this.#waiters = [];
-    for (const resolve of waiters) resolve();
-  }
 }
 
 /** Runs the call; resolves true when every step happened as Twilio would see it. */
@@ -197,7 +123,7 @@ async function openStream(
   callSid: string,
   streamUrl: string,
   parameters: Readonly<Record<string, string>>,
-): Promise<{ client: TwilioClient; line: LiveLine }> {
+): Promise<{ client: TwilioClient; line: CallerLine }> {
   const client = await TwilioClient.connect({
     url: connectUrl(options.target, streamUrl),
     headers: signatureHeaders(options.target, streamUrl),
@@ -205,7 +131,8 @@ async function openStream(
     customParameters: parameters,
   });
   client.begin();
-  const line = new LiveLine(client);
+  const line = new CallerLine(client);
+  line.start();
   return { client, line };
 }
 
