@@ -63,6 +63,18 @@ function workersByConn(kav: KavProcess): Map<string, number> {
   return out;
 }
 
+/** The worker of every media socket so far: accepted, refused at attach or at the upgrade. */
+function workersOfBurst(kav: KavProcess): number[] {
+  const out: number[] = [];
+  for (const line of kav.lines) {
+    if (!/media socket (accepted|refused)|upgrade refused/.test(line)) continue;
+    const m = /worker=(\d+)/.exec(line);
+    assert.ok(m, `no worker in ${line}`);
+    out.push(Number(m[1]));
+  }
+  return out;
+}
+
 /** The call worker a CallSid lives on (its `started conn=` line, then that connection's worker). */
 async function workerOf(kav: KavProcess, callSid: string): Promise<number> {
   const started = await kav.waitForLine(new RegExp(`call=${callSid} started conn=(conn-\\d+)`), {
@@ -140,7 +152,11 @@ for (const workers of [2, 4]) {
         assert.equal(metric("kav_active_calls"), maxCalls, "one count, summed over workers");
         const accepted = workersByConn(kav);
         assert.equal(accepted.size, maxCalls, kav.log());
-        assert.ok(new Set(accepted.values()).size >= 2, `all on one worker: ${[...accepted]}`);
+        // The burst crossed workers (the admitted calls alone may all be on the quickest one): the
+        // kernel put all 16 sockets on one worker about once in 30,000 bursts.
+        const reached = workersOfBurst(kav);
+        assert.equal(reached.length, attempts.length, kav.log());
+        assert.ok(new Set(reached).size >= 2, `every socket on one worker: ${reached}`);
         const busy = await fetch(`${kav.baseUrl}/twiml`, {
           method: "POST",
           body: new URLSearchParams({ CallSid: "CA_FULL", From: "+972500000009", To: "+9723" }),

@@ -95,6 +95,7 @@ export class CallManager {
   attach(socket: WebSocket, meta: { remoteAddr: string }): CallSession | null {
     const connectionId = `conn-${this.#admission.nextConnection()}`;
     const { logger } = this.#deps;
+    const worker = this.#deps.worker ?? null;
     // One atomic take: of many sockets arriving at once on any worker, at most max_calls get in.
     if (this.#draining || !this.#admission.tryTake()) {
       logger.warn("CALL", "media socket refused", {
@@ -102,11 +103,11 @@ export class CallManager {
         remote: meta.remoteAddr,
         active: this.#admission.taken(),
         draining: this.#draining,
+        ...(worker === null ? {} : { worker }),
       });
       refuse(socket);
       return null;
     }
-    const worker = this.#deps.worker ?? null;
     logger.info("CALL", "media socket accepted", {
       conn: connectionId,
       remote: meta.remoteAddr,

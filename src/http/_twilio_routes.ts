@@ -297,6 +297,7 @@ export function handleMediaUpgrade(env: RouteEnv, ctx: RouteContext): Response {
     deps.log.warn("WS", "upgrade refused", {
       remote: ctx.remoteAddr,
       reason: deps.isDraining() ? "draining" : "max_calls",
+      ...(deps.worker === undefined ? {} : { worker: deps.worker }),
     });
     return empty(503, { "retry-after": "5" });
   }

@@ -41,6 +41,8 @@ export interface HandlerDeps {
   metricsText?(): string | Promise<string>;
   /** `POST /__test/worker` (only with `KAV_TEST_HOOKS=1`): ends a call worker (tests). */
   testHook?(form: URLSearchParams): Promise<Response>;
+  /** The call worker serving these routes (named in refusal lines); none on a single thread. */
+  readonly worker?: number;
   /** Time allowed to receive a webhook body, ms (default `BODY_TIMEOUT_MS`, 10 s); then 408. */
   readonly bodyTimeoutMs?: number;
   /** Agent transfers and hang-ups (SPEC 6); without it every call's action request gets 204. */

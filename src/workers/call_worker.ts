@@ -90,6 +90,7 @@ export async function runCallWorker(link: Link, init: WorkerInit): Promise<void>
     callControl: handOffs,
     onDialEnded: (params) => recordDialEnded(store, params),
     testHook: init.testHooks ? (form) => testHook(requests, form) : undefined,
+    worker: slot,
   });
   let server: Deno.HttpServer<Deno.NetAddr>;
   try {
