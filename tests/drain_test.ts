@@ -11,10 +11,10 @@ import {
   fixtureClip,
   type KavProcess,
   sayAndWait,
-  startKavProcess,
   testWithWorkers,
+  withKavProcess,
 } from "./support/kav_process.ts";
-import { type ProviderServers, startProviderServers } from "../tools/sandbox/sandbox.ts";
+import type { ProviderServers } from "../tools/sandbox/sandbox.ts";
 import { TwilioClient } from "../tools/twilio/client.ts";
 
 const TIMEOUT_MS = 30_000;
@@ -58,22 +58,12 @@ function outcomeOf(storagePath: string, sid: string): string | null {
   }
 }
 
-async function withKav(
+function withKav(
   server: string,
   extra: string,
   body: (kav: KavProcess, servers: ProviderServers) => Promise<void>,
 ): Promise<void> {
-  const servers = await startProviderServers();
-  try {
-    const kav = await startKavProcess({ servers, extra: `${server}${extra}` });
-    try {
-      await body(kav, servers);
-    } finally {
-      await kav.close();
-    }
-  } finally {
-    await servers.close();
-  }
+  return withKavProcess({ extra: `${server}${extra}` }, body);
 }
 
 async function sigtermMidCall(server: string): Promise<void> {

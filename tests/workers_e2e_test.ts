@@ -13,9 +13,9 @@ import {
   type KavProcess,
   runKavCli,
   sayAndWait,
-  startKavProcess,
+  withKavProcess,
 } from "./support/kav_process.ts";
-import { type ProviderServers, startProviderServers } from "../tools/sandbox/sandbox.ts";
+import type { ProviderServers } from "../tools/sandbox/sandbox.ts";
 import {
   followConnectAction,
   followDialAction,
@@ -28,22 +28,12 @@ const HOOKS = { KAV_TEST_HOOKS: "1" };
 /** Greeted calls wait silent for the test's next step: no idle timeout meanwhile. */
 const SERVER = "[server]\nidle_media_timeout_s = 600\n";
 
-async function withKav(
+function withKav(
   extra: string,
   body: (kav: KavProcess, servers: ProviderServers) => Promise<void>,
   env: Record<string, string> = {},
 ): Promise<void> {
-  const servers = await startProviderServers();
-  try {
-    const kav = await startKavProcess({ servers, extra, env });
-    try {
-      await body(kav, servers);
-    } finally {
-      await kav.close();
-    }
-  } finally {
-    await servers.close();
-  }
+  return withKavProcess({ extra, env }, body);
 }
 
 async function scrape(baseUrl: string): Promise<(name: string, labels?: object) => number> {

@@ -10,6 +10,7 @@ import {
   mergeToml,
   type ProviderServers,
   sandboxToml,
+  startProviderServers,
 } from "../../tools/sandbox/sandbox.ts";
 import type { TwilioClient } from "../../tools/twilio/client.ts";
 
@@ -85,6 +86,24 @@ interface Waiter {
   readonly pattern: RegExp;
   readonly from: number;
   resolve(line: string): void;
+}
+
+/** Runs `body` against Kav on fresh provider servers; stops both after it, whatever happens. */
+export async function withKavProcess(
+  options: Omit<KavProcessOptions, "servers">,
+  body: (kav: KavProcess, servers: ProviderServers) => Promise<void>,
+): Promise<void> {
+  const servers = await startProviderServers();
+  try {
+    const kav = await startKavProcess({ ...options, servers });
+    try {
+      await body(kav, servers);
+    } finally {
+      await kav.close();
+    }
+  } finally {
+    await servers.close();
+  }
 }
 
 /** Writes the config, starts Kav and waits until it listens. Throws (after cleanup) if it does not. */
